@@ -1,0 +1,143 @@
+"""Command line: ``python -m training train ...`` and ``python -m training eval ...``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from training.attacks import parse_eps
+from training.data import DATASETS, DataError
+from training.methods import METHODS, MethodConfig
+from training.models import ARCHITECTURES
+from training.schedules import SCHEDULES
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train and evaluate robust classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model and export bundles (best and last)")
+    train.add_argument("--method", choices=METHODS, required=True)
+    train.add_argument("--arch", choices=ARCHITECTURES, default="preact18")
+    train.add_argument("--width", type=float, default=1.0, help="channel multiplier (1.0 = the paper's model)")
+    train.add_argument("--dataset", choices=DATASETS, default="cifar10")
+    train.add_argument("--data-dir", help="torchvision files, idx files, or an ImageFolder tree / tarball")
+    train.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
+    train.add_argument("--cache-dir", help="where decoded uint8 arrays are cached")
+    train.add_argument("--out", required=True, help="run folder: metrics.jsonl, last.pt, best/ and last/ bundles")
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=0.1)
+    train.add_argument("--weight-decay", type=float, default=2e-4)
+    train.add_argument("--schedule", choices=SCHEDULES, default="piecewise")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train-limit", type=int, help="train on only this many images")
+    train.add_argument("--holdout", type=int, default=1000, help="training images held out for best-checkpoint choice")
+    train.add_argument("--holdout-eval", type=int, default=500, help="held-out images attacked after each epoch")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--no-amp", action="store_true")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    defaults = MethodConfig()
+    train.add_argument("--eps", default="8/255")
+    train.add_argument("--step-size", type=float, default=defaults.step_size)
+    train.add_argument("--attack-steps", type=int, default=defaults.attack_steps)
+    train.add_argument("--attack-start", choices=("normal", "uniform"), default=defaults.attack_start)
+    train.add_argument("--beta-sw", type=float, default=defaults.beta_sw)
+    train.add_argument("--beta-jr", type=float, default=defaults.beta_jr)
+    train.add_argument("--n-projections", type=int, default=defaults.n_projections)
+    train.add_argument("--trades-beta", type=float, default=defaults.trades_beta)
+    train.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+
+    evaluate = sub.add_parser("eval", help="evaluate bundles under attack; writes JSON, Markdown and a PNG curve")
+    evaluate.add_argument("--bundle", action="append", required=True, help="bundle folder (repeat to compare)")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--attacks", default="pgd20,cw,autoattack", help="comma list of fgsm, pgdN, cw, autoattack")
+    evaluate.add_argument("--eps", default="8/255")
+    evaluate.add_argument("--n", type=int, default=1000, help="seeded test subset size")
+    evaluate.add_argument("--n-autoattack", type=int, help="AutoAttack on the first N of them (default: all)")
+    evaluate.add_argument("--curve-n", type=int, help="robustness curve on the first N images (default: all)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", default="eval")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.command == "train":
+            return _train(args, argv)
+        return _eval(args)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.trainer import TrainConfig, Trainer
+
+    method_config = MethodConfig(
+        eps=parse_eps(args.eps),
+        step_size=args.step_size,
+        attack_steps=args.attack_steps,
+        attack_start=args.attack_start,
+        beta_sw=args.beta_sw,
+        beta_jr=args.beta_jr,
+        n_projections=args.n_projections,
+        trades_beta=args.trades_beta,
+    )
+    cfg = TrainConfig(
+        method=args.method,
+        arch=args.arch,
+        width=args.width,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        out=args.out,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        seed=args.seed,
+        train_limit=args.train_limit,
+        holdout=args.holdout,
+        holdout_eval=args.holdout_eval,
+        device=args.device,
+        amp=not args.no_amp,
+        resume=args.resume,
+        download=args.download,
+        cache_dir=args.cache_dir,
+        method_config=method_config,
+        command="python -m training " + shlex.join(argv),
+    )
+    best = Trainer(cfg).fit()
+    print(f"best bundle: {best}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from training.evaluate import run_eval
+    from training.trainer import pick_device
+
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    run_eval(
+        args.bundle,
+        args.data_dir,
+        attacks,
+        parse_eps(args.eps),
+        args.n,
+        args.n_autoattack,
+        args.seed,
+        Path(args.out),
+        pick_device(args.device),
+        args.curve_n,
+    )
+    return 0

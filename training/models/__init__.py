@@ -1,0 +1,49 @@
+"""Architectures, each wrapped so that it takes images in [0, 1] and normalises them itself.
+
+Keeping the normalisation inside the model means every attack and every eps works in pixel units, and a
+bundle carries everything needed to reproduce its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from training.models.preact_resnet import PreActResNet18
+from training.models.wide_resnet import WideResNet
+
+ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10")
+
+
+class Normalized(nn.Module):
+    """``net((x - mean) / std)`` with mean and std stored as buffers (they travel with the weights)."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    width: float = 1.0,
+) -> Normalized:
+    """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1]."""
+    in_channels = len(mean)
+    if arch == "preact18":
+        net: nn.Module = PreActResNet18(num_classes, in_channels, width)
+    elif arch in ("wrn34-10", "wrn28-10"):
+        depth = int(arch[3:5])
+        net = WideResNet(depth, 10, num_classes, in_channels, width)
+    else:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return Normalized(net, mean, std)
