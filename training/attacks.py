@@ -97,6 +97,8 @@ def evaluation_attack(name: str, eps: float, num_classes: int, seed: int = 0) ->
     if name == "fgsm":
         return [NamedAttack("fgsm", eps, lambda m, x, y: fgsm(m, x, y, eps))]
     if name.startswith("pgd"):
+        if not (name[3:] == "" or name[3:].isdigit()) or name[3:] == "0":
+            raise ValueError(f"bad PGD attack name {name!r}: use pgd or pgdN with N > 0 steps")
         steps = int(name[3:] or 20)
         return [NamedAttack(name, eps, lambda m, x, y: pgd(m, x, y, eps, step, steps))]
     if name == "cw":

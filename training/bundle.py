@@ -91,7 +91,15 @@ def load(directory: str | Path, device: torch.device | str = "cpu") -> Bundle:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise BundleError(f"{weights_path} is not a readable safetensors file: {err}") from err
-    model = build_model(metadata["arch"], metadata["num_classes"], metadata["mean"], metadata["std"], metadata["width"])
+    missing = [k for k in REQUIRED_FIELDS if k not in metadata]
+    if missing:
+        raise BundleError(f"{directory}: bundle metadata lacks {', '.join(missing)}")
+    try:
+        model = build_model(
+            metadata["arch"], metadata["num_classes"], metadata["mean"], metadata["std"], metadata["width"]
+        )
+    except (ValueError, TypeError) as err:
+        raise BundleError(f"{directory}: cannot build the declared model: {err}") from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

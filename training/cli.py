@@ -118,8 +118,11 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         method_config=method_config,
         command="python -m training " + shlex.join(argv),
     )
-    best = Trainer(cfg).fit()
-    print(f"best bundle: {best}")
+    trainer = Trainer(cfg)
+    is_main = trainer.dist.is_main
+    best = trainer.fit()
+    if is_main:
+        print(f"best bundle: {best}")
     return 0
 
 

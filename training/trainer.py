@@ -87,6 +87,7 @@ class Trainer:
         self.train_set: ArrayDataset = train
         self.data_source = splits.source
         mean, std = splits.train.mean_std()
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed alone, as everything after does
         self.model = build_model(cfg.arch, len(train.classes), mean, std, cfg.width).to(self.device)
         if self.device.type == "cuda" and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

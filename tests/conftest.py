@@ -1,0 +1,32 @@
+"""Shared fixtures: one CPU thread (the test machine is small) and tiny synthetic image data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.helpers import write_imagefolder, write_tarball
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory) -> Path:
+    """ImageFolder tree: train/ 32 + 32 and test/ 8 + 8 PNG images of 8x8 pixels, classes 'bright' and 'dark'."""
+    root = tmp_path_factory.mktemp("tree") / "tiny"
+    write_imagefolder(root, n_train=32, n_test=8, size=8, suffix=".png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tarball(tiny_tree: Path, tmp_path_factory) -> Path:
+    """The tiny tree packed as a .tar.gz, as the shared CIFAR-10 tarball is."""
+    return write_tarball(tiny_tree, tmp_path_factory.mktemp("tar") / "tiny.tar.gz")

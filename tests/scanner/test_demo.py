@@ -1,0 +1,66 @@
+"""``scanner demo`` end to end through the installed console script, on tiny bundles and data."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from training import bundle
+from training.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+SCANNER = REPO / ".venv" / "bin" / "scanner"
+
+
+def _tiny_bundle(directory: Path, method: str) -> Path:
+    model = build_model("preact18", 2, [0.5] * 3, [0.25] * 3, width=0.0625)
+    metadata = {
+        "arch": "preact18",
+        "width": 0.0625,
+        "num_classes": 2,
+        "classes": ["bright", "dark"],
+        "input_size": [3, 8, 8],
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "method": method,
+        "dataset": "imagefolder",
+    }
+    return bundle.save(model, metadata, directory)
+
+
+def test_demo_prints_both_models_verdicts(tiny_tarball: Path, tmp_path: Path) -> None:
+    robust = _tiny_bundle(tmp_path / "robust", "otjr")
+    standard = _tiny_bundle(tmp_path / "standard", "standard")
+    done = subprocess.run(
+        [
+            str(SCANNER),
+            "demo",
+            "--data",
+            str(tiny_tarball),
+            "--robust",
+            str(robust),
+            "--standard",
+            str(standard),
+            "-n",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "robust model   otjr" in done.stdout
+    assert "% on perturbed images" in done.stdout
+    assert done.stdout.count("yes") == 3  # every second image of six is perturbed
+
+
+def test_demo_explains_missing_bundle(tiny_tarball: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(SCANNER), "demo", "--data", str(tiny_tarball), "--robust", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "is not a model bundle" in done.stderr
