@@ -174,7 +174,7 @@ class Trainer:
             self.train_set, self.cfg.batch_size, generator, rank=self.dist.rank, world_size=self.dist.world_size
         )
         autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
-        for images, labels in batches:
+        for seen_steps, (images, labels) in enumerate(batches, start=1):
             x = augment(to_float(images, self.device), generator)
             y = labels.to(self.device, non_blocking=True)
             if self.device.type == "cuda" and self.cfg.channels_last:
@@ -188,6 +188,11 @@ class Trainer:
             totals += torch.tensor([step.loss.item() * len(y), (step.logits.argmax(1) == y).sum().item(), len(y)])
             for key, value in step.parts.items():
                 parts[key] = parts.get(key, 0.0) + value * len(y)
+            if progress and not progress.console.is_terminal and seen_steps % max(1, self.steps_per_epoch // 10) == 0:
+                # No live bar in a log file: leave a line every tenth of an epoch instead.
+                progress.console.print(
+                    f"  epoch {epoch + 1} step {seen_steps}/{self.steps_per_epoch} loss {totals[0] / totals[2]:.3f}"
+                )
             if progress:
                 progress.update(
                     task, advance=1, description=f"epoch {epoch + 1}/{self.cfg.epochs} loss {totals[0] / totals[2]:.3f}"

@@ -46,7 +46,7 @@ def test_demo_prints_both_models_verdicts(tiny_tarball: Path, tmp_path: Path) ->
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
         env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
@@ -60,7 +60,7 @@ def test_demo_explains_missing_bundle(tiny_tarball: Path, tmp_path: Path) -> Non
         [str(SCANNER), "demo", "--data", str(tiny_tarball), "--robust", str(tmp_path / "nothing")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
     assert done.returncode == 2
     assert "is not a model bundle" in done.stderr

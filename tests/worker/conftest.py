@@ -1,0 +1,58 @@
+"""Tiny real bundles (PreActResNet-18 at width 1/16, 8x8 inputs, the two classes of the tiny data set) and an
+engine over them, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import bundle
+from training.models import build_model
+from worker.engine.engine import Engine
+
+CLASSES = ["bright", "dark"]
+INPUT_SIZE = [3, 8, 8]
+MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+
+
+def make_bundle(directory: Path, seed: int, method: str, train_images: int = 6) -> Path:
+    torch.manual_seed(seed)
+    model = build_model("preact18", len(CLASSES), MEAN, STD, width=0.0625)
+    # Non-trivial batch-norm statistics, so the two models differ in more than their initial weights.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    metadata = {
+        "arch": "preact18",
+        "width": 0.0625,
+        "num_classes": len(CLASSES),
+        "classes": CLASSES,
+        "input_size": INPUT_SIZE,
+        "mean": MEAN,
+        "std": STD,
+        "method": method,
+        "eps": 8 / 255,
+        "dataset": "imagefolder",
+        "data_source": "imagefolder:tiny.tar.gz",
+        "training": {"seed": seed, "train_images": train_images},
+        "command": f"python -m training train --method {method} --holdout 8",
+        "metrics": {},
+    }
+    return bundle.save(model, metadata, directory)
+
+
+@pytest.fixture(scope="session")
+def bundle_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return make_bundle(root / "robust", 1, "otjr"), make_bundle(root / "standard", 2, "standard")
+
+
+@pytest.fixture(scope="session")
+def engine(bundle_dirs) -> Engine:
+    """An uncalibrated engine over the tiny bundles (one thread, as the whole suite runs)."""
+    robust, standard = bundle_dirs
+    return Engine.from_bundles(robust, standard, calibration_path=None, threads=1, max_batch=4)

@@ -1,0 +1,127 @@
+"""Thresholds for a target false-positive rate, the artefact, and the calibrate command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.bundle import Bundle
+from training.data import ArrayDataset, load_splits, split_holdout
+from worker import calibrate
+from worker.engine import calibration as calib
+from worker.engine.engine import Engine, EngineError
+
+
+def test_threshold_hits_the_target_fpr_exactly_on_distinct_scores():
+    scores = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    for target in (0.01, 0.05, 0.1):
+        threshold = calib.threshold_for_fpr(scores, target)
+        assert calib.flag_rate(scores, threshold) == pytest.approx(target)
+
+
+def test_threshold_never_exceeds_the_target_with_ties_or_few_samples():
+    tied = torch.tensor([0.0] * 95 + [1.0] * 5)
+    assert calib.flag_rate(tied, calib.threshold_for_fpr(tied, 0.01)) <= 0.01
+    few = torch.arange(10.0)
+    assert calib.flag_rate(few, calib.threshold_for_fpr(few, 0.01)) == 0.0
+
+
+def test_roc_auc_and_upper_bound():
+    assert calib.roc_auc([0, 1, 2], [3, 4]) == 1.0
+    assert calib.roc_auc([3, 4], [0, 1, 2]) == 0.0
+    assert calib.roc_auc([1, 1], [1, 1]) == 0.5
+    bound = calib.fpr_upper_bound(5, 500)
+    assert 0.01 < bound < 0.03
+
+
+def test_unseen_pool_excludes_exactly_what_the_trainer_trained_on():
+    n = 200
+    record = {"training": {"seed": 3, "train_images": 50}, "command": "python -m training train --holdout 20"}
+    other = {**record, "training": {"seed": 4, "train_images": 60}}
+    bundles = [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
+    pool, _ = calibrate.unseen_pool(n, bundles)
+    data = ArrayDataset(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n), ["x"])
+    used = set()
+    for seed, count in ((3, 50), (4, 60)):
+        train, _ = split_holdout(data, 20, seed)
+        used |= set(train.labels[:count].tolist())
+    assert set(pool.tolist()) == set(range(n)) - used
+    no_record = [Bundle(None, {}, Path("x"))]
+    assert len(calibrate.unseen_pool(n, no_record)[0]) == n
+
+
+@pytest.fixture(scope="module")
+def fitted(bundle_dirs, tiny_tarball):
+    """A calibration of the tiny bundles on the tiny data set, with every detector measured."""
+    robust, standard = bundle_dirs
+    engine = Engine.from_bundles(robust, standard, threads=1, max_batch=32, detectors=list(calibrate.det.CATALOGUE))
+    splits = load_splits("imagefolder", tiny_tarball)
+    pool, _ = calibrate.unseen_pool(len(splits.train), [engine.robust, engine.standard])
+    keep = list(calibrate.det.DEFAULT_DETECTORS)
+    artefact, table = calibrate.run_calibration(
+        engine, splits.train, pool, n_clean=24, n_adv=18, detectors=keep, target_fpr=0.1, steps=2, batch=32
+    )
+    return engine, splits, pool, artefact, table
+
+
+def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
+    engine, splits, pool, artefact, table = fitted
+    assert artefact.measured_fpr <= artefact.target_fpr == 0.1
+    assert artefact.n_threshold == 12 and artefact.data["n_fit_clean"] == 12
+    # Recompute the held-out clean scores from scratch and check the stored threshold against them.
+    order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))]
+    held = splits.train.images[order[12:24]].float() / 255
+    _, scores = engine.scores(held)
+    combined = artefact.combiner.logit(scores)
+    assert calib.flag_rate(combined, artefact.threshold) == pytest.approx(artefact.measured_fpr)
+    assert set(artefact.detector_thresholds) == set(artefact.detectors)
+    assert "combined" in table and all(0 <= row["auroc"] <= 1 for row in table.values())
+
+
+def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_path):
+    engine, *_, artefact, _ = fitted
+    path = calib.save(artefact, tmp_path / "calibration.json")
+    loaded = calib.load(path, engine.robust.version, engine.standard.version)
+    assert loaded == artefact and len(loaded.version) == 16
+    with pytest.raises(calib.CalibrationError, match="fitted for bundles"):
+        calib.load(path, engine.robust.version, "0000000000000000")
+    with pytest.raises(calib.CalibrationError, match="fitted for bundles"):
+        Engine(engine.standard, engine.robust, loaded, threads=1)  # swapped roles
+    document = json.loads(path.read_text())
+    document["threshold"] -= 1.0
+    path.write_text(json.dumps(document))
+    with pytest.raises(calib.CalibrationError, match="content hash"):
+        calib.load(path)
+
+
+def test_calibrated_engine_flags_by_the_threshold(fitted):
+    engine, *_, artefact, _ = fitted
+    served = Engine(engine.robust, engine.standard, artefact, threads=1)
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    for verdict in served.analyse_tensor(x):
+        assert verdict.calibration_version == artefact.version
+        assert verdict.flagged == (verdict.combined > artefact.threshold)
+        assert set(verdict.scores) == set(artefact.detectors)
+    with pytest.raises(EngineError, match="detectors differ"):
+        Engine(engine.robust, engine.standard, artefact, threads=1, detectors=["kl_rs"])
+
+
+def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, tmp_path, capsys):
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs"]  # fmt: skip
+    code = calibrate.main(args)
+    assert code == 0
+    artefact = calib.load(calib.default_path(robust))
+    assert artefact.data["split"] == "train" and artefact.data["n_threshold_clean"] == 10
+    engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # finds it by default
+    assert engine.calibration == artefact
+    assert np.isfinite(engine.analyse_tensor(torch.rand(1, 3, 8, 8))[0].combined)
+    # Re-running with the artefact already in place replaces it (a new seed gives a new fit and version).
+    assert calibrate.main([*args, "--seed", "1"]) == 0
+    assert calib.load(calib.default_path(robust)).version != artefact.version

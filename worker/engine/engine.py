@@ -1,0 +1,272 @@
+"""The engine: image bytes in, verdicts out.
+
+One ``Engine`` holds the robust bundle (the model whose label we report), its standard companion (the
+reference the detectors compare against) and the detector calibration.  It is built once per process
+(``load_engine`` memoises it; a Celery worker builds it in ``worker_process_init``, since CUDA cannot be
+re-initialised in a forked child) and then fed batches of at most ``max_batch`` images.
+
+Per image the verdict carries the robust label, confidence and top-k; every detector's score; the combined
+score and whether it exceeds the calibrated threshold; the versions of both bundles and of the calibration;
+and timings.  ``decode`` is measured per image (bytes to the model's input); ``inference`` (the robust
+forward) and ``detection`` (the extra views, detector scores and combiner) are measured per batch and
+divided evenly among its images.  Without a calibration the engine still reports labels and raw detector
+scores, but ``combined`` and ``flagged`` are None: it never guesses a threshold.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.bundle import Bundle
+from training.bundle import load as load_bundle
+from worker.engine import calibration as calib
+from worker.engine import detectors as det
+from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """The bundles or the calibration cannot serve together (mismatched classes, input size, versions)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    label: str
+    label_index: int
+    confidence: float
+    top_k: list[tuple[str, float]]
+    scores: dict[str, float]
+    combined: float | None
+    flagged: bool | None
+    threshold: float | None
+    model_version: str  # "<robust version>+<standard version>"
+    robust_version: str
+    standard_version: str
+    calibration_version: str | None
+    timings_ms: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["top_k"] = [list(pair) for pair in self.top_k]
+        return data
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Engine:
+    def __init__(
+        self,
+        robust: Bundle,
+        standard: Bundle,
+        calibration: calib.Calibration | None = None,
+        *,
+        device: str | torch.device = "auto",
+        max_batch: int = 64,
+        threads: int | None = None,
+        limits: ImageLimits | None = None,
+        top_k: int = 5,
+        detectors: Sequence[str] | None = None,
+    ) -> None:
+        """``threads``: torch CPU threads for this process (default: the cores this process may use)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        torch.set_num_threads(threads or available_cores())
+        self.device = pick_device(device) if isinstance(device, str) else device
+        _check_compatible(robust, standard)
+        if calibration is not None:
+            calibration.check_bundles(robust.version, standard.version)
+            if calibration.detector_set != det.DETECTOR_SET:
+                raise EngineError(
+                    f"calibration {calibration.version} used {calibration.detector_set}, this code has "
+                    f"{det.DETECTOR_SET}; recalibrate"
+                )
+            if detectors is not None and tuple(detectors) != calibration.detectors:
+                raise EngineError("detectors differ from the ones the calibration was fitted with")
+            detectors = calibration.detectors
+        self.robust, self.standard, self.calibration = robust, standard, calibration
+        self.robust.model.to(self.device).eval()
+        self.standard.model.to(self.device).eval()
+        self.max_batch = max_batch
+        self.limits = limits or ImageLimits()
+        self.input_size = list(robust.metadata["input_size"])
+        self.classes = list(robust.classes)
+        self.top_k = min(top_k, len(self.classes))
+        self.detectors = det.resolve(detectors if detectors is not None else det.DEFAULT_DETECTORS)
+        self.views = det.ViewComputer(
+            {det.ROBUST: self.robust.model, det.STANDARD: self.standard.model}, self.input_size, self.device
+        )
+        # JPEG's decoder may downscale by up to 8 while both sides stay at least 4x the model's input.
+        self.draft_size = 4 * max(self.input_size[1:])
+
+    @classmethod
+    def from_bundles(
+        cls,
+        robust_dir: str | Path,
+        standard_dir: str | Path,
+        calibration_path: str | Path | None = None,
+        device: str = "auto",
+        max_batch: int = 64,
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """Load both bundles and the calibration (default: ``calibration.json`` in the robust bundle's folder;
+        an explicit path must exist, the default may be absent and then the engine runs uncalibrated)."""
+        robust, standard = load_bundle(robust_dir), load_bundle(standard_dir)
+        calibration = None
+        if calibration_path is not None:
+            calibration = calib.load(calibration_path, robust.version, standard.version)
+        elif calib.default_path(robust_dir).is_file():
+            calibration = calib.load(calib.default_path(robust_dir), robust.version, standard.version)
+        else:
+            log.warning("no calibration for %s: verdicts will carry scores but no flag", robust_dir)
+        return cls(robust, standard, calibration, device=device, max_batch=max_batch, threads=threads, **kwargs)
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.robust.version}+{self.standard.version}"
+
+    # --- public ------------------------------------------------------------------------------------------
+    def analyse(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
+        """One result per item, in order: a ``Verdict``, or the ``ImageError`` that explains the rejection."""
+        results: list[Verdict | ImageError] = []
+        for start in range(0, len(items), self.max_batch):
+            results.extend(self._analyse_chunk(items[start : start + self.max_batch]))
+        return results
+
+    def analyse_tensor(self, x: torch.Tensor) -> list[Verdict]:
+        """Verdicts for a batch already in model space: float (B, C, H, W) in [0, 1] at the input size."""
+        verdicts: list[Verdict] = []
+        for start in range(0, len(x), self.max_batch):
+            chunk = x[start : start + self.max_batch]
+            verdicts.extend(self._verdicts(chunk, [0.0] * len(chunk)))
+        return verdicts
+
+    @torch.no_grad()
+    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Robust softmax (B, K) and each detector's scores (B,) for a model-space batch (no chunking).
+
+        Calibration and evaluation call this, so they measure exactly what the engine serves.
+        """
+        x = x.to(self.device, torch.float32)
+        robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
+        probs = self.views.probabilities(x, det.needs_of(self.detectors), {(det.ROBUST, det.IDENTITY): robust_probs})
+        return robust_probs, {k: v.cpu() for k, v in det.score(self.detectors, probs).items()}
+
+    def combined(self, scores: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return self.calibration.combiner.logit(scores) if self.calibration else None
+
+    # --- internals ---------------------------------------------------------------------------------------
+    def _analyse_chunk(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
+        inputs: list[torch.Tensor] = []
+        decode_ms: list[float] = []
+        results: list[Verdict | ImageError | None] = []
+        for item in items:
+            start = time.perf_counter()
+            try:
+                image = self._decode(item)
+                tensor = to_model_input([image], self.input_size)
+            except ImageError as err:
+                results.append(err)
+                continue
+            inputs.append(tensor)
+            decode_ms.append((time.perf_counter() - start) * 1000)
+            results.append(None)
+        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms) if inputs else [])
+        return [r if r is not None else next(verdicts) for r in results]
+
+    def _decode(self, item: bytes | Image.Image) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return normalise_image(item, self.limits)
+        if isinstance(item, bytes | bytearray | memoryview):
+            return decode_image(bytes(item), self.limits, self.draft_size)
+        raise TypeError(f"expected image bytes or a PIL image, got {type(item).__name__}")
+
+    def _synchronise(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def _verdicts(self, x: torch.Tensor, decode_ms: Sequence[float]) -> list[Verdict]:
+        n = len(x)
+        x = x.to(self.device, torch.float32)
+        start = time.perf_counter()
+        robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
+        self._synchronise()
+        after_inference = time.perf_counter()
+        probs = self.views.probabilities(x, det.needs_of(self.detectors), {(det.ROBUST, det.IDENTITY): robust_probs})
+        scores = {k: v.cpu() for k, v in det.score(self.detectors, probs).items()}
+        combined = self.combined(scores)
+        self._synchronise()
+        end = time.perf_counter()
+        inference_ms = (after_inference - start) * 1000 / n
+        detection_ms = (end - after_inference) * 1000 / n
+
+        robust_probs = robust_probs.cpu()
+        top_p, top_i = robust_probs.topk(self.top_k, dim=1)
+        threshold = self.calibration.threshold if self.calibration else None
+        calibration_version = self.calibration.version if self.calibration else None
+        verdicts = []
+        for i in range(n):
+            score = float(combined[i]) if combined is not None else None
+            verdicts.append(
+                Verdict(
+                    label=self.classes[int(top_i[i, 0])],
+                    label_index=int(top_i[i, 0]),
+                    confidence=float(top_p[i, 0]),
+                    top_k=[(self.classes[int(j)], float(p)) for p, j in zip(top_p[i], top_i[i], strict=True)],
+                    scores={k: float(v[i]) for k, v in scores.items()},
+                    combined=score,
+                    flagged=None if score is None else bool(score > threshold),
+                    threshold=threshold,
+                    model_version=self.model_version,
+                    robust_version=self.robust.version,
+                    standard_version=self.standard.version,
+                    calibration_version=calibration_version,
+                    timings_ms={"decode": decode_ms[i], "inference": inference_ms, "detection": detection_ms},
+                )
+            )
+        return verdicts
+
+
+def _check_compatible(robust: Bundle, standard: Bundle) -> None:
+    for key in ("classes", "input_size"):
+        if robust.metadata[key] != standard.metadata[key]:
+            raise EngineError(
+                f"robust and standard bundles differ in {key}: {robust.metadata[key]} vs {standard.metadata[key]}"
+            )
+
+
+@functools.lru_cache(maxsize=4)
+def load_engine(
+    robust_dir: str,
+    standard_dir: str,
+    calibration_path: str | None = None,
+    device: str = "auto",
+    max_batch: int = 64,
+    threads: int | None = None,
+) -> Engine:
+    """The process-wide engine for these arguments: bundles are read and verified once per process."""
+    return Engine.from_bundles(robust_dir, standard_dir, calibration_path, device, max_batch, threads)
