@@ -1,6 +1,6 @@
 """Turn training runs and their evaluation into results/robustness.json, results/README tables, and models/.
 
-    .venv/bin/python scripts/collect_results.py --eval runs/cpu-eval/eval.json --results results \
+    .venv/bin/python scripts/collect_results.py --eval runs/eval-otjr/eval.json --eval ... --results results \
         --ship otjr --ship standard --models models
 
 One record per run: method, arch, width, data set, epochs, clean, pgd20, cw, autoattack, n_eval,
@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from training import bundle
+from training.evaluate import plot_curves
 
 
 def training_seconds(run_dir: Path) -> float:
@@ -55,7 +56,7 @@ def pct(value: float | None) -> str:
 
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| method | checkpoint | clean | PGD-20 | CW-inf | AutoAttack | n (AA) | train time |",
+        "| method | checkpoint | clean | PGD-20 | CW-inf | AutoAttack | n (AA) | training wall time* |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -85,20 +86,18 @@ def ship(result: dict, models_dir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--eval", type=Path, required=True, help="eval.json written by python -m training eval")
+    parser.add_argument("--eval", type=Path, action="append", required=True, help="eval.json (repeatable)")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--ship", action="append", default=[], help="method whose bundle goes to --models")
     parser.add_argument("--models", type=Path, default=Path("models"))
     args = parser.parse_args()
 
-    results = json.loads(args.eval.read_text())
+    results = [result for path in args.eval for result in json.loads(path.read_text())]
     records = [record(r) for r in results]
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "robustness.json").write_text(json.dumps(records, indent=2) + "\n")
     (args.results / "robustness.md").write_text(markdown(records))
-    curve = args.eval.parent / "robustness_curve.png"
-    if curve.exists():
-        shutil.copy(curve, args.results / "robustness_curve.png")
+    plot_curves(results, args.results / "robustness_curve.png", "PreActResNet-18 (width 0.125), CIFAR-10 JPEG, PGD-20")
     for result in results:
         if result["method"] in args.ship:
             print(f"shipped {ship(result, args.models)}")
