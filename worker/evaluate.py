@@ -1,0 +1,749 @@
+"""Detection on test images the detector never saw: attacks, benign changes, and one adaptive attack.
+
+    python -m worker.evaluate --robust runs/cpu-otjr/best --standard runs/cpu-standard/best \
+        --transfer-source /tmp/std-seed1/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 --out results
+
+What is measured
+    A seeded subset of the TEST split (``worker.calibrate`` uses only the training split, so neither the
+    combiner nor its threshold ever saw these images).  Every image is scored by the engine itself
+    (``Engine.scores`` and the calibration's combiner), so the numbers are those of the served verdicts.
+    Clean images come from 8-bit files; every adversarial or benign image is saved back to the 8-bit grid
+    before scoring, as a real image on the web would be.
+
+    Attacks (all L-inf, every image attacked whether or not the attacked model classified it correctly; the
+    success rate is reported beside the detection numbers):
+
+    - ``pgd-E-X``: PGD on the cross-entropy; ``cw-E-X``: PGD on the Carlini-Wagner margin (CW-inf).  E is eps
+      in 1/255; X is the model attacked white-box: ``s`` the engine's standard companion, ``r`` the robust
+      model, ``t`` a separately trained model (``--transfer-source``) whose images are then TRANSFERRED to
+      the engine: the realistic case of an adversarial image made for some other classifier on the web.
+    - ``square-E``: Square (Andriushchenko et al. 2020, torchattacks), black-box with a query budget
+      (``--square-queries``), by default against the engine's standard companion (``--square-target``).
+    - ``adaptive-E``: white-box against models AND detector.  PGD maximising
+      ``min(margin(x'), kappa) - lambda * max(combined(x') - threshold, -kappa)``, where margin is the
+      attacked model's CW margin and combined is the detector's combined score computed differentiably
+      (every default detector is differentiable: KL, disagreement, uncertainty and the 2x2 median are
+      min/max networks; the non-differentiable squeezers, bit depth and JPEG, would get BPDA, i.e. the
+      identity on the backward pass).  The hinges make it push on whichever goal is still unmet; iterates
+      stay on the 8-bit grid, and per image it keeps the first iterate that is misclassified AND unflagged.
+
+    Per attack: AUROC of the combined score (adversarial against clean test images), TPR at 1% and 5% FPR
+    (thresholds set on the same clean test scores), the flag rate at the calibrated operating point, the
+    same on the successful adversarial images only, the per-detector AUROCs and the rate of images that
+    fool the attacked model and are not flagged.  Per benign change (``worker.benign``): the flag rate at
+    the operating point.
+
+Outputs: ``detection.json``, ``detection_roc.png`` (ROC curves of the main attacks) and
+``detection_scores.png`` (combined-score histograms with the threshold) in ``--out``; a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+from training.attacks import margin_objective, pgd, predict
+from training.bundle import Bundle
+from training.bundle import load as load_bundle
+from training.data import load_splits, seeded_subset, to_float
+from worker.benign import BENIGN, quantise
+from worker.calibrate import make_progress
+from worker.engine import calibration as calib
+from worker.engine import detectors as det
+from worker.engine.combiner import Combiner
+from worker.engine.engine import Engine, EngineError
+
+FPRS = (0.01, 0.05)
+TARGETS = {  # the issue's targets: (attack, statistic, comparison, value)
+    "transfer_pgd8_tpr_at_1pct_fpr": ("pgd-8-t", "tpr_at_1pct_fpr", ">=", 0.90),
+    "transfer_pgd4_tpr_at_1pct_fpr": ("pgd-4-t", "tpr_at_1pct_fpr", ">=", 0.80),
+}
+BENIGN_TARGET = 0.02
+DEFAULT_ATTACKS = (
+    *(f"pgd-{e}-{t}" for t in "srt" for e in (2, 4, 8, 16)),
+    *(f"cw-8-{t}" for t in "srt"),
+    "square-8",
+    "adaptive-8",
+)
+DEFINITIONS = {
+    "success_rate": "attacked model wrong on the adversarial image, among all n (its clean errors count)",
+    "success_rate_on_correct": "the same among the images the attacked model classified correctly when clean",
+    "robust_error / standard_error": "the engine's robust / standard model wrong on the adversarial image",
+    "auroc": "combined score, adversarial (all n) against the clean test images",
+    "tpr_at_Xpct_fpr": "share of adversarial images above the threshold that X% of the clean test images exceed",
+    "flag_rate": "share flagged at the calibrated operating point (the artefact's threshold), as served",
+    "fooled_and_unflagged": "attacked model wrong AND not flagged, among all n",
+    "successful": "the detection numbers on the images whose correct prediction the attack made wrong",
+    "clean.flag_rate": "the served false-positive rate measured on the clean test images",
+}
+MAIN_CURVES = ("pgd-4-t", "pgd-8-t", "pgd-8-s", "pgd-8-r", "cw-8-s", "square-8", "adaptive-8")
+HISTOGRAM_ATTACKS = ("pgd-4-t", "pgd-8-t", "square-8", "adaptive-8")
+TARGET_NAMES = {"s": "standard", "r": "robust", "t": "transfer"}
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+def auroc(negatives: Any, positives: Any) -> float:
+    """P(positive score > negative score), ties counted half (Mann-Whitney U)."""
+    return calib.roc_auc(negatives, positives)
+
+
+def tpr_at_fpr(negatives: Any, positives: Any, fpr: float) -> float:
+    """Fraction of positives above the threshold that at most ``fpr`` of the negatives exceed."""
+    return calib.flag_rate(positives, calib.threshold_for_fpr(negatives, fpr))
+
+
+def roc_curve(negatives: Any, positives: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) at every distinct score, flagging score >= value, from (0, 0) to (1, 1).
+
+    The trapezoid area under these points equals ``auroc`` (ties give diagonal segments, i.e. count half).
+    """
+    neg = np.sort(np.asarray(negatives, dtype=np.float64).reshape(-1))
+    pos = np.sort(np.asarray(positives, dtype=np.float64).reshape(-1))
+    values = np.unique(np.concatenate([neg, pos]))[::-1]
+    fpr = 1 - np.searchsorted(neg, values, side="left") / max(len(neg), 1)
+    tpr = 1 - np.searchsorted(pos, values, side="left") / max(len(pos), 1)
+    return np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr])
+
+
+def trapezoid_area(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def detection_stats(clean: Any, adversarial: Any, threshold: float | None) -> dict[str, float | None]:
+    """AUROC, TPR at 1% and 5% FPR against the clean scores, and the flag rate at the operating point."""
+    stats: dict[str, float | None] = {"auroc": auroc(clean, adversarial)}
+    for fpr in FPRS:
+        stats[f"tpr_at_{round(fpr * 100)}pct_fpr"] = tpr_at_fpr(clean, adversarial, fpr) if len(adversarial) else None
+    stats["flag_rate"] = calib.flag_rate(adversarial, threshold) if threshold is not None else None
+    return stats
+
+
+# --- attacks ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    kind: str  # "pgd", "cw", "square", "adaptive"
+    eps_255: float
+    target: str  # "standard", "robust", "transfer"
+
+    @property
+    def eps(self) -> float:
+        return self.eps_255 / 255
+
+    @property
+    def family(self) -> str:
+        if self.kind in ("square", "adaptive"):
+            return "black-box" if self.kind == "square" else "adaptive"
+        return "transfer" if self.target == "transfer" else f"white-box {self.target}"
+
+
+def parse_attacks(text: str, square_target: str, adaptive_target: str) -> list[AttackSpec]:
+    """``pgd-E-X`` / ``cw-E-X`` (X in s, r, t), ``square[-E]``, ``adaptive[-E]``; 'default' for the full set."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["default"] or names == ["all"]:
+        names = list(DEFAULT_ATTACKS)
+    specs = []
+    for name in names:
+        if match := re.fullmatch(r"(pgd|cw)-(\d+(?:\.\d+)?)-([srt])", name):
+            kind, eps, tag = match.groups()
+            specs.append(AttackSpec(name, kind, float(eps), TARGET_NAMES[tag]))
+        elif match := re.fullmatch(r"(square|adaptive)(?:-(\d+(?:\.\d+)?))?", name):
+            kind, eps = match.groups()
+            eps = eps or "8"
+            target = square_target if kind == "square" else adaptive_target
+            specs.append(AttackSpec(f"{kind}-{eps}", kind, float(eps), target))
+        else:
+            raise ValueError(f"unknown attack {name!r}: use pgd-E-X or cw-E-X (X in s, r, t), square-E, adaptive-E")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError("an attack is listed twice")
+    return specs
+
+
+def bpda_view(views: det.ViewComputer, view: str, x: torch.Tensor) -> torch.Tensor:
+    """A detector view with gradients: exact where the transform is differentiable, BPDA where not."""
+    if view in NON_DIFFERENTIABLE_VIEWS:
+        with torch.no_grad():
+            squeezed = views.transform(view, x.detach())
+        return x + (squeezed - x).detach()  # forward: the real view; backward: the identity
+    return views.transform(view, x)
+
+
+NON_DIFFERENTIABLE_VIEWS = frozenset({"bits", "jpeg"})  # rounding and libjpeg; median, noise are exact
+
+
+def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each served detector's scores with gradients with respect to ``x`` (same values as ``Engine.scores``)."""
+    needs = det.needs_of(engine.detectors)
+    probs: dict[tuple[str, str], torch.Tensor] = {}
+    for model_name, model in engine.views.models.items():
+        views = [v for m, v in needs if m == model_name]
+        if views:
+            batch = torch.cat([bpda_view(engine.views, v, x) for v in views])
+            out = F.softmax(model(batch).float(), dim=1).split(len(x))
+            probs.update({(model_name, v): p for v, p in zip(views, out, strict=True)})
+    return det.score(engine.detectors, probs)
+
+
+def differentiable_combined(combiner: Combiner, scores: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``Combiner.logit`` without leaving autograd (the served one detaches and works in float64)."""
+    features = torch.stack([scores[f].float() for f in combiner.features], dim=1)
+    mean = torch.tensor(combiner.mean, dtype=features.dtype, device=features.device)
+    std = torch.tensor(combiner.std, dtype=features.dtype, device=features.device)
+    weights = torch.tensor(combiner.weights, dtype=features.dtype, device=features.device)
+    return ((torch.log1p(features.clamp_min(0)) - mean) / std) @ weights + combiner.bias
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: best other logit minus the true logit (positive once misclassified)."""
+    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+def adaptive_attack(
+    engine: Engine,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    lam: float,
+    kappa: float = 1.0,
+) -> torch.Tensor:
+    """PGD against ``model`` and the engine's detector together (see the module docstring); 8-bit output."""
+    assert engine.calibration is not None
+    combiner, threshold = engine.calibration.combiner, engine.calibration.threshold
+    step = max(2.5 * eps / steps, 1 / 255)
+    x = x.detach()
+    x_adv = quantise(torch.min(torch.max(x + torch.empty_like(x).uniform_(-eps, eps), x - eps), x + eps))
+    best = x_adv.clone()
+    found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for i in range(steps + 1):
+        x_adv.requires_grad_(True)
+        logits = model(x_adv)
+        combined = differentiable_combined(combiner, differentiable_scores(engine, x_adv))
+        with torch.no_grad():  # this iterate is on the grid, so these are the served values
+            success = ~found & (logits.argmax(1) != y) & (combined <= threshold)
+            best[success] = x_adv.detach()[success]
+            found |= success
+        if i == steps:
+            break
+        objective = margin(logits, y).clamp(max=kappa) - lam * (combined - threshold).clamp(min=-kappa)
+        (grad,) = torch.autograd.grad(objective.sum(), x_adv)
+        x_adv = x_adv.detach() + step * grad.sign()
+        x_adv = quantise(torch.min(torch.max(x_adv, x - eps), x + eps))
+    return torch.where(found.view(-1, 1, 1, 1), best, x_adv.detach())
+
+
+def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, seed: int):
+    import torchattacks
+
+    attack = torchattacks.Square(
+        model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, loss="margin",
+        resc_schedule=True, seed=seed,
+    )  # fmt: skip
+    x_adv = attack(x, y)
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)  # guard the budget
+
+
+def describe(spec: AttackSpec, settings: dict[str, Any]) -> str:
+    eps = f"eps {spec.eps_255:g}/255"
+    if spec.kind == "pgd":
+        return f"PGD L-inf cross-entropy, {eps}, {settings['steps']} steps of 2.5*eps/steps, uniform start"
+    if spec.kind == "cw":
+        return f"PGD L-inf on the CW margin (CW-inf), {eps}, {settings['steps']} steps of 2.5*eps/steps"
+    if spec.kind == "square":
+        return f"Square L-inf (torchattacks, margin loss, p_init 0.8), {eps}, {settings['square_queries']} queries"
+    return (
+        f"adaptive PGD on min(margin, {settings['adaptive_kappa']:g}) - {settings['adaptive_lambda']:g} * "
+        f"max(combined - threshold, -{settings['adaptive_kappa']:g}), {eps}, {settings['adaptive_steps']} steps "
+        "on the 8-bit grid, first misclassified-and-unflagged iterate kept"
+    )
+
+
+# --- scoring ------------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    combined: torch.Tensor  # (N,) float64
+    detectors: dict[str, torch.Tensor]
+    robust_pred: torch.Tensor
+    standard_pred: torch.Tensor
+
+
+def score_batches(
+    engine: Engine, x: torch.Tensor, batch: int, progress: Progress | None = None, label: str = ""
+) -> Scored:
+    """The engine's scores for a model-space batch (on the 8-bit grid), chunked."""
+    task = progress.add_task(label, total=len(x)) if progress else None
+    parts: list[dict[str, torch.Tensor]] = []
+    robust, standard = [], []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch].to(engine.device)
+        robust_probs, scores = engine.scores(chunk)
+        parts.append(scores)
+        robust.append(robust_probs.argmax(1).cpu())
+        standard.append(predict(engine.standard.model, chunk).cpu())
+        if progress is not None:
+            progress.advance(task, len(chunk))
+    detectors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    combined = engine.combined(detectors)
+    return Scored(combined.double(), detectors, torch.cat(robust), torch.cat(standard))
+
+
+# --- the run ------------------------------------------------------------------------------------------
+def attacked_model(spec: AttackSpec, engine: Engine, transfer: Bundle | None) -> nn.Module:
+    if spec.target == "robust":
+        return engine.robust.model
+    if spec.target == "standard":
+        return engine.standard.model
+    if transfer is None:
+        raise ValueError(f"{spec.name} needs --transfer-source")
+    return transfer.model
+
+
+def run_attack(
+    spec: AttackSpec,
+    engine: Engine,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: dict[str, Any],
+    progress: Progress,
+) -> torch.Tensor:
+    batch = settings["batch_size"]
+    task = progress.add_task(f"attack {spec.name}", total=len(x))
+    out = torch.empty_like(x)
+    torch.manual_seed(settings["seed"])
+    for start in range(0, len(x), batch):
+        xs, ys = x[start : start + batch].to(engine.device), y[start : start + batch].to(engine.device)
+        if spec.kind in ("pgd", "cw"):
+            objective = {"objective": margin_objective} if spec.kind == "cw" else {}
+            steps = settings["steps"]
+            with torch.enable_grad():
+                adv = pgd(model, xs, ys, spec.eps, 2.5 * spec.eps / steps, steps, **objective)
+        elif spec.kind == "square":
+            adv = square_attack(model, xs, ys, spec.eps, settings["square_queries"], settings["seed"])
+        else:
+            with torch.enable_grad():
+                adv = adaptive_attack(
+                    engine, model, xs, ys, spec.eps, settings["adaptive_steps"], settings["adaptive_lambda"],
+                    settings["adaptive_kappa"],
+                )  # fmt: skip
+        out[start : start + len(xs)] = quantise(adv).cpu()
+        progress.advance(task, len(xs))
+    return out
+
+
+def labels(model: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Predicted labels, on the CPU, of a CPU batch run through ``model`` on ``device``."""
+    return torch.cat([predict(model, x[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+
+
+def rate(mask: torch.Tensor) -> float | None:
+    return float(mask.double().mean()) if len(mask) else None
+
+
+def evaluate(
+    engine: Engine,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[AttackSpec],
+    benign: Sequence[str],
+    settings: dict[str, Any],
+    transfer: Bundle | None = None,
+    console: Console | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The report (JSON-ready) and the combined scores per population (for the plots)."""
+    if engine.calibration is None:
+        raise EngineError("the engine has no calibration: run `python -m worker.calibrate` for these bundles first")
+    console = console or Console(stderr=True)
+    threshold = engine.calibration.threshold
+    batch = settings["batch_size"]
+    combined_by_population: dict[str, torch.Tensor] = {}
+    report: dict[str, Any] = {"attacks": {}, "benign": {}}
+    with make_progress(console) as progress:
+        started = time.perf_counter()
+        clean = score_batches(engine, x, batch, progress, "scoring clean (test)")
+        combined_by_population["clean"] = clean.combined
+        false_positives = int((clean.combined > threshold).sum())
+        transfer_pred = labels(transfer.model, x, batch, engine.device) if transfer is not None else None
+        report["clean"] = {
+            "n": len(x),
+            "flag_rate": false_positives / len(x),
+            "flag_rate_upper_95": calib.fpr_upper_bound(false_positives, len(x)),
+            "robust_accuracy": rate(clean.robust_pred == y),
+            "standard_accuracy": rate(clean.standard_pred == y),
+            "transfer_source_accuracy": rate(transfer_pred == y) if transfer_pred is not None else None,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+
+        for spec in attacks:
+            started = time.perf_counter()
+            model = attacked_model(spec, engine, transfer)
+            x_adv = run_attack(spec, engine, model, x, y, settings, progress)
+            scored = score_batches(engine, x_adv, batch, progress, f"scoring {spec.name}")
+            combined_by_population[spec.name] = scored.combined
+            target_pred = labels(model, x_adv, batch, engine.device)
+            correct_before = labels(model, x, batch, engine.device) == y
+            fooled = target_pred != y
+            flagged = scored.combined > threshold
+            record: dict[str, Any] = {
+                "family": spec.family,
+                "attack": describe(spec, settings),
+                "eps": f"{spec.eps_255:g}/255",
+                "target": spec.target,
+                "n": len(x),
+                "success_rate": rate(fooled),
+                "success_rate_on_correct": rate(fooled[correct_before]),
+                "robust_error": rate(scored.robust_pred != y),
+                "standard_error": rate(scored.standard_pred != y),
+                **detection_stats(clean.combined, scored.combined, threshold),
+                "fooled_and_unflagged": rate(fooled & ~flagged),
+                "fooled_and_unflagged_on_correct": rate((fooled & ~flagged)[correct_before]),
+            }
+            flipped = correct_before & fooled  # a correct prediction of the attacked model made wrong
+            successful = detection_stats(clean.combined, scored.combined[flipped], threshold)
+            record["successful"] = {"n": int(flipped.sum()), **successful}
+            record["detectors_auroc"] = {k: auroc(clean.detectors[k], v) for k, v in scored.detectors.items()}
+            if spec.kind == "square":
+                record["queries"] = settings["square_queries"]
+            if spec.kind == "adaptive":
+                record["differentiable"] = {
+                    d.name: "bpda" if any(v in NON_DIFFERENTIABLE_VIEWS for _, v in d.needs) else "exact"
+                    for d in engine.detectors
+                }
+                record["lambda"], record["kappa"] = settings["adaptive_lambda"], settings["adaptive_kappa"]
+            record["seconds"] = round(time.perf_counter() - started, 1)
+            report["attacks"][spec.name] = record
+
+        generator = torch.Generator().manual_seed(settings["seed"])
+        for name in benign:
+            started = time.perf_counter()
+            changed = torch.cat([BENIGN[name](x[i : i + batch], generator) for i in range(0, len(x), batch)])
+            scored = score_batches(engine, changed, batch, progress, f"benign {name}")
+            combined_by_population[f"benign:{name}"] = scored.combined
+            report["benign"][name] = {
+                "n": len(x),
+                "flag_rate": calib.flag_rate(scored.combined, threshold),
+                "auroc_vs_clean": auroc(clean.combined, scored.combined),
+                "robust_label_changed": rate(scored.robust_pred != clean.robust_pred),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+    report["targets"] = check_targets(report)
+    return report, combined_by_population
+
+
+def check_targets(report: dict[str, Any]) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    for key, (attack, statistic, comparison, goal) in TARGETS.items():
+        record = report["attacks"].get(attack)
+        value = record[statistic] if record else None
+        met = None if value is None else (value >= goal if comparison == ">=" else value <= goal)
+        targets[key] = {
+            "attack": attack,
+            "statistic": statistic,
+            "target": f"{comparison} {goal}",
+            "value": value,
+            "at_operating_point": record["flag_rate"] if record else None,
+            "met": met,
+        }
+        if record is None:
+            targets[key]["note"] = f"not measured ({attack} not run)"
+    if report["benign"]:
+        worst = max(report["benign"], key=lambda k: report["benign"][k]["flag_rate"])
+        value = report["benign"][worst]["flag_rate"]
+        targets["benign_flag_rate"] = {
+            "statistic": "max flag rate at the operating point",
+            "worst": worst,
+            "target": f"<= {BENIGN_TARGET}",
+            "value": value,
+            "met": value <= BENIGN_TARGET,
+        }
+    return targets
+
+
+# --- plots --------------------------------------------------------------------------------------------
+def plot_roc(path: Path, combined: dict[str, torch.Tensor], names: Sequence[str], threshold: float) -> None:
+    """ROC curves (linear and log FPR); a dot marks each attack's operating point (the calibrated threshold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    clean = combined["clean"]
+    for name in names:
+        fpr, tpr = roc_curve(clean, combined[name])
+        label = f"{name} (AUROC {auroc(clean, combined[name]):.3f})"
+        point = (calib.flag_rate(clean, threshold), calib.flag_rate(combined[name], threshold))
+        for ax in axes:
+            (line,) = ax.plot(fpr, tpr, label=label)
+            ax.plot(*point, marker="o", markersize=4, color=line.get_color())
+    for ax, scale in zip(axes, ("linear", "log"), strict=True):
+        ax.set_xscale(scale)
+        ax.set_xlabel("false-positive rate (clean test images)")
+        ax.set_ylabel("true-positive rate")
+        for fpr in FPRS:
+            ax.axvline(fpr, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+    axes[0].plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    axes[1].set_xlim(1 / max(len(clean), 1), 1)
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].set_title("ROC of the combined score")
+    axes[1].set_title("same, log FPR (dotted: 1% and 5%; dots: operating point)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scores(path: Path, combined: dict[str, torch.Tensor], names: Sequence[str], threshold: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    populations = {"clean": combined["clean"]}
+    benign = [v for k, v in combined.items() if k.startswith("benign:")]
+    if benign:
+        populations["benign changes (all)"] = torch.cat(benign)
+    populations.update({n: combined[n] for n in names})
+    values = torch.cat(list(populations.values())).numpy()
+    finite = values[np.isfinite(values)]
+    low, high = np.percentile(finite, [0.5, 99.5]) if len(finite) else (0.0, 1.0)
+    low, high = min(low, threshold) - 0.5, max(high, threshold) + 0.5
+    bins = np.linspace(low, high, 60)
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for name, scores in populations.items():
+        ax.hist(np.clip(scores.numpy(), low, high), bins=bins, density=True, histtype="step", linewidth=1.5,
+                label=f"{name} (n={len(scores)})")  # fmt: skip
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("combined score (logit; clipped to the plotted range)")
+    ax.set_ylabel("density")
+    ax.set_title("Combined detector score on test images")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- output -------------------------------------------------------------------------------------------
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null (strict JSON); tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def print_report(console: Console, document: dict[str, Any]) -> None:
+    calibration = document["calibration"]
+    table = Table(title=f"Detection on {document['n']} test images (threshold {calibration['threshold']:.3f}, "
+                        f"calibration {calibration['version']})")  # fmt: skip
+    for column in ("attack", "family", "fooled", "AUROC", "TPR@1%", "TPR@5%", "flagged", "fooled+unflagged"):
+        table.add_column(column, justify="left" if column in ("attack", "family") else "right")
+    clean = document["clean"]
+    table.add_row("clean", "-", "-", "-", "-", "-", fmt(clean["flag_rate"], ".1%"), "-")
+    for name, r in document["attacks"].items():
+        table.add_row(
+            name, r["family"], fmt(r["success_rate"], ".1%"), fmt(r["auroc"]), fmt(r["tpr_at_1pct_fpr"]),
+            fmt(r["tpr_at_5pct_fpr"]), fmt(r["flag_rate"], ".1%"), fmt(r["fooled_and_unflagged"], ".1%"),
+        )  # fmt: skip
+    console.print(table)
+    if document["benign"]:
+        benign = Table(title="Benign changes: flag rate at the operating point (target <= 2%)")
+        for column in ("change", "flagged", "AUROC vs clean", "robust label changed"):
+            benign.add_column(column, justify="left" if column == "change" else "right")
+        for name, r in document["benign"].items():
+            benign.add_row(
+                name, fmt(r["flag_rate"], ".1%"), fmt(r["auroc_vs_clean"]), fmt(r["robust_label_changed"], ".1%")
+            )
+        console.print(benign)
+    targets = Table(title="Targets")
+    for column in ("target", "goal", "value", "met"):
+        targets.add_column(column)
+    for name, t in document["targets"].items():
+        met = {True: "[green]yes", False: "[red]no", None: "not measured"}[t["met"]]
+        targets.add_row(name, t["target"], fmt(t["value"]), met)
+    console.print(targets)
+    console.print(
+        f"clean flag rate on the test images {clean['flag_rate']:.2%} (95% upper bound "
+        f"{clean['flag_rate_upper_95']:.2%}; calibrated for {calibration['target_fpr']:.1%}); robust accuracy "
+        f"{fmt(clean['robust_accuracy'], '.1%')}, standard {fmt(clean['standard_accuracy'], '.1%')}"
+    )
+
+
+def bundle_info(bundle: Bundle) -> dict[str, Any]:
+    return {"path": str(bundle.path), "version": bundle.version, "method": bundle.metadata.get("method"),
+            "arch": bundle.metadata.get("arch"), "width": bundle.metadata.get("width")}  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--robust", required=True, help="robust model bundle folder")
+    parser.add_argument("--standard", required=True, help="standard companion bundle folder")
+    parser.add_argument("--transfer-source", help="a separately trained model bundle for the transfer attacks")
+    parser.add_argument("--calibration", help="artefact (default: calibration.json in the robust bundle's folder)")
+    parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
+    parser.add_argument("--dataset", help="data set name (default: the robust bundle's)")
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--n", type=int, default=1000, help="test images (a seeded subset of the test split)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results", help="folder for detection.json and the PNGs")
+    parser.add_argument("--attacks", default="default", help=f"comma list (default: {','.join(DEFAULT_ATTACKS)})")
+    parser.add_argument("--benign", default="all", help=f"comma list of {','.join(BENIGN)}, 'all' or 'none'")
+    parser.add_argument("--steps", type=int, default=20, help="PGD / CW steps")
+    parser.add_argument("--square-queries", type=int, default=1000)
+    parser.add_argument("--square-target", choices=("standard", "robust", "transfer"), default="standard")
+    parser.add_argument("--adaptive-steps", type=int, default=40)
+    parser.add_argument("--adaptive-lambda", type=float, default=1.0)
+    parser.add_argument("--adaptive-kappa", type=float, default=1.0)
+    parser.add_argument("--adaptive-target", choices=("standard", "robust", "transfer"), default="standard")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    if args.n < 2 or args.steps < 1 or args.square_queries < 1 or args.adaptive_steps < 1 or args.batch_size < 1:
+        parser.error("need --n >= 2 and positive --steps, --square-queries, --adaptive-steps, --batch-size")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=160)
+    try:
+        attacks = parse_attacks(args.attacks, args.square_target, args.adaptive_target)
+    except ValueError as err:
+        console.print(f"[red]{err}")
+        return 2
+    benign = [] if args.benign == "none" else list(BENIGN) if args.benign == "all" else args.benign.split(",")
+    unknown = [b for b in benign if b not in BENIGN]
+    if unknown:
+        console.print(f"[red]unknown benign change(s) {', '.join(unknown)}; choose from {', '.join(BENIGN)}")
+        return 2
+    try:
+        engine = Engine.from_bundles(args.robust, args.standard, args.calibration, device=args.device,
+                                     max_batch=args.batch_size, threads=args.threads)  # fmt: skip
+    except (ValueError, EngineError) as err:  # BundleError and CalibrationError are ValueErrors
+        console.print(f"[red]{err}")
+        return 2
+    if engine.calibration is None:
+        console.print(
+            f"[red]no calibration for {args.robust}: run `python -m worker.calibrate` (or pass --calibration)"
+        )
+        return 2
+    transfer = None
+    if any(s.target == "transfer" for s in attacks):
+        if not args.transfer_source:
+            console.print("[red]transfer attacks need --transfer-source (or drop the -t attacks from --attacks)")
+            return 2
+        transfer = load_bundle(args.transfer_source, engine.device)
+        for key in ("classes", "input_size"):
+            if transfer.metadata[key] != engine.robust.metadata[key]:
+                console.print(f"[red]the transfer source differs from the engine's bundles in {key}")
+                return 2
+        if transfer.version in (engine.robust.version, engine.standard.version):
+            console.print("[yellow]the transfer source is one of the engine's own bundles: that is not a transfer")
+    dataset = args.dataset or engine.robust.metadata.get("dataset", "cifar10")
+    splits = load_splits(dataset, args.data_dir, Path(args.cache_dir) if args.cache_dir else None)
+    if splits.test.classes != engine.classes:
+        console.print(f"[red]the data set's classes {splits.test.classes} differ from the bundle's {engine.classes}")
+        return 2
+    subset = seeded_subset(splits.test, args.n, args.seed)
+    x, y = to_float(subset.images), subset.labels
+    settings = {
+        "steps": args.steps, "square_queries": args.square_queries, "adaptive_steps": args.adaptive_steps,
+        "adaptive_lambda": args.adaptive_lambda, "adaptive_kappa": args.adaptive_kappa,
+        "batch_size": args.batch_size, "seed": args.seed,
+    }  # fmt: skip
+    console.print(f"evaluating on {len(x)} test images of {splits.source} (seed {args.seed}), "
+                  f"{len(attacks)} attacks, {len(benign)} benign changes")  # fmt: skip
+    started = time.perf_counter()
+    report, combined = evaluate(engine, x, y, attacks, benign, settings, transfer, console)
+    calibration = engine.calibration
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = [n for n in MAIN_CURVES if n in combined] or [s.name for s in attacks][:7]
+    histogram = [n for n in HISTOGRAM_ATTACKS if n in combined] or [s.name for s in attacks][:3]
+    plot_roc(out / "detection_roc.png", combined, curves, calibration.threshold)
+    plot_scores(out / "detection_scores.png", combined, histogram, calibration.threshold)
+    document = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m worker.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
+        "n": len(x),
+        "data": {
+            "dataset": dataset,
+            "source": splits.source,
+            "split": "test",
+            "seed": args.seed,
+            "note": "a seeded subset of the test split; calibration uses only the training split",
+        },
+        "settings": {
+            **settings,
+            "square_target": args.square_target,
+            "adaptive_target": args.adaptive_target,
+            "attack_policy": "every image is attacked; success rates are reported beside detection",
+            "quantisation": "every adversarial and benign image is rounded to the 8-bit grid",
+            "device": str(engine.device),
+            "threads": torch.get_num_threads(),
+        },
+        "models": {
+            "robust": bundle_info(engine.robust),
+            "standard": bundle_info(engine.standard),
+            "transfer_source": bundle_info(transfer) if transfer is not None else None,
+            "model_version": engine.model_version,
+        },
+        "calibration": {
+            "path": str(args.calibration or calib.default_path(args.robust)),
+            "version": calibration.version,
+            "threshold": calibration.threshold,
+            "target_fpr": calibration.target_fpr,
+            "detectors": list(calibration.detectors),
+            "detector_set": calibration.detector_set,
+            "calibration_measured_fpr": calibration.measured_fpr,
+        },
+        **report,
+        "definitions": DEFINITIONS,
+        "plots": {
+            "roc": "detection_roc.png",
+            "scores": "detection_scores.png",
+            "roc_attacks": curves,
+            "histogram_attacks": histogram,
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    path = out / "detection.json"
+    path.write_text(json.dumps(json_safe(document), indent=2) + "\n")
+    print_report(console, document)
+    console.print(f"wrote {path}, {out / 'detection_roc.png'}, {out / 'detection_scores.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
