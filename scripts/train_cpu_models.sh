@@ -27,3 +27,6 @@ done
 wait
 evals=(); for method in "${methods[@]}"; do evals+=(--eval "runs/eval-$method/eval.json"); done
 $py scripts/collect_results.py "${evals[@]}" --results results --ship otjr --ship standard --models models
+# The detector calibration shipped beside the OTJR bundle (1% false-positive rate).
+$py -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+  --data-dir "$data" --n-clean 1000 --n-adv 600 --threads 2
