@@ -28,11 +28,15 @@ def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def margin_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Carlini-Wagner margin: best other logit minus the true logit (positive once misclassified)."""
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image, the Carlini-Wagner margin: best other logit minus the true logit (positive once misclassified)."""
     true = logits.gather(1, y.view(-1, 1)).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return (other - true).sum()
+    return other - true
+
+
+def margin_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return margin(logits, y).sum()
 
 
 def kl_objective(clean_logits: torch.Tensor) -> Objective:

@@ -111,7 +111,7 @@ def _cached(path: Path, cache_dir: Path | None, read) -> DataSplits:
         )
     splits = read()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may fill the cache at once
     torch.save(
         {
             "train_images": splits.train.images,

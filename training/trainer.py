@@ -238,8 +238,9 @@ class Trainer:
                 started = time.perf_counter()
                 record = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
                 record.update(self.train_epoch(epoch, progress if self.dist.is_main else None))
-                torch.manual_seed(cfg.seed + 1)  # the check's random starts are the same every epoch
-                record.update(self.holdout_check())
+                if self.dist.is_main:  # every rank holds the same weights: one check is enough
+                    torch.manual_seed(cfg.seed + 1)  # the check's random starts are the same every epoch
+                    record.update(self.holdout_check())
                 record["seconds"] = round(time.perf_counter() - started, 2)
                 if self.dist.is_main:
                     self._end_of_epoch(epoch, record, progress)

@@ -59,7 +59,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from training.attacks import margin_objective, pgd, predict
+from training.attacks import margin, margin_objective, pgd, predict
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
@@ -208,13 +208,6 @@ def differentiable_combined(combiner: Combiner, scores: dict[str, torch.Tensor])
     std = torch.tensor(combiner.std, dtype=features.dtype, device=features.device)
     weights = torch.tensor(combiner.weights, dtype=features.dtype, device=features.device)
     return ((torch.log1p(features.clamp_min(0)) - mean) / std) @ weights + combiner.bias
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per image: best other logit minus the true logit (positive once misclassified)."""
-    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return other - true
 
 
 def adaptive_attack(

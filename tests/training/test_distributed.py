@@ -18,6 +18,7 @@ def test_torchrun_trains_otjr_with_two_processes(tiny_tarball: Path, tmp_path: P
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # a free rendezvous port, so a busy 29500 cannot break the test
         "--nproc_per_node",
         "2",
         "-m",
