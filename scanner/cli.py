@@ -1,10 +1,25 @@
-"""The ``scanner`` command line."""
+"""The ``scanner`` command line.
+
+    scanner demo                       the bundled robust and standard models on clean and attacked images
+    scanner serve                      the API (embedded: SQLite + in-process analysis when no broker is set)
+    scanner worker                     a Celery analysis worker (needs SCANNER_BROKER_URL)
+    scanner db upgrade|downgrade|current
+    scanner keys create|list|revoke
+
+Settings come from ``SCANNER_*`` environment variables or the TOML file named by ``SCANNER_SETTINGS_FILE``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import logging
+import re
 import sys
 from pathlib import Path
+
+from pydantic import ValidationError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,24 +34,185 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("-n", type=int, default=20, help="how many test images")
     demo.add_argument("--eps", default="8/255")
     demo.add_argument("--seed", type=int, default=0)
+
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", help="default: SCANNER_HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: SCANNER_PORT (8080)")
+
+    worker = sub.add_parser("worker", help="run a Celery analysis worker")
+    worker.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads the models)")
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--loglevel", default="INFO")
+
+    db = sub.add_parser("db", help="database schema (Alembic migrations)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="migrate to the newest schema").add_argument(
+        "revision", nargs="?", default="head"
+    )
+    db_sub.add_parser("downgrade", help="migrate back to a revision").add_argument("revision")
+    db_sub.add_parser("current", help="print the schema revision")
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it (once: only its hash is stored)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--tenant", default="default")
+    create.add_argument("--scope", action="append", help="scans:write, reports:read (default: both)")
+    create.add_argument("--expires-in", help="e.g. 90d, 12h (default: never)")
+    create.add_argument("--json", action="store_true", help="print JSON instead of text")
+    keys_sub.add_parser("list", help="list keys (never their secrets)").add_argument("--tenant")
+    keys_sub.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
-        from scanner.demo import run_demo
-        from training.bundle import BundleError
-        from training.data import DataError
+        return _demo(args)
+    from scanner.settings import Settings
 
-        if not args.data.exists():
-            print(
-                f"error: demo images not found at {args.data}; pass --data (see shared/data/README.md)", file=sys.stderr
-            )
+    try:
+        settings = Settings()
+    except (ValidationError, FileNotFoundError) as err:
+        print(f"error: invalid settings: {err}", file=sys.stderr)
+        return 2
+    handlers = {"serve": _serve, "worker": _worker, "db": _db, "keys": _keys}
+    return handlers[args.command](args, settings)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from scanner.demo import run_demo
+    from training.bundle import BundleError
+    from training.data import DataError
+
+    if not args.data.exists():
+        print(f"error: demo images not found at {args.data}; pass --data (see shared/data/README.md)", file=sys.stderr)
+        return 2
+    try:
+        run_demo(args.data, args.robust, args.standard, args.n, args.eps, args.seed)
+    except (BundleError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Settings
+    from aiohttp import web
+
+    from scanner.api import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    mode = "embedded (in-process analysis)" if settings.embedded else f"distributed (broker {settings.broker_url})"
+    print(f"scanner API on http://{host}:{port} - {mode}, database {settings.db_url}", flush=True)
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    if settings.embedded:
+        print("error: set SCANNER_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", file=sys.stderr)
+        return 2
+    from scanner.db import migrate
+    from scanner.db.session import make_engine
+    from worker.celery_app import QUEUE
+    from worker.tasks import create_worker_app
+
+    if not migrate.is_up_to_date(make_engine(settings.db_url)):
+        print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
+        return 2
+    app = create_worker_app(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={args.concurrency}",
+            f"--pool={args.pool}",
+            f"--loglevel={args.loglevel}",
+            f"--queues={QUEUE}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _db(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from scanner.db import migrate
+    from scanner.db.session import make_engine
+
+    if args.db_command == "upgrade":
+        make_engine(settings.db_url).dispose()  # creates the SQLite folder when needed
+        migrate.upgrade(settings.db_url, args.revision)
+    elif args.db_command == "downgrade":
+        migrate.downgrade(settings.db_url, args.revision)
+    current = migrate.current_revision(make_engine(settings.db_url))
+    print(f"schema revision: {current or 'empty'} (newest: {migrate.head_revision()})")
+    return 0
+
+
+_DURATION = re.compile(r"^(\d+)([dhm])$")
+
+
+def _parse_duration(text: str) -> dt.timedelta:
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"durations look like 90d, 12h or 30m, not {text!r}")
+    unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+    return dt.timedelta(**{unit: int(match.group(1))})
+
+
+def _keys(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from sqlalchemy import select
+
+    from scanner.db import keys, migrate
+    from scanner.db.models import ApiKey, Tenant
+    from scanner.db.session import make_engine, make_sessionmaker, transaction
+
+    engine = make_engine(settings.db_url)
+    if not migrate.is_up_to_date(engine):
+        if not settings.embedded:
+            print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
             return 2
-        try:
-            run_demo(args.data, args.robust, args.standard, args.n, args.eps, args.seed)
-        except (BundleError, DataError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        migrate.upgrade(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    with transaction(sessions) as session:
+        if args.keys_command == "create":
+            try:
+                expires = _parse_duration(args.expires_in) if args.expires_in else None
+                new = keys.create_key(session, args.name, args.tenant, tuple(args.scope or keys.SCOPES), expires)
+            except ValueError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "id": new.id,
+                            "key": new.token,
+                            "tenant": new.tenant,
+                            "scopes": list(new.scopes),
+                            "expires_at": new.expires_at.isoformat() if new.expires_at else None,
+                        }
+                    )
+                )
+            else:
+                print(new.token)
+                print(
+                    f"key {new.id} for tenant {new.tenant!r}, scopes {' '.join(new.scopes)}; "
+                    "store it now: it is not shown again",
+                    file=sys.stderr,
+                )
+        elif args.keys_command == "list":
+            query = select(ApiKey, Tenant.name).join(Tenant).order_by(ApiKey.created_at)
+            if args.tenant:
+                query = query.where(Tenant.name == args.tenant)
+            for key, tenant in session.execute(query):
+                state = "revoked" if key.revoked_at else "active"
+                print(
+                    f"{key.id}  {tenant:<16} {key.name:<20} {key.scopes:<26} {state:<8} "
+                    f"expires {key.expires_at.isoformat() if key.expires_at else 'never'}"
+                )
+        elif not keys.revoke(session, args.key_id):
+            print(f"error: no key {args.key_id}", file=sys.stderr)
+            return 1
     return 0

@@ -1,0 +1,224 @@
+"""The aiohttp application: services, middlewares (problems, metrics, CORS, authentication and rate limits) and
+start-up/shut-down.  Routes live in ``scanner.api.routes``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from scanner.api.dispatch import Dispatcher, make_dispatcher
+from scanner.api.metrics import Metrics
+from scanner.api.problems import Problem, from_http_exception
+from scanner.api.ratelimit import RateLimiter
+from scanner.db import keys, migrate
+from scanner.db.models import ApiKey, utcnow
+from scanner.db.session import make_engine, make_sessionmaker
+from scanner.settings import Settings
+from scanner.versions import ServedVersions, served_versions
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LAST_USED_EVERY_S = 60.0  # last_used_at is written at most this often per key: reads stay read-only
+
+
+@dataclass
+class Services:
+    settings: Settings
+    versions: ServedVersions
+    metrics: Metrics
+    limiter: RateLimiter
+    db: Engine | None = None
+    sessions: sessionmaker[Session] | None = None
+    dispatcher: Dispatcher | None = None
+    _last_used: dict[str, float] = field(default_factory=dict)
+
+
+SERVICES = web.AppKey("services", Services)
+KEY = "api_key"  # request[KEY]: the authenticated ApiKey row
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+# --- middlewares, outermost first -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as a problem document; nothing else escapes, not even a bug."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        services(request).metrics.refusals.labels(problem.code).inc()
+        return problem.response()
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        problem = from_http_exception(err)
+        services(request).metrics.refusals.labels(problem.code).inc()
+        return problem.response()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return Problem(500, "internal_error", "an unexpected error occurred; it has been logged").response()
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = services(request).metrics
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as err:
+        status = err.status
+        raise
+    except Problem as problem:
+        status = problem.status
+        raise
+    finally:
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+def origin_allowed(origin: str, allowed: list[str]) -> bool:
+    return any(origin == pattern or (pattern.endswith("*") and origin.startswith(pattern[:-1])) for pattern in allowed)
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the browser extension's origin; preflights are answered before authentication."""
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin_allowed(origin, services(request).settings.cors_origins)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response = web.Response(status=204)
+        if allowed:
+            response.headers.update(
+                {
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+    else:
+        try:
+            response = await handler(request)
+        except Problem as problem:
+            response = problem.response()
+    if allowed and origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Link, Location, Retry-After, X-Next-Cursor"
+    response.headers.add("Vary", "Origin")
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``/v1/`` needs ``Authorization: Bearer <key>``; then the key's rate limit applies."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    svc = services(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "missing_key", "send the API key as 'Authorization: Bearer <key>'", _challenge())
+    key = await in_thread(_authenticate, svc, token.strip())
+    wait = svc.limiter.take(key.id)
+    if wait > 0:
+        raise Problem(429, "rate_limited", "too many requests for this key", {"Retry-After": str(int(wait) + 1)})
+    request[KEY] = key
+    return await handler(request)
+
+
+def _challenge() -> dict[str, str]:
+    return {"WWW-Authenticate": 'Bearer realm="scanner"'}
+
+
+def _authenticate(svc: Services, token: str) -> ApiKey:
+    assert svc.sessions is not None
+    with svc.sessions() as session:
+        try:
+            key = keys.authenticate(session, token)
+        except keys.AuthError as err:
+            raise Problem(401, err.code, err.message, _challenge()) from err
+        now = time.monotonic()
+        if now - svc._last_used.get(key.id, -LAST_USED_EVERY_S) >= LAST_USED_EVERY_S:
+            svc._last_used[key.id] = now
+            key.last_used_at = utcnow()
+            session.commit()
+        session.expunge(key)
+        return key
+
+
+def require_scope(request: web.Request, *scopes: str) -> ApiKey:
+    """The request's key, if it holds one of ``scopes``."""
+    key: ApiKey = request[KEY]
+    if not set(scopes) & set(key.scopes.split()):
+        raise Problem(403, "insufficient_scope", f"this key lacks the scope {' or '.join(scopes)}")
+    return key
+
+
+# --- the application ----------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, engine: Any = None) -> web.Application:
+    """The API.  ``engine``: an already loaded ``worker.engine.Engine`` for the embedded mode (tests share one);
+    by default the embedded mode loads the bundles named in ``settings``."""
+    from scanner.api import routes
+
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[problem_middleware, metrics_middleware, cors_middleware, auth_middleware],
+    )
+    app[SERVICES] = Services(
+        settings=settings,
+        versions=served_versions(settings),
+        metrics=Metrics(),
+        limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+    )
+    routes.add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        svc = app[SERVICES]
+        svc.db = make_engine(settings.db_url)
+        await in_thread(_check_schema, svc.db, settings)
+        svc.sessions = make_sessionmaker(svc.db)
+        svc.dispatcher = make_dispatcher(settings, svc.sessions, engine)
+        await svc.dispatcher.start()
+        yield
+        await svc.dispatcher.stop()
+        svc.db.dispose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def _check_schema(db: Engine, settings: Settings) -> None:
+    """The embedded mode migrates its own SQLite file; a shared database is migrated deliberately
+    (``scanner db upgrade``), so a server never changes a schema other processes are using."""
+    if migrate.is_up_to_date(db):
+        return
+    if settings.embedded:
+        migrate.upgrade(settings.db_url)
+        return
+    raise RuntimeError(
+        f"the database schema is at {migrate.current_revision(db)}, the code needs {migrate.head_revision()}: "
+        "run `scanner db upgrade`"
+    )

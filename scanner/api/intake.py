@@ -1,0 +1,204 @@
+"""From a submission to stored images and a queued scan: read (multipart) or fetch (URLs, SSRF-safe), check the
+header under the pixel and format caps, hash, record, and hand the new work to the dispatcher.
+
+An image that cannot be taken (a bad URL, a private address, a decompression bomb) becomes a failed item of
+the scan with a stable error code; the rest of the scan goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from scanner.api.problems import Problem
+from scanner.api.schemas import ScanRequest, Source
+from scanner.db import queries
+from scanner.db.session import transaction
+from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
+from scanner.settings import Settings
+from scanner.versions import ServedVersions
+from worker.imaging import ImageError, ImageLimits, probe_image
+
+
+@dataclass
+class Entry:
+    """One image of a submission, before it is recorded."""
+
+    image_url: str | None = None
+    filename: str | None = None
+    data: bytes | None = None
+    error: tuple[str, str] | None = None
+    sha256: str | None = None
+    format: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Submission:
+    source: Source
+    page_url: str | None
+    entries: list[Entry]
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    return FetchPolicy(
+        max_bytes=settings.max_image_bytes,
+        timeout_s=settings.fetch_timeout_s,
+        max_redirects=settings.fetch_max_redirects,
+        allow_private=settings.fetch_allow_private,
+        allowed_ports=None if settings.fetch_any_port else frozenset({80, 443}),
+    )
+
+
+async def read_submission(request: web.Request, settings: Settings) -> Submission:
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise Problem(413, "body_too_large", f"the body exceeds {settings.max_body_bytes} bytes")
+    if request.content_type == "application/json":
+        return await _read_json(request, settings)
+    if request.content_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    raise Problem(415, "unsupported_media_type", "send application/json (image URLs) or multipart/form-data")
+
+
+async def _read_json(request: web.Request, settings: Settings) -> Submission:
+    try:
+        body = ScanRequest.model_validate_json(await request.read())
+    except ValidationError as err:
+        raise Problem(422, "invalid_body", _first_error(err), errors=_errors(err)) from err
+    _check_count(len(body.image_urls), settings)
+    _check_page_url(body.page_url)
+    return Submission(body.source, body.page_url, [Entry(image_url=url) for url in body.image_urls])
+
+
+async def _read_multipart(request: web.Request, settings: Settings) -> Submission:
+    fields: dict[str, str] = {}
+    entries: list[Entry] = []
+    total = 0
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise Problem(422, "invalid_body", "nested multipart bodies are not accepted")
+        if part.filename is None:
+            fields[part.name or ""] = (await part.read(decode=True))[:4096].decode(errors="replace")
+            continue
+        _check_count(len(entries) + 1, settings)
+        data, too_large = await _read_capped(part, settings.max_image_bytes)
+        total += len(data)
+        if total > settings.max_body_bytes:
+            raise Problem(413, "body_too_large", f"the body exceeds {settings.max_body_bytes} bytes")
+        entry = Entry(filename=part.filename[:255], data=None if too_large else data)
+        if too_large:
+            entry.error = ("too_many_bytes", f"the image exceeds {settings.max_image_bytes} bytes")
+        entries.append(entry)
+    if not entries:
+        raise Problem(422, "invalid_body", "the multipart body has no file parts (name them 'image')")
+    source = fields.get("source", "api")
+    if source not in ("extension", "crawl", "audit", "api"):
+        raise Problem(422, "invalid_body", f"unknown source {source!r}")
+    page_url = fields.get("page_url") or None
+    _check_page_url(page_url)
+    return Submission(source, page_url, entries)  # type: ignore[arg-type]
+
+
+async def _read_capped(part: BodyPartReader, cap: int) -> tuple[bytes, bool]:
+    """The part's bytes; past ``cap`` the rest is drained (so the next part can be read) and dropped."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(256 * 1024):
+        size += len(chunk)
+        if size <= cap:
+            chunks.append(chunk)
+    return b"".join(chunks), size > cap
+
+
+def _check_count(count: int, settings: Settings) -> None:
+    if count > settings.max_images_per_scan:
+        raise Problem(422, "too_many_images", f"at most {settings.max_images_per_scan} images per scan")
+
+
+def _check_page_url(page_url: str | None) -> None:
+    if page_url is None:
+        return
+    parts = urlsplit(page_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Problem(422, "invalid_page_url", "page_url must be an absolute http(s) URL")
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def _errors(err: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in err.errors()]
+
+
+async def fetch_entries(entries: list[Entry], policy: FetchPolicy, concurrency: int) -> None:
+    to_fetch = [entry for entry in entries if entry.image_url is not None and entry.data is None]
+    if not to_fetch:
+        return
+    async with SafeFetcher(policy) as fetcher:
+        results = await fetcher.fetch_many([entry.image_url or "" for entry in to_fetch], concurrency)
+    for entry, result in zip(to_fetch, results, strict=True):
+        if isinstance(result, FetchError):
+            entry.error = (result.code, result.message)
+        else:
+            entry.data = result.data
+
+
+def check_entries(entries: list[Entry], limits: ImageLimits) -> None:
+    """Header checks and hashing (CPU work: the caller runs it in a thread)."""
+    for entry in entries:
+        if entry.data is None:
+            continue
+        try:
+            info = probe_image(entry.data, limits)
+        except ImageError as err:
+            entry.error, entry.data = (err.code, err.message), None
+            continue
+        entry.sha256 = hashlib.sha256(entry.data).hexdigest()
+        entry.format, entry.width, entry.height = info.format, info.width, info.height
+
+
+def record(
+    sessions: sessionmaker[Session], tenant_id: int, submission: Submission, versions: ServedVersions
+) -> tuple[str, list[int]]:
+    """Store the scan with its items in one transaction; returns its id and the image ids still to analyse."""
+    with transaction(sessions) as session:
+        scan = queries.new_scan(
+            session,
+            tenant_id,
+            submission.source,
+            submission.page_url,
+            versions.model_version,
+            versions.calibration_version,
+        )
+        pending: list[int] = []
+        for position, entry in enumerate(submission.entries):
+            image = None
+            if entry.data is not None and entry.sha256 is not None:
+                image = queries.record_image(session, entry.sha256, entry.data, entry.format, entry.width, entry.height)
+            item = queries.add_item(
+                session,
+                scan,
+                position,
+                image=image,
+                image_url=entry.image_url,
+                filename=entry.filename,
+                error=entry.error,
+            )
+            if item.state == "pending" and item.image_id not in pending:
+                pending.append(item.image_id)  # type: ignore[arg-type]
+        queries.finish_scan_if_complete(session, [scan.id])  # every image already known: done at once
+        return scan.id, pending
+
+
+async def in_thread(function, *args):  # noqa: ANN001, ANN201
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)

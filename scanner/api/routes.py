@@ -1,0 +1,352 @@
+"""The routes of the API.  Each handler: check the scope, run the database work in a thread, answer JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import csv
+import datetime as dt
+import io
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from scanner.api import intake
+from scanner.api.app import in_thread, require_scope, services
+from scanner.api.problems import Problem
+from scanner.api.schemas import FlaggedRow
+from scanner.db import queries
+from scanner.db.models import Image, Scan, Verdict
+from scanner.db.session import transaction
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SSE_POLL_S = 0.5
+SSE_MAX_S = 600.0
+SCAN_SCOPES = ("scans:write", "reports:read")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/scans", create_scan)
+    app.router.add_get("/v1/scans/{scan_id}", get_scan)
+    app.router.add_get("/v1/scans/{scan_id}/events", scan_events)
+    app.router.add_get("/v1/images/{sha256}", get_image)
+    app.router.add_get("/v1/reports/flagged", flagged_report)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+
+
+# --- scans ---------------------------------------------------------------------------------------------------
+
+
+async def create_scan(request: web.Request) -> web.Response:
+    key = require_scope(request, "scans:write")
+    svc = services(request)
+    submission = await intake.read_submission(request, svc.settings)
+    await intake.fetch_entries(submission.entries, intake.fetch_policy(svc.settings), svc.settings.fetch_concurrency)
+    limits = _image_limits(svc.settings)
+    await in_thread(intake.check_entries, submission.entries, limits)
+    scan_id, pending = await in_thread(intake.record, svc.sessions, key.tenant_id, submission, svc.versions)
+    assert svc.dispatcher is not None
+    await svc.dispatcher.submit(pending, svc.versions.model_version, svc.versions.calibration_version)
+    document = await in_thread(scan_document, request, key.tenant_id, scan_id)
+    counts = document["counts"]
+    svc.metrics.images.labels("refused").inc(counts["failed"])
+    svc.metrics.images.labels("queued").inc(len(pending))
+    svc.metrics.images.labels("known").inc(counts["total"] - counts["failed"] - len(pending))
+    status = 201 if document["status"] == "done" else 202
+    return web.json_response(document, status=status, headers={"Location": f"/v1/scans/{scan_id}"})
+
+
+def _image_limits(settings: Any) -> Any:
+    from worker.imaging import ImageLimits
+
+    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+async def get_scan(request: web.Request) -> web.Response:
+    key = require_scope(request, *SCAN_SCOPES)
+    document = await in_thread(scan_document, request, key.tenant_id, request.match_info["scan_id"])
+    return web.json_response(document)
+
+
+def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[str, Any]:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        scan = queries.scan_of(session, tenant_id, scan_id)
+        if scan is None:
+            raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
+        return _scan_json(scan, queries.scan_items(session, scan))
+
+
+def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]]) -> dict[str, Any]:
+    items = []
+    counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0, "flagged": 0}
+    for item, image, verdict in rows:
+        counts[item.state] += 1
+        counts["flagged"] += bool(verdict is not None and verdict.flagged)
+        error = {"code": item.error_code, "message": item.error_message} if item.error_code else None
+        items.append(
+            {
+                "position": item.position,
+                "image_url": item.image_url,
+                "filename": item.filename,
+                "sha256": image.sha256 if image else None,
+                "state": item.state,
+                "error": error,
+                "verdict": verdict_json(verdict) if verdict is not None and item.state == "done" else None,
+            }
+        )
+    status = "done" if counts["pending"] == 0 else ("running" if counts["pending"] < counts["total"] else "queued")
+    return {
+        "id": scan.id,
+        "status": status,
+        "source": scan.source,
+        "page_url": scan.page_url,
+        "created_at": _iso(scan.created_at),
+        "finished_at": _iso(scan.finished_at) if status == "done" else None,
+        "model_version": scan.model_version,
+        "calibration_version": scan.calibration_version,
+        "counts": counts,
+        "items": items,
+    }
+
+
+def verdict_json(verdict: Verdict) -> dict[str, Any]:
+    return {
+        "label": verdict.label,
+        "confidence": verdict.confidence,
+        "top_k": verdict.top_k,
+        "scores": verdict.scores,
+        "score": verdict.combined,
+        "threshold": verdict.threshold,
+        "flagged": verdict.flagged,
+        "model_version": verdict.model_version,
+        "calibration_version": verdict.calibration_version,
+        "timings_ms": verdict.timings_ms,
+        "analysed_at": _iso(verdict.created_at),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+async def scan_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: ``item`` as each image settles, ``progress`` on every change, ``done`` at the end."""
+    key = require_scope(request, *SCAN_SCOPES)
+    scan_id = request.match_info["scan_id"]
+    document = await in_thread(scan_document, request, key.tenant_id, scan_id)  # 404 before the stream starts
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    settled: set[int] = set()
+    last_counts = None
+    started = time.monotonic()
+    while True:
+        for item in document["items"]:
+            if item["state"] != "pending" and item["position"] not in settled:
+                settled.add(item["position"])
+                await _event(response, "item", item)
+        if document["counts"] != last_counts:
+            last_counts = document["counts"]
+            await _event(response, "progress", {"status": document["status"], "counts": last_counts})
+        if document["status"] == "done" or time.monotonic() - started > SSE_MAX_S:
+            await _event(response, "done" if document["status"] == "done" else "timeout", document)
+            break
+        await asyncio.sleep(SSE_POLL_S)
+        document = await in_thread(scan_document, request, key.tenant_id, scan_id)
+    await response.write_eof()
+    return response
+
+
+async def _event(response: web.StreamResponse, name: str, data: Any) -> None:
+    await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+
+# --- images and reports ----------------------------------------------------------------------------------------
+
+
+async def get_image(request: web.Request) -> web.Response:
+    key = require_scope(request, "reports:read")
+    sha256 = request.match_info["sha256"].lower()
+    if not SHA256.match(sha256):
+        raise Problem(404, "image_not_found", "an image is named by the 64 hex digits of its sha256")
+    return web.json_response(await in_thread(_image_document, request, key.tenant_id, sha256))
+
+
+def _image_document(request: web.Request, tenant_id: int, sha256: str) -> dict[str, Any]:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        found = queries.image_seen_by(session, tenant_id, sha256)
+        if found is None:
+            raise Problem(404, "image_not_found", f"this key's tenant has not submitted the image {sha256}")
+        image, seen = found
+        sightings = [
+            {
+                "site": host,
+                "page_url": s.page_url,
+                "image_url": s.image_url,
+                "source": s.source,
+                "seen_at": _iso(s.seen_at),
+            }
+            for s, host in queries.recent_sightings(session, tenant_id, image.id)
+        ]
+        return {
+            "sha256": image.sha256,
+            "format": image.format,
+            "byte_size": image.byte_size,
+            "width": image.width,
+            "height": image.height,
+            "first_seen": _iso(seen["first_seen"]),
+            "last_seen": _iso(seen["last_seen"]),
+            "sightings": seen["sightings"],
+            "recent_sightings": sightings,
+            "verdicts": [verdict_json(v) for v in queries.verdicts_of(session, image.id)],
+        }
+
+
+CSV_COLUMNS = list(FlaggedRow.model_fields)
+
+
+async def flagged_report(request: web.Request) -> web.Response:
+    """Flagged images this tenant met, newest first; ``format=csv`` (or ``Accept: text/csv``) for a spreadsheet.
+    Keyset pagination: the ``next_cursor`` of a page (also in ``Link`` and ``X-Next-Cursor``) gives the next."""
+    key = require_scope(request, "reports:read")
+    svc = services(request)
+    query = request.query
+    report = queries.FlaggedFilter(
+        tenant_id=key.tenant_id,
+        model_version=query.get("model_version", svc.versions.model_version),
+        calibration_version=query.get("calibration_version", svc.versions.calibration_version),
+        site=query.get("site") or None,
+        since=_time_param(query, "since"),
+        until=_time_param(query, "until"),
+        min_score=_float_param(query, "min_score"),
+        label=query.get("label") or None,
+        after_id=_decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        limit=_limit_param(query),
+    )
+    rows = await in_thread(_flagged_rows, request, report)
+    next_cursor = _encode_cursor(rows[-1]["verdict_id"]) if len(rows) == report.limit else None
+    headers = {}
+    if next_cursor:
+        headers["X-Next-Cursor"] = next_cursor
+        headers["Link"] = f'<{request.rel_url.update_query(cursor=next_cursor)}>; rel="next"'
+    wants_csv = query.get("format") == "csv" or (
+        "format" not in query and "text/csv" in request.headers.get("Accept", "")
+    )
+    if query.get("format") not in (None, "json", "csv"):
+        raise Problem(422, "invalid_parameter", "format must be json or csv")
+    items = [{column: _plain(row[column]) for column in CSV_COLUMNS} for row in rows]
+    if wants_csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(items)
+        return web.Response(text=buffer.getvalue(), content_type="text/csv", headers=headers)
+    return web.json_response({"items": items, "next_cursor": next_cursor}, headers=headers)
+
+
+def _flagged_rows(request: web.Request, report: queries.FlaggedFilter) -> list[dict[str, Any]]:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        return queries.flagged_report(session, report)
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def _time_param(query: Any, name: str) -> dt.datetime | None:
+    raw = query.get(name)
+    if not raw:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError as err:
+        raise Problem(422, "invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-25T12:00:00Z") from err
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _float_param(query: Any, name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise Problem(422, "invalid_parameter", f"{name} must be a number") from err
+    if value != value or value in (float("inf"), float("-inf")):
+        raise Problem(422, "invalid_parameter", f"{name} must be finite")
+    return value
+
+
+def _limit_param(query: Any) -> int:
+    raw = query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise Problem(422, "invalid_parameter", "limit must be an integer from 1 to 1000")
+    return int(raw)
+
+
+def _encode_cursor(verdict_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{verdict_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, value = raw.partition(":")
+        if version != "v1" or not value.isdigit():
+            raise ValueError(raw)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
+        raise Problem(422, "invalid_cursor", "the cursor is not one this API issued") from err
+
+
+# --- operations ----------------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``ok`` when the database answers, the broker answers and pending work is being consumed; ``degraded``
+    when work waits longer than the requeue interval (workers down or stuck); ``down`` without a database."""
+    svc = services(request)
+    database, oldest = await in_thread(_database_health, request)
+    broker = await svc.dispatcher.healthy() if svc.dispatcher else None
+    status = "ok"
+    if oldest is not None and oldest > svc.settings.requeue_after_s or broker is False:
+        status = "degraded"
+    if not database:
+        status = "down"
+    body = {
+        "status": status,
+        "mode": "embedded" if svc.settings.embedded else "distributed",
+        "database": database,
+        "broker": broker,
+        "oldest_pending_s": oldest,
+        "model_version": svc.versions.model_version,
+        "calibration_version": svc.versions.calibration_version,
+    }
+    return web.json_response(body, status=503 if status == "down" else 200)
+
+
+def _database_health(request: web.Request) -> tuple[bool, float | None]:
+    try:
+        with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+            session.execute(text("SELECT 1"))
+            return True, queries.oldest_pending_age_s(session)
+    except Exception:  # noqa: BLE001 - any failure means the database is unusable
+        return False, None
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(services(request).metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")

@@ -1,0 +1,402 @@
+"""Every read and write the API and the workers make.  Each function that returns tenant data takes the
+tenant id and filters on it: one tenant never sees another's scans, images or reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from scanner.db.models import (
+    DeadLetter,
+    Image,
+    ImageBlob,
+    Scan,
+    ScanItem,
+    Sighting,
+    Site,
+    Verdict,
+    utcnow,
+)
+
+
+def insert_ignoring_duplicates(session: Session, model: type, values: dict[str, Any], keys: Sequence[str]) -> None:
+    """INSERT that does nothing when a row with the same ``keys`` exists (concurrent writers race safely)."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+
+
+# --- intake ------------------------------------------------------------------------------------------------
+
+
+def site_for(session: Session, tenant_id: int, page_url: str | None) -> Site | None:
+    host = (urlsplit(page_url).hostname or "").lower() if page_url else ""
+    if not host:
+        return None
+    insert_ignoring_duplicates(
+        session, Site, {"tenant_id": tenant_id, "host": host, "created_at": utcnow()}, ["tenant_id", "host"]
+    )
+    return session.scalar(select(Site).where(Site.tenant_id == tenant_id, Site.host == host))
+
+
+def record_image(session: Session, sha256: str, data: bytes, fmt: str, width: int, height: int) -> Image:
+    """The image row for these bytes, created with its blob on first sight; ``last_seen`` moves on."""
+    now = utcnow()
+    insert_ignoring_duplicates(
+        session,
+        Image,
+        {
+            "sha256": sha256,
+            "format": fmt,
+            "byte_size": len(data),
+            "width": width,
+            "height": height,
+            "first_seen": now,
+            "last_seen": now,
+            "attempts": 0,
+        },
+        ["sha256"],
+    )
+    image = session.scalars(select(Image).where(Image.sha256 == sha256)).one()
+    image.last_seen = now
+    insert_ignoring_duplicates(session, ImageBlob, {"image_id": image.id, "data": data}, ["image_id"])
+    return image
+
+
+def new_scan(
+    session: Session, tenant_id: int, source: str, page_url: str | None, model_version: str, calibration_version: str
+) -> Scan:
+    site = site_for(session, tenant_id, page_url)
+    scan = Scan(
+        id=uuid.uuid4().hex,
+        tenant_id=tenant_id,
+        source=source,
+        page_url=page_url,
+        site_id=site.id if site else None,
+        model_version=model_version,
+        calibration_version=calibration_version,
+        created_at=utcnow(),
+    )
+    session.add(scan)
+    session.flush()
+    return scan
+
+
+def add_item(
+    session: Session,
+    scan: Scan,
+    position: int,
+    *,
+    image: Image | None = None,
+    image_url: str | None = None,
+    filename: str | None = None,
+    error: tuple[str, str] | None = None,
+) -> ScanItem:
+    """One image of a scan: done at once when a verdict for the scan's versions exists, failed with ``error``
+    (code, message) when it could not be taken, pending otherwise.  An accepted image also gets a sighting."""
+    item = ScanItem(scan_id=scan.id, position=position, image_url=image_url, filename=filename)
+    if image is None:
+        item.state, (item.error_code, item.error_message) = "failed", error or ("unknown", "no image")
+    else:
+        item.image_id = image.id
+        item.state = (
+            "done" if verdict_for(session, image.id, scan.model_version, scan.calibration_version) else "pending"
+        )
+        session.add(
+            Sighting(
+                tenant_id=scan.tenant_id,
+                image_id=image.id,
+                site_id=scan.site_id,
+                scan_id=scan.id,
+                page_url=scan.page_url,
+                image_url=image_url,
+                source=scan.source,
+                seen_at=utcnow(),
+            )
+        )
+    session.add(item)
+    session.flush()
+    return item
+
+
+def verdict_for(session: Session, image_id: int, model_version: str, calibration_version: str) -> Verdict | None:
+    return session.scalar(
+        select(Verdict).where(
+            Verdict.image_id == image_id,
+            Verdict.model_version == model_version,
+            Verdict.calibration_version == calibration_version,
+        )
+    )
+
+
+def finish_scan_if_complete(session: Session, scan_ids: Iterable[str]) -> None:
+    for scan_id in set(scan_ids):
+        pending = session.scalar(select(func.count()).where(ScanItem.scan_id == scan_id, ScanItem.state == "pending"))
+        if pending == 0:
+            session.execute(
+                update(Scan).where(Scan.id == scan_id, Scan.finished_at.is_(None)).values(finished_at=utcnow())
+            )
+
+
+# --- the outbox: pending work not yet (or too long ago) handed to the broker ----------------------------------
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    image_id: int
+    model_version: str
+    calibration_version: str
+
+
+def unqueued_work(session: Session, requeue_before: dt.datetime, limit: int = 10_000) -> list[PendingWork]:
+    """Pending images never handed to the broker, or handed over before ``requeue_before`` and still not done
+    (a broker that lost its queue, a message dropped); duplicates are harmless since verdict writes are
+    idempotent."""
+    rows = session.execute(
+        select(ScanItem.image_id, Scan.model_version, Scan.calibration_version)
+        .join(Scan, Scan.id == ScanItem.scan_id)
+        .where(ScanItem.state == "pending", (ScanItem.enqueued_at.is_(None)) | (ScanItem.enqueued_at < requeue_before))
+        .distinct()
+        .limit(limit)
+    ).all()
+    return [PendingWork(*row) for row in rows]
+
+
+def mark_enqueued(session: Session, image_ids: Sequence[int]) -> None:
+    session.execute(
+        update(ScanItem)
+        .where(ScanItem.image_id.in_(image_ids), ScanItem.state == "pending")
+        .values(enqueued_at=utcnow())
+    )
+
+
+def oldest_pending_age_s(session: Session) -> float | None:
+    oldest = session.scalar(select(func.min(ScanItem.updated_at)).where(ScanItem.state == "pending"))
+    return (utcnow() - oldest).total_seconds() if oldest is not None else None
+
+
+# --- the worker's writes ---------------------------------------------------------------------------------------
+
+
+def images_to_analyse(
+    session: Session, image_ids: Sequence[int], model_version: str, calibration_version: str
+) -> list[Image]:
+    """The images among ``image_ids`` with no verdict yet for these versions (a redelivered task skips the
+    ones already done)."""
+    done = exists().where(
+        Verdict.image_id == Image.id,
+        Verdict.model_version == model_version,
+        Verdict.calibration_version == calibration_version,
+    )
+    return list(session.scalars(select(Image).where(Image.id.in_(image_ids), ~done).order_by(Image.id)))
+
+
+def blob_of(session: Session, image_id: int) -> bytes:
+    return session.scalars(select(ImageBlob.data).where(ImageBlob.image_id == image_id)).one()
+
+
+def write_verdict(session: Session, image_id: int, verdict: dict[str, Any]) -> None:
+    """Idempotent: a second write for the same image and versions (a redelivered task) changes nothing."""
+    values = {
+        key: verdict[key]
+        for key in (
+            "model_version",
+            "label",
+            "label_index",
+            "confidence",
+            "scores",
+            "combined",
+            "flagged",
+            "threshold",
+            "timings_ms",
+        )
+    }
+    values.update(
+        image_id=image_id,
+        top_k=verdict["top_k"],
+        created_at=utcnow(),
+        calibration_version=verdict["calibration_version"],
+    )
+    insert_ignoring_duplicates(session, Verdict, values, ["image_id", "model_version", "calibration_version"])
+    session.execute(update(Image).where(Image.id == image_id).values(attempts=0))
+    _settle_items(session, image_id, verdict["model_version"], verdict["calibration_version"], "done", None)
+
+
+def fail_image(
+    session: Session, image_id: int, model_version: str, calibration_version: str, code: str, message: str
+) -> None:
+    session.execute(update(Image).where(Image.id == image_id).values(attempts=0))
+    _settle_items(session, image_id, model_version, calibration_version, "failed", (code, message))
+
+
+def dead_letter(
+    session: Session, image: Image, model_version: str, calibration_version: str, task_id: str | None, reason: str
+) -> None:
+    session.add(
+        DeadLetter(
+            image_id=image.id, model_version=model_version, task_id=task_id, reason=reason, deliveries=image.attempts
+        )
+    )
+    fail_image(
+        session,
+        image.id,
+        model_version,
+        calibration_version,
+        "dead_lettered",
+        f"the analysis failed {image.attempts} times: {reason}",
+    )
+
+
+def _settle_items(
+    session: Session,
+    image_id: int,
+    model_version: str,
+    calibration_version: str,
+    state: str,
+    error: tuple[str, str] | None,
+) -> None:
+    scans = select(Scan.id).where(Scan.model_version == model_version, Scan.calibration_version == calibration_version)
+    items = and_(ScanItem.image_id == image_id, ScanItem.state == "pending", ScanItem.scan_id.in_(scans))
+    scan_ids = list(session.scalars(select(ScanItem.scan_id).where(items)))
+    code, message = error or (None, None)
+    session.execute(
+        update(ScanItem).where(items).values(state=state, error_code=code, error_message=message, updated_at=utcnow())
+    )
+    finish_scan_if_complete(session, scan_ids)
+
+
+# --- reads for the API ------------------------------------------------------------------------------------------
+
+
+def scan_of(session: Session, tenant_id: int, scan_id: str) -> Scan | None:
+    return session.scalar(select(Scan).where(Scan.id == scan_id, Scan.tenant_id == tenant_id))
+
+
+def scan_items(session: Session, scan: Scan) -> list[tuple[ScanItem, Image | None, Verdict | None]]:
+    verdict_join = and_(
+        Verdict.image_id == ScanItem.image_id,
+        Verdict.model_version == scan.model_version,
+        Verdict.calibration_version == scan.calibration_version,
+    )
+    query = (
+        select(ScanItem, Image, Verdict)
+        .where(ScanItem.scan_id == scan.id)
+        .outerjoin(Image, Image.id == ScanItem.image_id)
+        .outerjoin(Verdict, verdict_join)
+        .order_by(ScanItem.position)
+    )
+    return [tuple(row) for row in session.execute(query).all()]  # type: ignore[misc]
+
+
+def image_seen_by(session: Session, tenant_id: int, sha256: str) -> tuple[Image, dict[str, Any]] | None:
+    """The image and this tenant's own first/last sighting and count, or None if the tenant never met it."""
+    image = session.scalar(select(Image).where(Image.sha256 == sha256))
+    if image is None:
+        return None
+    first, last, count = session.execute(
+        select(func.min(Sighting.seen_at), func.max(Sighting.seen_at), func.count()).where(
+            Sighting.tenant_id == tenant_id, Sighting.image_id == image.id
+        )
+    ).one()
+    if not count:
+        return None
+    return image, {"first_seen": _aware(first), "last_seen": _aware(last), "sightings": count}
+
+
+def verdicts_of(session: Session, image_id: int) -> list[Verdict]:
+    return list(session.scalars(select(Verdict).where(Verdict.image_id == image_id).order_by(Verdict.id.desc())))
+
+
+def recent_sightings(
+    session: Session, tenant_id: int, image_id: int, limit: int = 20
+) -> list[tuple[Sighting, str | None]]:
+    query = (
+        select(Sighting, Site.host)
+        .outerjoin(Site, Site.id == Sighting.site_id)
+        .where(Sighting.tenant_id == tenant_id, Sighting.image_id == image_id)
+        .order_by(Sighting.id.desc())
+        .limit(limit)
+    )
+    return [tuple(row) for row in session.execute(query).all()]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class FlaggedFilter:
+    tenant_id: int
+    model_version: str
+    calibration_version: str
+    site: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    min_score: float | None = None
+    label: str | None = None
+    after_id: int | None = None  # the cursor: verdict ids strictly below it (newest first)
+    limit: int = 100
+
+
+def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, Any]]:
+    """Flagged verdicts of images this tenant saw (on ``site``, between ``since`` and ``until``), newest first,
+    with the latest matching sighting of each."""
+    seen = [Sighting.tenant_id == report.tenant_id, Sighting.image_id == Verdict.image_id]
+    if report.site:
+        seen.append(
+            Sighting.site_id.in_(
+                select(Site.id).where(Site.tenant_id == report.tenant_id, Site.host == report.site.lower())
+            )
+        )
+    if report.since:
+        seen.append(Sighting.seen_at >= report.since)
+    if report.until:
+        seen.append(Sighting.seen_at < report.until)
+    latest = select(func.max(Sighting.id)).where(*seen).correlate(Verdict).scalar_subquery()
+    query: Select[Any] = (
+        select(Verdict, Image, Sighting, Site.host)
+        .join(Image, Image.id == Verdict.image_id)
+        .join(Sighting, Sighting.id == latest)
+        .outerjoin(Site, Site.id == Sighting.site_id)
+        .where(
+            Verdict.flagged.is_(True),
+            Verdict.model_version == report.model_version,
+            Verdict.calibration_version == report.calibration_version,
+        )
+    )
+    if report.min_score is not None:
+        query = query.where(Verdict.combined >= report.min_score)
+    if report.label:
+        query = query.where(Verdict.label == report.label)
+    if report.after_id is not None:
+        query = query.where(Verdict.id < report.after_id)
+    rows = session.execute(query.order_by(Verdict.id.desc()).limit(report.limit)).all()
+    return [
+        {
+            "verdict_id": verdict.id,
+            "sha256": image.sha256,
+            "label": verdict.label,
+            "confidence": verdict.confidence,
+            "score": verdict.combined,
+            "threshold": verdict.threshold,
+            "site": host,
+            "page_url": sighting.page_url,
+            "image_url": sighting.image_url,
+            "seen_at": _aware(sighting.seen_at),
+            "analysed_at": _aware(verdict.created_at),
+            "model_version": verdict.model_version,
+            "calibration_version": verdict.calibration_version,
+        }
+        for verdict, image, sighting, host in rows
+    ]
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """Aggregates (min/max) bypass the column type, so SQLite hands back naive UTC values."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value

@@ -1,0 +1,94 @@
+"""The Celery worker: ``scanner worker`` builds it with ``create_worker_app(settings)`` and runs it.
+
+The engine is loaded once per worker *process*, in ``worker_process_init`` (a forked child cannot reuse a
+parent's CUDA context, nor its database connections).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from sqlalchemy.exc import DBAPIError
+
+from scanner.db.session import make_engine, make_sessionmaker
+from scanner.settings import Settings
+from worker.celery_app import ANALYSE_TASK, make_celery
+from worker.pipeline import analyse_images
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState:
+    """The per-process engine and database sessions, created on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Any = None
+        self._sessions: Any = None
+
+    def reset(self) -> None:
+        self._engine = self._sessions = None
+
+    @property
+    def engine(self) -> Any:  # worker.engine.Engine, imported here only: the API never loads torch
+        if self._engine is None:
+            from worker.engine import load_engine
+
+            s = self.settings
+            self._engine = load_engine(
+                str(s.robust_bundle),
+                str(s.standard_bundle),
+                str(s.calibration) if s.calibration else None,
+                s.device,
+                s.batch_size,
+                s.engine_threads,
+            )
+            log.info("engine ready: model %s", self._engine.model_version)
+        return self._engine
+
+    @property
+    def sessions(self) -> Any:
+        if self._sessions is None:
+            self._sessions = make_sessionmaker(make_engine(self.settings.db_url))
+        return self._sessions
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    app = make_celery(settings)
+    state = WorkerState(settings)
+
+    @worker_process_init.connect(weak=False)
+    def load_in_child(**_: Any) -> None:
+        state.reset()  # nothing inherited from the parent process
+        state.engine, state.sessions  # noqa: B018 - load now, not on the first task
+
+    @app.task(
+        name=ANALYSE_TASK,
+        bind=True,
+        # Transient faults (database restarting, disk full, a flaky device) are retried with back-off; the
+        # pipeline's own delivery count still dead-letters an image that fails every time.
+        autoretry_for=(DBAPIError, OSError, RuntimeError),
+        retry_backoff=2,
+        retry_backoff_max=60,
+        retry_jitter=True,
+        max_retries=settings.task_retries,
+    )
+    def analyse(
+        self: Task, image_ids: list[int], model_version: str | None = None, calibration_version: str | None = None
+    ) -> dict[str, Any]:
+        """Analyse a batch of stored images and record their verdicts."""
+        engine = state.engine
+        if model_version and model_version != engine.model_version:
+            # The API and this worker serve different bundles: leave the images for a matching worker rather
+            # than write verdicts nobody asked for.
+            raise self.retry(
+                countdown=30, exc=RuntimeError(f"task for {model_version}, worker serves {engine.model_version}")
+            )
+        outcome = analyse_images(state.sessions, engine, image_ids, settings.max_deliveries, self.request.id)
+        log.info("batch of %d images: %s", len(image_ids), outcome)
+        return outcome.__dict__
+
+    return app
