@@ -42,7 +42,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-KEY = "api_key"  # request[KEY]: the authenticated ApiKey row
+KEY = web.RequestKey("api_key", ApiKey)  # the authenticated key of a /v1/ request
 
 
 def services(request: web.Request) -> Services:
@@ -53,7 +53,7 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
-# --- middlewares, outermost first -----------------------------------------------------------------------------
+# --- middlewares (the order is set in create_app: CORS, problems, metrics, authentication) -----------------------------------------------------------------------------
 
 
 @web.middleware
@@ -118,10 +118,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 }
             )
     else:
-        try:
-            response = await handler(request)
-        except Problem as problem:
-            response = problem.response()
+        response = await handler(request)  # errors are problem responses by now (inner middleware)
     if allowed and origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = "Link, Location, Retry-After, X-Next-Cursor"
@@ -185,7 +182,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[problem_middleware, metrics_middleware, cors_middleware, auth_middleware],
+        middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware],
     )
     app[SERVICES] = Services(
         settings=settings,

@@ -1,0 +1,507 @@
+"""The OpenAPI 3.1 document of the API, built from the pydantic models of ``schemas.py`` and the routes of
+``routes.py``; the API serves the copy kept in the repository (``openapi.json``).
+
+``python -m scanner.api.openapi`` writes that copy; ``python -m scanner.api.openapi --check`` exits 1 when it
+differs from what the code would generate (the test suite checks the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from scanner.api.schemas import FlaggedReport, Health, ImageOut, ProblemOut, ScanOut, ScanRequest
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+TITLE = "Robust image scanner API"
+VERSION = "1"
+SCHEMA_REF = "#/components/schemas/{model}"
+SECURITY = [{"bearerAuth": []}]
+MAX_IMAGES_PER_SCAN = 256  # the default of Settings.max_images_per_scan
+SOURCES = ["extension", "crawl", "audit", "api"]
+
+# An absolute http(s) URL with a host, as ``intake._check_page_url`` accepts it (``urlsplit``: scheme http or
+# https, a non-empty hostname).  ASCII host names only: bracketed (IPv6) hosts and non-ASCII names are left out
+# of the description, since ``urlsplit`` validates those further.
+_USERINFO = r"(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?"
+_HOST = r"[A-Za-z0-9._~!$&'()*+,;=%-]+"
+HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}(?::[0-9]*)?(?:[/?#]\S*)?"
+
+# A report cursor: unpadded URL-safe base64 of ``v1:<verdict id>`` ("djE6" is "v1:").  The groups spell the
+# base64 of ASCII digits: three digits make four characters, one or two left over make two or three (whose
+# last character carries bits the decoder ignores).
+_THREE_DIGITS = "(?:[MN][DTjz]|O[DT])[AEIMQUYcgk][wxyz0-5]"
+_ONE_DIGIT = "(?:[MN][A-Za-z0-9_-]|O[A-Za-f])"
+_TWO_DIGITS = "(?:[MN][DTjz]|O[DT])[A-Za-n]"
+CURSOR = rf"djE6(?:{_THREE_DIGITS})*(?:{_THREE_DIGITS}|{_ONE_DIGIT}|{_TWO_DIGITS})"
+
+
+# --- components -----------------------------------------------------------------------------------------------
+
+
+def component_schemas() -> dict[str, Any]:
+    """The models' JSON schemas (``$defs`` become ``components/schemas``), with what the handlers check beyond
+    the models, and the problem documents of each status."""
+    _, top = models_json_schema(
+        [
+            (ScanRequest, "validation"),
+            (ScanOut, "serialization"),
+            (ImageOut, "serialization"),
+            (FlaggedReport, "serialization"),
+            (Health, "serialization"),
+            (ProblemOut, "serialization"),
+        ],
+        ref_template=SCHEMA_REF,
+    )
+    schemas: dict[str, Any] = copy.deepcopy(top["$defs"])
+
+    scan_request = schemas["ScanRequest"]["properties"]
+    page_url = next(branch for branch in scan_request["page_url"]["anyOf"] if branch.get("type") == "string")
+    page_url["pattern"] = f"^{HTTP_URL}$"
+    scan_request["page_url"]["description"] += " (an absolute http(s) URL)"
+    scan_request["image_urls"]["maxItems"] = MAX_IMAGES_PER_SCAN
+    scan_request["image_urls"]["description"] += (
+        f"; at most max_images_per_scan (default {MAX_IMAGES_PER_SCAN}); a URL that cannot be fetched or is not"
+        " an image becomes a failed item of the scan"
+    )
+
+    schemas["ScanUpload"] = {
+        "title": "ScanUpload",
+        "description": "Images uploaded as file parts (any part with a filename is an image), with optional fields.",
+        "type": "object",
+        "required": ["image"],
+        "properties": {
+            "image": {
+                "description": f"the images, one file part each; at most {MAX_IMAGES_PER_SCAN} (the default of"
+                " max_images_per_scan)",
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_IMAGES_PER_SCAN,
+                "items": {"type": "string", "contentMediaType": "application/octet-stream"},
+            },
+            "page_url": {
+                "description": "the page the images were seen on: an absolute http(s) URL; empty means none;"
+                " only the first 4096 bytes are read",
+                "type": "string",
+                "pattern": f"^(?:{HTTP_URL})?$",
+            },
+            "source": {"type": "string", "enum": SOURCES, "default": "api"},
+        },
+    }
+
+    schemas["FieldError"] = {
+        "title": "FieldError",
+        "type": "object",
+        "required": ["field", "message"],
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+    }
+    problems = {
+        "Unauthorized": (401, ["missing_key", "invalid_key", "revoked_key", "expired_key"]),
+        "Forbidden": (403, ["insufficient_scope"]),
+        "ScanNotFound": (404, ["scan_not_found"]),
+        "ImageNotFound": (404, ["image_not_found"]),
+        "BodyTooLarge": (413, ["body_too_large"]),
+        "UnsupportedMediaType": (415, ["unsupported_media_type"]),
+        "InvalidSubmission": (422, ["invalid_body", "too_many_images", "invalid_page_url"]),
+        "InvalidReportParameter": (422, ["invalid_parameter", "invalid_cursor"]),
+        "RateLimited": (429, ["rate_limited"]),
+    }
+    for name, (status, codes) in problems.items():
+        properties: dict[str, Any] = {"status": {"const": status}, "code": {"enum": codes}}
+        if name == "InvalidSubmission":
+            properties["errors"] = {
+                "description": "with invalid_body of a JSON body: every validation error",
+                "type": "array",
+                "items": {"$ref": SCHEMA_REF.format(model="FieldError")},
+            }
+        schemas[f"{name}Problem"] = {
+            "title": f"{name}Problem",
+            "allOf": [{"$ref": SCHEMA_REF.format(model="ProblemOut")}, {"type": "object", "properties": properties}],
+        }
+    return schemas
+
+
+def _json(model: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": SCHEMA_REF.format(model=model)}}}
+
+
+def _problem(description: str, model: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/problem+json": {"schema": {"$ref": SCHEMA_REF.format(model=f"{model}Problem")}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def component_responses() -> dict[str, Any]:
+    return {
+        "Unauthorized": _problem(
+            "no key (missing_key), or a key that is malformed or unknown (invalid_key), revoked (revoked_key) or"
+            " expired (expired_key)",
+            "Unauthorized",
+            {
+                "WWW-Authenticate": {
+                    "description": "the authentication scheme: Bearer",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+        ),
+        "Forbidden": _problem("the key lacks the scope this operation needs (insufficient_scope)", "Forbidden"),
+        "RateLimited": _problem(
+            "the key's rate limit is spent (rate_limited)",
+            "RateLimited",
+            {
+                "Retry-After": {
+                    "description": "seconds until a request will be accepted again",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            },
+        ),
+        "ScanNotFound": _problem("no such scan for this key's tenant (scan_not_found)", "ScanNotFound"),
+    }
+
+
+def _ref_response(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _authenticated(responses: dict[str, Any]) -> dict[str, Any]:
+    """The responses of a ``/v1/`` operation: its own plus those of the authentication middleware."""
+    return {
+        **responses,
+        "401": _ref_response("Unauthorized"),
+        "403": _ref_response("Forbidden"),
+        "429": _ref_response("RateLimited"),
+    }
+
+
+# --- operations -----------------------------------------------------------------------------------------------
+
+
+def _scan_created(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {
+            "Location": {
+                "description": "the scan: /v1/scans/{scan_id}",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^/v1/scans/[^/]+$"},
+            }
+        },
+        "content": _json("ScanOut"),
+        "links": {
+            "GetScan": {"operationId": "getScan", "parameters": {"scan_id": "$response.body#/id"}},
+            "StreamScanEvents": {"operationId": "streamScanEvents", "parameters": {"scan_id": "$response.body#/id"}},
+        },
+    }
+
+
+SCAN_ID = {
+    "name": "scan_id",
+    "in": "path",
+    "required": True,
+    "description": "the id of a scan of this key's tenant",
+    "schema": {"type": "string", "minLength": 1},
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def create_scan() -> dict[str, Any]:
+    return {
+        "operationId": "createScan",
+        "summary": "Scan images: by URL (JSON) or uploaded (multipart)",
+        "description": "Needs the scope scans:write.  URLs are fetched by the service under the SSRF rules; an image"
+        " that cannot be taken (a refused or failed fetch, not an image, too large) becomes a failed item with an"
+        " error code, and the rest of the scan goes on.  New images are analysed in the background: follow the"
+        " scan with GET /v1/scans/{scan_id} or its events.",
+        "tags": ["scans"],
+        "security": SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": SCHEMA_REF.format(model="ScanRequest")}},
+                "multipart/form-data": {
+                    "schema": {"$ref": SCHEMA_REF.format(model="ScanUpload")},
+                    "encoding": {"image": {"contentType": "application/octet-stream"}},
+                },
+            },
+        },
+        "responses": _authenticated(
+            {
+                "201": _scan_created("the scan is done already: every image was known or failed"),
+                "202": _scan_created("the scan is queued: some images are being analysed"),
+                "413": _problem("the body exceeds max_body_bytes (body_too_large)", "BodyTooLarge"),
+                "415": _problem(
+                    "the body is neither application/json nor multipart/form-data (unsupported_media_type)",
+                    "UnsupportedMediaType",
+                ),
+                "422": _problem(
+                    "the body is invalid (invalid_body), has too many images (too_many_images) or a page_url that"
+                    " is not an absolute http(s) URL (invalid_page_url)",
+                    "InvalidSubmission",
+                ),
+            }
+        ),
+    }
+
+
+def get_scan() -> dict[str, Any]:
+    return {
+        "operationId": "getScan",
+        "summary": "A scan with its items and their verdicts",
+        "description": "Needs the scope scans:write or reports:read.",
+        "tags": ["scans"],
+        "security": SECURITY,
+        "parameters": [SCAN_ID],
+        "responses": _authenticated(
+            {"200": {"description": "the scan", "content": _json("ScanOut")}, "404": _ref_response("ScanNotFound")}
+        ),
+    }
+
+
+def stream_scan_events() -> dict[str, Any]:
+    return {
+        "operationId": "streamScanEvents",
+        "summary": "Server-sent events of a scan",
+        "description": "Needs the scope scans:write or reports:read.  Events: `item` (a ScanItemOut) as each image"
+        " settles, `progress` (status and counts) on every change, then `done` (the ScanOut) when the scan is done,"
+        " or `timeout` (the ScanOut) after 600 s; the stream then ends.",
+        "tags": ["scans"],
+        "security": SECURITY,
+        "parameters": [SCAN_ID],
+        "responses": _authenticated(
+            {
+                "200": {
+                    "description": "the event stream",
+                    "headers": {
+                        "Cache-Control": {"description": "no-cache", "required": True, "schema": {"type": "string"}}
+                    },
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "404": _ref_response("ScanNotFound"),
+            }
+        ),
+    }
+
+
+def get_image() -> dict[str, Any]:
+    return {
+        "operationId": "getImage",
+        "summary": "An image this tenant submitted: its sightings and verdicts",
+        "description": "Needs the scope reports:read.",
+        "tags": ["images"],
+        "security": SECURITY,
+        "parameters": [
+            {
+                "name": "sha256",
+                "in": "path",
+                "required": True,
+                "description": "the SHA-256 of the image bytes, 64 hex digits (either case)",
+                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
+            }
+        ],
+        "responses": _authenticated(
+            {
+                "200": {"description": "the image", "content": _json("ImageOut")},
+                "404": _problem(
+                    "not 64 hex digits, or an image this key's tenant has not submitted (image_not_found)",
+                    "ImageNotFound",
+                ),
+            }
+        ),
+    }
+
+
+def flagged_report() -> dict[str, Any]:
+    time_schema = {"type": "string", "format": "date-time"}
+    next_page = {
+        "Link": {
+            "description": 'the next page: <URL>; rel="next" (only when a full page was returned)',
+            "required": False,
+            "schema": {"type": "string"},
+        },
+        "X-Next-Cursor": {
+            "description": "the cursor of the next page (only when a full page was returned)",
+            "required": False,
+            "schema": {"type": "string", "pattern": f"^{CURSOR}$"},
+        },
+    }
+    return {
+        "operationId": "getFlaggedReport",
+        "summary": "Flagged images this tenant met, newest first",
+        "description": "Needs the scope reports:read.  JSON by default; CSV with format=csv, or with"
+        " `Accept: text/csv` when format is not given.  Keyset pagination: a full page carries the next page's"
+        " cursor (next_cursor, X-Next-Cursor and Link).  Empty values of site, since, until, min_score, label and"
+        " cursor count as absent.",
+        "tags": ["reports"],
+        "security": SECURITY,
+        "parameters": [
+            _query("site", "only sightings on pages of this host", {"type": "string"}),
+            _query("since", "only sightings at or after this time (ISO 8601; UTC when no offset)", time_schema),
+            _query("until", "only sightings before this time (ISO 8601; UTC when no offset)", time_schema),
+            _query("min_score", "only verdicts with at least this combined score", {"type": "number"}),
+            _query("label", "only verdicts with this predicted label", {"type": "string"}),
+            _query(
+                "cursor",
+                "the next_cursor of the previous page",
+                {"type": "string", "pattern": f"^(?:{CURSOR})?$"},
+            ),
+            _query(
+                "limit",
+                "the page size",
+                {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            ),
+            _query("format", "the response format", {"type": "string", "enum": ["json", "csv"], "default": "json"}),
+            _query("model_version", "default: the served model version", {"type": "string"}),
+            _query("calibration_version", "default: the served calibration version", {"type": "string"}),
+        ],
+        "responses": _authenticated(
+            {
+                "200": {
+                    "description": "a page of the report",
+                    "headers": next_page,
+                    "content": {
+                        **_json("FlaggedReport"),
+                        "text/csv": {
+                            "schema": {
+                                "type": "string",
+                                "description": "a header row (the FlaggedRow fields), then one row per item",
+                            }
+                        },
+                    },
+                },
+                "422": _problem(
+                    "a parameter is invalid (invalid_parameter) or the cursor is not one this API issued"
+                    " (invalid_cursor)",
+                    "InvalidReportParameter",
+                ),
+            }
+        ),
+    }
+
+
+def healthz() -> dict[str, Any]:
+    return {
+        "operationId": "getHealth",
+        "summary": "Health of the service",
+        "description": "`ok` when the database answers, the broker answers and pending work is being consumed;"
+        " `degraded` when work waits longer than the requeue interval; `down` without a database.",
+        "tags": ["operations"],
+        "security": [],
+        "responses": {
+            "200": {"description": "ok or degraded", "content": _json("Health")},
+            "503": {"description": "down: the database does not answer", "content": _json("Health")},
+        },
+    }
+
+
+def metrics() -> dict[str, Any]:
+    return {
+        "operationId": "getMetrics",
+        "summary": "Prometheus metrics",
+        "tags": ["operations"],
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "the Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def openapi_operation() -> dict[str, Any]:
+    return {
+        "operationId": "getOpenapi",
+        "summary": "This document",
+        "tags": ["operations"],
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "the OpenAPI document",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+def build_document() -> dict[str, Any]:
+    """The OpenAPI document of every route of ``routes.add_routes``."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": TITLE,
+            "version": VERSION,
+            "description": "Scans images for adversarial perturbations.  Errors are RFC 9457 problem documents"
+            " (application/problem+json) with a stable `code`.  Every /v1/ operation needs an API key sent as"
+            " `Authorization: Bearer rsk_<id>_<secret>` and is rate limited per key.",
+        },
+        "tags": [
+            {"name": "scans", "description": "submitting images and following their analysis"},
+            {"name": "images", "description": "what is known about an image"},
+            {"name": "reports", "description": "reports over the tenant's scans"},
+            {"name": "operations", "description": "health, metrics and this document"},
+        ],
+        "paths": {
+            "/v1/scans": {"post": create_scan()},
+            "/v1/scans/{scan_id}": {"get": get_scan()},
+            "/v1/scans/{scan_id}/events": {"get": stream_scan_events()},
+            "/v1/images/{sha256}": {"get": get_image()},
+            "/v1/reports/flagged": {"get": flagged_report()},
+            "/healthz": {"get": healthz()},
+            "/metrics": {"get": metrics()},
+            "/openapi.json": {"get": openapi_operation()},
+        },
+        "components": {
+            "schemas": component_schemas(),
+            "responses": component_responses(),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "rsk_<id>_<secret>",
+                    "description": "an API key (`scanner keys create`): Authorization: Bearer rsk_<id>_<secret>",
+                }
+            },
+        },
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scanner.api.openapi", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file differs from the generated one")
+    parser.add_argument("--output", type=Path, default=OPENAPI_PATH, help=f"default: {OPENAPI_PATH}")
+    args = parser.parse_args(argv)
+    text = render(build_document())
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.is_file() else None
+        if current != text:
+            state = "is missing" if current is None else "is out of date"
+            print(f"{args.output} {state}: run `python -m scanner.api.openapi` to regenerate it", file=sys.stderr)
+            return 1
+        print(f"{args.output} is up to date")
+        return 0
+    args.output.write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
