@@ -53,7 +53,7 @@ async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
-# --- middlewares (the order is set in create_app: CORS, problems, metrics, authentication) -----------------------------------------------------------------------------
+# --- middlewares (create_app orders them: CORS, problems, metrics, authentication) ------------------------
 
 
 @web.middleware
