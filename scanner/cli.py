@@ -21,10 +21,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
 
 def _parser() -> argparse.ArgumentParser:
-    from scanner.demo import DEFAULT_DATA, MODELS_DIR
-
     parser = argparse.ArgumentParser(prog="scanner", description="Find adversarial images; serve robust models.")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the bundled robust and standard models on clean and attacked images")

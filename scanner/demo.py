@@ -13,12 +13,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from scanner.cli import DEFAULT_DATA, MODELS_DIR  # noqa: E402,F401 - one definition, re-exported
 from training.attacks import parse_eps, pgd, predict
 from training.bundle import load
 from training.data import load_splits, seeded_subset, to_float
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def run_demo(data: Path, robust_dir: Path, standard_dir: Path, n: int, eps_text: str, seed: int) -> dict[str, float]:

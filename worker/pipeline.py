@@ -20,6 +20,7 @@ from scanner.db import queries
 from scanner.db.models import Image
 from scanner.db.session import transaction
 from scanner.versions import UNCALIBRATED
+from worker.imaging import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,20 @@ def analyse_images(
         _analyse_and_record([image_id for image_id, _ in todo], factory, engine, outcome)
         return outcome
     outcome.careful = True
+    failure: Exception | None = None
     for image_id, _ in todo:
         if _dead_letter_if_exhausted(
             image_id, factory, model_version, calibration_version, max_deliveries, task_id, outcome
         ):
             continue
         _start([image_id], factory)
-        _analyse_and_record([image_id], factory, engine, outcome)
+        try:
+            _analyse_and_record([image_id], factory, engine, outcome)
+        except Exception as err:  # noqa: BLE001 - the others still get their verdicts; re-raised below
+            log.warning("image %d failed its analysis: %r", image_id, err)
+            failure = failure or err
+    if failure is not None:
+        raise failure  # the task is retried; this image's attempts already count toward the dead letter
     return outcome
 
 
@@ -117,12 +125,12 @@ def _analyse_and_record(
     model_version, calibration_version = engine.model_version, calibration_version_of(engine)
     with transaction(factory) as session:
         for image_id, result in zip(image_ids, results, strict=True):
-            if hasattr(result, "to_dict"):
+            if not isinstance(result, ImageError):
                 verdict = result.to_dict()
                 verdict["calibration_version"] = verdict["calibration_version"] or UNCALIBRATED
                 queries.write_verdict(session, image_id, verdict)
                 outcome.verdicts += 1
-            else:  # an ImageError: the bytes cannot be decoded, and never will be
+            else:  # the bytes cannot be decoded, and never will be: no retry
                 queries.fail_image(session, image_id, model_version, calibration_version, result.code, result.message)
                 outcome.failed += 1
                 outcome.errors[result.code] = outcome.errors.get(result.code, 0) + 1

@@ -11,7 +11,6 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
-from sqlalchemy.exc import DBAPIError
 
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
@@ -68,9 +67,9 @@ def create_worker_app(settings: Settings) -> Celery:
     @app.task(
         name=ANALYSE_TASK,
         bind=True,
-        # Transient faults (database restarting, disk full, a flaky device) are retried with back-off; the
-        # pipeline's own delivery count still dead-letters an image that fails every time.
-        autoretry_for=(DBAPIError, OSError, RuntimeError),
+        # Any failure is retried with back-off: transient faults (a database restarting, a flaky device) then
+        # pass, and the pipeline's own delivery count dead-letters an image that fails every time.
+        autoretry_for=(Exception,),
         retry_backoff=2,
         retry_backoff_max=60,
         retry_jitter=True,

@@ -95,6 +95,29 @@ def component_schemas() -> dict[str, Any]:
         },
     }
 
+    schemas["ScanProgress"] = {
+        "title": "ScanProgress",
+        "type": "object",
+        "required": ["status", "counts"],
+        "properties": {
+            "status": copy.deepcopy(schemas["ScanOut"]["properties"]["status"]),
+            "counts": {"$ref": SCHEMA_REF.format(model="Counts")},
+        },
+    }
+    schemas["ScanEvent"] = {
+        "title": "ScanEvent",
+        "description": "One server-sent event (as OpenAPI 3.2 describes event streams): its name and its JSON data.",
+        "oneOf": [
+            _event(name, model)
+            for name, model in (
+                ("item", "ScanItemOut"),
+                ("progress", "ScanProgress"),
+                ("done", "ScanOut"),
+                ("timeout", "ScanOut"),
+            )
+        ],
+    }
+
     schemas["FieldError"] = {
         "title": "FieldError",
         "type": "object",
@@ -125,6 +148,21 @@ def component_schemas() -> dict[str, Any]:
             "allOf": [{"$ref": SCHEMA_REF.format(model="ProblemOut")}, {"type": "object", "properties": properties}],
         }
     return schemas
+
+
+def _event(name: str, model: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"$ref": SCHEMA_REF.format(model=model)},
+            },
+        },
+    }
 
 
 def _json(model: str) -> dict[str, Any]:
@@ -289,7 +327,7 @@ def stream_scan_events() -> dict[str, Any]:
                     "headers": {
                         "Cache-Control": {"description": "no-cache", "required": True, "schema": {"type": "string"}}
                     },
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": {"$ref": SCHEMA_REF.format(model="ScanEvent")}}},
                 },
                 "404": _ref_response("ScanNotFound"),
             }
