@@ -283,3 +283,33 @@ def test_unknown_routes_and_methods_are_problems(api: RunningApi, key: str) -> N
     assert http("GET", f"{api.base}/nowhere").json()["code"] == "not_found"
     reply = http("DELETE", f"{api.base}/v1/scans", key)
     assert reply.status == 405 and reply.json()["code"] == "method_not_allowed"
+
+
+def test_work_accepted_before_a_restart_is_finished_after_it(tmp_path: Path, engine) -> None:  # noqa: ANN001
+    """Embedded mode: images pending in the database when the server starts (it stopped or crashed before
+    analysing them) are analysed at start-up."""
+    import hashlib
+
+    from scanner.api.intake import Entry, Submission, record
+    from scanner.db import keys, migrate
+    from scanner.db.session import make_engine, make_sessionmaker, transaction
+    from scanner.versions import served_versions
+
+    settings = Settings(data_dir=tmp_path)
+    migrate.upgrade(settings.db_url)
+    sessions = make_sessionmaker(make_engine(settings.db_url))
+    with transaction(sessions) as session:
+        tenant_id = keys.get_or_create_tenant(session, "acme").id
+    entries = []
+    for seed in (31, 32):
+        data = png(seed)
+        entries.append(Entry(filename="x.png", data=data, sha256=hashlib.sha256(data).hexdigest(), format="PNG",
+                             width=40, height=32))
+    scan_id, pending = record(sessions, tenant_id, Submission("api", None, entries), served_versions(settings))
+    assert len(pending) == 2
+    running = start_api(settings, engine)
+    try:
+        token = running.new_key("k", "acme")
+        assert wait_done(running, token, scan_id)["counts"]["done"] == 2
+    finally:
+        running.stop()
