@@ -7,8 +7,8 @@ the scan with a stable error code; the rest of the scan goes on.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,6 +24,8 @@ from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
 from scanner.settings import Settings
 from scanner.versions import ServedVersions
 from worker.imaging import ImageError, ImageLimits, probe_image
+
+MAX_FIELD_BYTES = 1024 * 1024  # a text field of a multipart body (page_url, source, image_urls)
 
 
 @dataclass
@@ -78,6 +80,13 @@ async def _read_json(request: web.Request, settings: Settings) -> Submission:
 
 
 async def _read_multipart(request: web.Request, settings: Settings) -> Submission:
+    try:
+        return await _parse_multipart(request, settings)
+    except (ValueError, AssertionError) as err:  # aiohttp's reader: no boundary, a broken part structure
+        raise Problem(422, "invalid_body", f"malformed multipart body: {err}") from err
+
+
+async def _parse_multipart(request: web.Request, settings: Settings) -> Submission:
     fields: dict[str, str] = {}
     entries: list[Entry] = []
     total = 0
@@ -86,7 +95,10 @@ async def _read_multipart(request: web.Request, settings: Settings) -> Submissio
         if not isinstance(part, BodyPartReader):
             raise Problem(422, "invalid_body", "nested multipart bodies are not accepted")
         if part.filename is None:
-            fields[part.name or ""] = (await part.read(decode=True))[:4096].decode(errors="replace")
+            value, too_large = await _read_capped(part, MAX_FIELD_BYTES)
+            if too_large:
+                raise Problem(413, "body_too_large", f"the field {part.name!r} exceeds {MAX_FIELD_BYTES} bytes")
+            fields[part.name or ""] = value.decode(errors="replace")
             continue
         _check_count(len(entries) + 1, settings)
         data, too_large = await _read_capped(part, settings.max_image_bytes)
@@ -104,7 +116,23 @@ async def _read_multipart(request: web.Request, settings: Settings) -> Submissio
         raise Problem(422, "invalid_body", f"unknown source {source!r}")
     page_url = fields.get("page_url") or None
     _check_page_url(page_url)
+    _attach_image_urls(entries, fields.get("image_urls"))
     return Submission(source, page_url, entries)  # type: ignore[arg-type]
+
+
+def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
+    """Optional ``image_urls`` field: a JSON list giving, in order, the URL each uploaded file came from (the
+    crawler and the extension upload what the browser already fetched, and say where it was)."""
+    if raw is None:
+        return
+    try:
+        urls = json.loads(raw)
+    except ValueError as err:
+        raise Problem(422, "invalid_body", "image_urls must be a JSON list of strings") from err
+    if not isinstance(urls, list) or len(urls) != len(entries) or not all(isinstance(url, str | None) for url in urls):
+        raise Problem(422, "invalid_body", "image_urls must list one URL (or null) per uploaded file, in order")
+    for entry, url in zip(entries, urls, strict=True):
+        entry.image_url = url[:4096] if url else None
 
 
 async def _read_capped(part: BodyPartReader, cap: int) -> tuple[bytes, bool]:
@@ -141,7 +169,7 @@ def _errors(err: ValidationError) -> list[dict[str, str]]:
 
 
 async def fetch_entries(entries: list[Entry], policy: FetchPolicy, concurrency: int) -> None:
-    to_fetch = [entry for entry in entries if entry.image_url is not None and entry.data is None]
+    to_fetch = [entry for entry in entries if entry.image_url and entry.filename is None and entry.error is None]
     if not to_fetch:
         return
     async with SafeFetcher(policy) as fetcher:
@@ -198,7 +226,3 @@ def record(
                 pending.append(item.image_id)  # type: ignore[arg-type]
         queries.finish_scan_if_complete(session, [scan.id])  # every image already known: done at once
         return scan.id, pending
-
-
-async def in_thread(function, *args):  # noqa: ANN001, ANN201
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)

@@ -313,3 +313,16 @@ def test_work_accepted_before_a_restart_is_finished_after_it(tmp_path: Path, eng
         assert wait_done(running, token, scan_id)["counts"]["done"] == 2
     finally:
         running.stop()
+
+
+def test_uploads_can_say_where_each_file_came_from(api: RunningApi, key: str) -> None:
+    urls = ["https://cdn.example/a.png", None]
+    form = upload(png(41), png(42), page_url="https://cdn.example/page", image_urls=json.dumps(urls))
+    scan = http("POST", f"{api.base}/v1/scans", key, data=form).json()
+    assert [item["image_url"] for item in scan["items"]] == urls
+    mismatched = upload(png(43), image_urls=json.dumps(["https://a.example/1", "https://a.example/2"]))
+    reply = http("POST", f"{api.base}/v1/scans", key, data=mismatched)
+    assert reply.status == 422 and reply.json()["code"] == "invalid_body"
+    broken = http("POST", f"{api.base}/v1/scans", key, data=b"--x\r\n",
+                  headers={"Content-Type": "multipart/form-data"})  # no boundary
+    assert broken.status == 422 and broken.json()["code"] == "invalid_body"
