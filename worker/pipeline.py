@@ -124,13 +124,15 @@ def _analyse_and_record(
     results = engine.analyse(blobs)
     model_version, calibration_version = engine.model_version, calibration_version_of(engine)
     with transaction(factory) as session:
+        verdicts = {}
         for image_id, result in zip(image_ids, results, strict=True):
-            if not isinstance(result, ImageError):
-                verdict = result.to_dict()
-                verdict["calibration_version"] = verdict["calibration_version"] or UNCALIBRATED
-                queries.write_verdict(session, image_id, verdict)
-                outcome.verdicts += 1
-            else:  # the bytes cannot be decoded, and never will be: no retry
+            if isinstance(result, ImageError):  # the bytes cannot be decoded, and never will be: no retry
                 queries.fail_image(session, image_id, model_version, calibration_version, result.code, result.message)
                 outcome.failed += 1
                 outcome.errors[result.code] = outcome.errors.get(result.code, 0) + 1
+                continue
+            verdict = result.to_dict()
+            verdict["calibration_version"] = verdict["calibration_version"] or UNCALIBRATED
+            verdicts[image_id] = verdict
+        queries.write_verdicts(session, verdicts)
+        outcome.verdicts += len(verdicts)

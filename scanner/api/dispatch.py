@@ -25,6 +25,7 @@ from scanner.db.session import transaction
 from scanner.settings import Settings
 
 log = logging.getLogger(__name__)
+RELAY_GRACE_S = 5.0  # a request hands its own work over within this time; the relay takes what is older
 
 
 class Dispatcher:
@@ -67,17 +68,24 @@ class Dispatcher:
         with transaction(self.sessions) as session:
             queries.mark_enqueued(session, image_ids)
 
-    async def relay_once(self, before: dt.datetime | None = None) -> int:
-        before = before or utcnow() - dt.timedelta(seconds=self.settings.requeue_after_s)
-        work = await _in_thread(self._unqueued, before)
+    async def relay_once(self, everything: bool = False) -> int:
+        """Hand over the outbox.  ``everything``: also work handed over just now (at start-up, nothing is in
+        flight); otherwise leave alone what a request is handing over right now (``RELAY_GRACE_S``)."""
+        now = utcnow()
+        if everything:
+            requeue_before = created_before = now + dt.timedelta(seconds=1)
+        else:
+            requeue_before = now - dt.timedelta(seconds=self.settings.requeue_after_s)
+            created_before = now - dt.timedelta(seconds=RELAY_GRACE_S)
+        work = await _in_thread(self._unqueued, requeue_before, created_before)
         key = lambda w: (w.model_version, w.calibration_version)  # noqa: E731
         for (model_version, calibration_version), group in groupby(sorted(work, key=key), key=key):
             await self.submit([w.image_id for w in group], model_version, calibration_version)
         return len(work)
 
-    def _unqueued(self, before: dt.datetime) -> list[queries.PendingWork]:
+    def _unqueued(self, requeue_before: dt.datetime, created_before: dt.datetime) -> list[queries.PendingWork]:
         with transaction(self.sessions) as session:
-            return queries.unqueued_work(session, before)
+            return queries.unqueued_work(session, requeue_before, created_before)
 
     async def _relay_forever(self) -> None:
         while True:
@@ -154,7 +162,7 @@ class InProcessDispatcher(Dispatcher):
             self.engine = await asyncio.get_running_loop().run_in_executor(self._analysis, self._load_engine)
         self._loop_task = asyncio.create_task(self._analyse_forever())
         # Work accepted before a restart is picked up again, however recently it was handed over.
-        await self.relay_once(before=utcnow() + dt.timedelta(seconds=1))
+        await self.relay_once(everything=True)
         await super().start()
 
     def _load_engine(self) -> Any:

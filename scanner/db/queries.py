@@ -138,12 +138,14 @@ def verdict_for(session: Session, image_id: int, model_version: str, calibration
 
 
 def finish_scan_if_complete(session: Session, scan_ids: Iterable[str]) -> None:
-    for scan_id in set(scan_ids):
-        pending = session.scalar(select(func.count()).where(ScanItem.scan_id == scan_id, ScanItem.state == "pending"))
-        if pending == 0:
-            session.execute(
-                update(Scan).where(Scan.id == scan_id, Scan.finished_at.is_(None)).values(finished_at=utcnow())
-            )
+    """Stamp ``finished_at`` on those of these scans that have no pending item left (one statement)."""
+    ids = list(set(scan_ids))
+    if not ids:
+        return
+    pending = exists().where(ScanItem.scan_id == Scan.id, ScanItem.state == "pending")
+    session.execute(
+        update(Scan).where(Scan.id.in_(ids), Scan.finished_at.is_(None), ~pending).values(finished_at=utcnow())
+    )
 
 
 # --- the outbox: pending work not yet (or too long ago) handed to the broker ----------------------------------
@@ -156,14 +158,21 @@ class PendingWork:
     calibration_version: str
 
 
-def unqueued_work(session: Session, requeue_before: dt.datetime, limit: int = 10_000) -> list[PendingWork]:
-    """Pending images never handed to the broker, or handed over before ``requeue_before`` and still not done
+def unqueued_work(
+    session: Session, requeue_before: dt.datetime, created_before: dt.datetime, limit: int = 10_000
+) -> list[PendingWork]:
+    """Pending images never handed to the broker (and older than ``created_before``, so that a submission being
+    handed over right now is left to its request), or handed over before ``requeue_before`` and still not done
     (a broker that lost its queue, a message dropped); duplicates are harmless since verdict writes are
     idempotent."""
     rows = session.execute(
         select(ScanItem.image_id, Scan.model_version, Scan.calibration_version)
         .join(Scan, Scan.id == ScanItem.scan_id)
-        .where(ScanItem.state == "pending", (ScanItem.enqueued_at.is_(None)) | (ScanItem.enqueued_at < requeue_before))
+        .where(
+            ScanItem.state == "pending",
+            (ScanItem.enqueued_at.is_(None) & (ScanItem.updated_at < created_before))
+            | (ScanItem.enqueued_at < requeue_before),
+        )
         .distinct()
         .limit(limit)
     ).all()
@@ -203,38 +212,53 @@ def blob_of(session: Session, image_id: int) -> bytes:
     return session.scalars(select(ImageBlob.data).where(ImageBlob.image_id == image_id)).one()
 
 
-def write_verdict(session: Session, image_id: int, verdict: dict[str, Any]) -> None:
-    """Idempotent: a second write for the same image and versions (a redelivered task) changes nothing."""
-    values = {
-        key: verdict[key]
-        for key in (
-            "model_version",
-            "label",
-            "label_index",
-            "confidence",
-            "scores",
-            "combined",
-            "flagged",
-            "threshold",
-            "timings_ms",
-        )
-    }
-    values.update(
-        image_id=image_id,
-        top_k=verdict["top_k"],
-        created_at=utcnow(),
-        calibration_version=verdict["calibration_version"],
+def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> None:
+    """Verdicts of a batch (image id -> ``Verdict.to_dict()``), written with a few statements whatever the batch
+    size.  Idempotent: a second write for the same image and versions (a redelivered task) changes nothing."""
+    if not verdicts:
+        return
+    now = utcnow()
+    rows = [_verdict_row(image_id, verdict, now) for image_id, verdict in verdicts.items()]
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    session.execute(
+        insert(Verdict)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["image_id", "model_version", "calibration_version"])
     )
-    insert_ignoring_duplicates(session, Verdict, values, ["image_id", "model_version", "calibration_version"])
-    session.execute(update(Image).where(Image.id == image_id).values(attempts=0))
-    _settle_items(session, image_id, verdict["model_version"], verdict["calibration_version"], "done", None)
+    session.execute(update(Image).where(Image.id.in_(list(verdicts))).values(attempts=0))
+    first = next(iter(verdicts.values()))
+    _settle_items(session, list(verdicts), first["model_version"], first["calibration_version"], "done", None)
+
+
+def write_verdict(session: Session, image_id: int, verdict: dict[str, Any]) -> None:
+    write_verdicts(session, {image_id: verdict})
+
+
+_VERDICT_FIELDS = (
+    "model_version",
+    "calibration_version",
+    "label",
+    "label_index",
+    "confidence",
+    "top_k",
+    "scores",
+    "combined",
+    "flagged",
+    "threshold",
+    "timings_ms",
+)
+
+
+def _verdict_row(image_id: int, verdict: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    return {**{key: verdict[key] for key in _VERDICT_FIELDS}, "image_id": image_id, "created_at": now}
 
 
 def fail_image(
     session: Session, image_id: int, model_version: str, calibration_version: str, code: str, message: str
 ) -> None:
     session.execute(update(Image).where(Image.id == image_id).values(attempts=0))
-    _settle_items(session, image_id, model_version, calibration_version, "failed", (code, message))
+    _settle_items(session, [image_id], model_version, calibration_version, "failed", (code, message))
 
 
 def dead_letter(
@@ -242,7 +266,11 @@ def dead_letter(
 ) -> None:
     session.add(
         DeadLetter(
-            image_id=image.id, model_version=model_version, task_id=task_id, reason=reason, deliveries=image.attempts
+            image_id=image.id,
+            model_version=model_version,
+            task_id=task_id,
+            reason=reason,
+            deliveries=image.attempts,
         )
     )
     fail_image(
@@ -257,15 +285,20 @@ def dead_letter(
 
 def _settle_items(
     session: Session,
-    image_id: int,
+    image_ids: Sequence[int],
     model_version: str,
     calibration_version: str,
     state: str,
     error: tuple[str, str] | None,
 ) -> None:
-    scans = select(Scan.id).where(Scan.model_version == model_version, Scan.calibration_version == calibration_version)
-    items = and_(ScanItem.image_id == image_id, ScanItem.state == "pending", ScanItem.scan_id.in_(scans))
-    scan_ids = list(session.scalars(select(ScanItem.scan_id).where(items)))
+    """Pending items of these images, in scans that asked for these versions, become done or failed."""
+    same_versions = exists().where(
+        Scan.id == ScanItem.scan_id,
+        Scan.model_version == model_version,
+        Scan.calibration_version == calibration_version,
+    )
+    items = and_(ScanItem.image_id.in_(image_ids), ScanItem.state == "pending", same_versions)
+    scan_ids = set(session.scalars(select(ScanItem.scan_id).where(items)))
     code, message = error or (None, None)
     session.execute(
         update(ScanItem).where(items).values(state=state, error_code=code, error_message=message, updated_at=utcnow())
