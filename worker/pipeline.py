@@ -86,8 +86,7 @@ def analyse_images(
 
 def _start(image_ids: list[int], factory: sessionmaker[Session]) -> None:
     with transaction(factory) as session:
-        for image in session.query(Image).filter(Image.id.in_(image_ids)):
-            image.attempts += 1
+        queries.count_attempt(session, image_ids)
 
 
 def _dead_letter_if_exhausted(
@@ -120,7 +119,7 @@ def _analyse_and_record(
     image_ids: list[int], factory: sessionmaker[Session], engine: Analyser, outcome: Outcome
 ) -> None:
     with transaction(factory) as session:
-        blobs = [queries.blob_of(session, image_id) for image_id in image_ids]
+        blobs = queries.blobs_of(session, image_ids)
     results = engine.analyse(blobs)
     model_version, calibration_version = engine.model_version, calibration_version_of(engine)
     with transaction(factory) as session:

@@ -208,21 +208,19 @@ def record(
             versions.model_version,
             versions.calibration_version,
         )
-        pending: list[int] = []
-        for position, entry in enumerate(submission.entries):
-            image = None
-            if entry.data is not None and entry.sha256 is not None:
-                image = queries.record_image(session, entry.sha256, entry.data, entry.format, entry.width, entry.height)
-            item = queries.add_item(
-                session,
-                scan,
-                position,
-                image=image,
-                image_url=entry.image_url,
-                filename=entry.filename,
-                error=entry.error,
+        items = [
+            queries.NewItem(
+                entry.sha256,
+                entry.data,
+                entry.format,
+                entry.width,
+                entry.height,
+                entry.image_url,
+                entry.filename,
+                entry.error,
             )
-            if item.state == "pending" and item.image_id not in pending:
-                pending.append(item.image_id)  # type: ignore[arg-type]
+            for entry in submission.entries
+        ]
+        pending = queries.add_items(session, scan, items)
         queries.finish_scan_if_complete(session, [scan.id])  # every image already known: done at once
         return scan.id, pending

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, and_, exists, func, select, update
+from sqlalchemy import Select, and_, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,9 +29,11 @@ from scanner.db.models import (
 
 def insert_ignoring_duplicates(session: Session, model: type, values: dict[str, Any], keys: Sequence[str]) -> None:
     """INSERT that does nothing when a row with the same ``keys`` exists (concurrent writers race safely)."""
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+    session.execute(_insert_for(session)(model).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+
+
+def _insert_for(session: Session):  # noqa: ANN202 - the dialect's INSERT construct (with ON CONFLICT)
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[session.get_bind().dialect.name]
 
 
 # --- intake ------------------------------------------------------------------------------------------------
@@ -90,6 +92,106 @@ def new_scan(
     return scan
 
 
+@dataclass
+class NewItem:
+    """One image of a submission: bytes checked and hashed, or the error that refused it."""
+
+    sha256: str | None = None
+    data: bytes | None = None
+    format: str = ""
+    width: int = 0
+    height: int = 0
+    image_url: str | None = None
+    filename: str | None = None
+    error: tuple[str, str] | None = None
+
+
+def add_items(session: Session, scan: Scan, items: Sequence[NewItem], first_position: int = 0) -> list[int]:
+    """Record a scan's images with a fixed number of statements, whatever their count: new images and blobs,
+    ``last_seen``, the items (done at once when a verdict for the scan's versions exists, failed with their
+    error, pending otherwise) and a sighting per accepted image.  Returns the image ids still to analyse."""
+    now = utcnow()
+    ids = _upsert_images(session, [item for item in items if item.sha256 and item.data is not None], now)
+    known = set(
+        session.scalars(
+            select(Verdict.image_id).where(
+                Verdict.image_id.in_(list(ids.values())),
+                Verdict.model_version == scan.model_version,
+                Verdict.calibration_version == scan.calibration_version,
+            )
+        )
+    )
+    rows, sightings, pending = [], [], []
+    for position, item in enumerate(items, start=first_position):
+        image_id = ids.get(item.sha256) if item.sha256 else None
+        row = {
+            "scan_id": scan.id,
+            "position": position,
+            "image_id": image_id,
+            "image_url": item.image_url,
+            "filename": item.filename,
+            "state": "pending",
+            "error_code": None,
+            "error_message": None,
+            "updated_at": now,
+            "enqueued_at": None,
+        }
+        if image_id is None:
+            code, message = item.error or ("unknown", "no image")
+            row.update(state="failed", error_code=code, error_message=message)
+        else:
+            sightings.append(
+                {
+                    "tenant_id": scan.tenant_id,
+                    "image_id": image_id,
+                    "site_id": scan.site_id,
+                    "scan_id": scan.id,
+                    "page_url": scan.page_url,
+                    "image_url": item.image_url,
+                    "source": scan.source,
+                    "seen_at": now,
+                }
+            )
+            if image_id in known:
+                row["state"] = "done"
+            elif image_id not in pending:
+                pending.append(image_id)
+        rows.append(row)
+    session.execute(insert(ScanItem), rows)
+    if sightings:
+        session.execute(insert(Sighting), sightings)
+    return pending
+
+
+def _upsert_images(session: Session, items: Sequence[NewItem], now: dt.datetime) -> dict[str, int]:
+    """sha256 -> image id for these items, inserting the images (and blobs) not yet stored."""
+    unique = {item.sha256: item for item in items}
+    if not unique:
+        return {}
+    rows = [
+        {
+            "sha256": sha,
+            "format": item.format,
+            "byte_size": len(item.data or b""),
+            "width": item.width,
+            "height": item.height,
+            "first_seen": now,
+            "last_seen": now,
+            "attempts": 0,
+        }
+        for sha, item in unique.items()
+    ]
+    session.execute(_insert_for(session)(Image).values(rows).on_conflict_do_nothing(index_elements=["sha256"]))
+    ids = {
+        sha: image_id
+        for sha, image_id in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(list(unique))))
+    }
+    session.execute(update(Image).where(Image.id.in_(list(ids.values()))).values(last_seen=now))
+    blobs = [{"image_id": ids[sha], "data": item.data} for sha, item in unique.items()]
+    session.execute(_insert_for(session)(ImageBlob).values(blobs).on_conflict_do_nothing(index_elements=["image_id"]))
+    return ids  # type: ignore[return-value]
+
+
 def add_item(
     session: Session,
     scan: Scan,
@@ -100,31 +202,14 @@ def add_item(
     filename: str | None = None,
     error: tuple[str, str] | None = None,
 ) -> ScanItem:
-    """One image of a scan: done at once when a verdict for the scan's versions exists, failed with ``error``
-    (code, message) when it could not be taken, pending otherwise.  An accepted image also gets a sighting."""
-    item = ScanItem(scan_id=scan.id, position=position, image_url=image_url, filename=filename)
-    if image is None:
-        item.state, (item.error_code, item.error_message) = "failed", error or ("unknown", "no image")
-    else:
-        item.image_id = image.id
-        item.state = (
-            "done" if verdict_for(session, image.id, scan.model_version, scan.calibration_version) else "pending"
-        )
-        session.add(
-            Sighting(
-                tenant_id=scan.tenant_id,
-                image_id=image.id,
-                site_id=scan.site_id,
-                scan_id=scan.id,
-                page_url=scan.page_url,
-                image_url=image_url,
-                source=scan.source,
-                seen_at=utcnow(),
-            )
-        )
-    session.add(item)
-    session.flush()
-    return item
+    """One image of a scan (``add_items`` for one), for callers that already hold the image row."""
+    item = NewItem(
+        image.sha256 if image else None, b"" if image else None, image_url=image_url, filename=filename, error=error
+    )
+    if image is not None:
+        item.format, item.width, item.height = image.format, image.width, image.height
+    add_items(session, scan, [item], first_position=position)
+    return session.scalars(select(ScanItem).where(ScanItem.scan_id == scan.id, ScanItem.position == position)).one()
 
 
 def verdict_for(session: Session, image_id: int, model_version: str, calibration_version: str) -> Verdict | None:
@@ -208,8 +293,17 @@ def images_to_analyse(
     return list(session.scalars(select(Image).where(Image.id.in_(image_ids), ~done).order_by(Image.id)))
 
 
-def blob_of(session: Session, image_id: int) -> bytes:
-    return session.scalars(select(ImageBlob.data).where(ImageBlob.image_id == image_id)).one()
+def blobs_of(session: Session, image_ids: Sequence[int]) -> list[bytes]:
+    """The bytes of these images, in the same order."""
+    rows = dict(
+        session.execute(select(ImageBlob.image_id, ImageBlob.data).where(ImageBlob.image_id.in_(image_ids))).all()
+    )
+    return [rows[image_id] for image_id in image_ids]
+
+
+def count_attempt(session: Session, image_ids: Sequence[int]) -> None:
+    """One more analysis of these images is starting (committed before the engine runs)."""
+    session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=Image.attempts + 1))
 
 
 def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> None:
