@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,7 +83,7 @@ async def _read_json(request: web.Request, settings: Settings) -> Submission:
 async def _read_multipart(request: web.Request, settings: Settings) -> Submission:
     try:
         return await _parse_multipart(request, settings)
-    except (ValueError, AssertionError) as err:  # aiohttp's reader: no boundary, a broken part structure
+    except (ValueError, AssertionError, HttpProcessingError) as err:  # no boundary, broken parts or headers
         raise Problem(422, "invalid_body", f"malformed multipart body: {err}") from err
 
 
@@ -153,8 +154,12 @@ def _check_count(count: int, settings: Settings) -> None:
 def _check_page_url(page_url: str | None) -> None:
     if page_url is None:
         return
-    parts = urlsplit(page_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(page_url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unclosed IPv6 bracket, a netloc that changes under NFKC, ...
+        valid = False
+    if not valid:
         raise Problem(422, "invalid_page_url", "page_url must be an absolute http(s) URL")
 
 

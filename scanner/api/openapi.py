@@ -25,13 +25,17 @@ SCHEMA_REF = "#/components/schemas/{model}"
 SECURITY = [{"bearerAuth": []}]
 MAX_IMAGES_PER_SCAN = 256  # the default of Settings.max_images_per_scan
 SOURCES = ["extension", "crawl", "audit", "api"]
+EMPTY = {"type": "string", "maxLength": 0}
 
-# An absolute http(s) URL with a host, as ``intake._check_page_url`` accepts it (``urlsplit``: scheme http or
-# https, a non-empty hostname).  ASCII host names only: bracketed (IPv6) hosts and non-ASCII names are left out
-# of the description, since ``urlsplit`` validates those further.
-_USERINFO = r"(?:[A-Za-z0-9._~!$&'()*+,;=%:-]*@)?"
-_HOST = r"[A-Za-z0-9._~!$&'()*+,;=%-]+"
-HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}(?::[0-9]*)?(?:[/?#]\S*)?"
+# An absolute http(s) URL with a host, as ``intake._check_page_url`` accepts it: ``urlsplit`` finds the scheme http
+# or https and a non-empty hostname (the netloc after its last "@", before its first ":").  ASCII netlocs only,
+# without brackets: ``urlsplit`` checks bracketed (IPv6) and non-ASCII hosts further.  Tab, CR and LF, which
+# ``urlsplit`` deletes, are left out.
+_NETLOC_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x22\x24-\x2e\x30-\x39\x3b-\x3e\x41-\x5a\x5c\x5e-\x7f"  # not #/:?@[]
+_USERINFO = rf"(?:[{_NETLOC_CHARS}:@]*@)?"
+_HOST = rf"[{_NETLOC_CHARS}]+"
+_PORT = rf"(?::[{_NETLOC_CHARS}:]*)?"
+HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}{_PORT}(?:[/?#][\s\S]*)?"
 
 # A report cursor: unpadded URL-safe base64 of ``v1:<verdict id>`` ("djE6" is "v1:").  The groups spell the
 # base64 of ASCII digits: three digits make four characters, one or two left over make two or three (whose
@@ -39,6 +43,7 @@ HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}(?::[0-9]*)?(?:[/?#]\S*)
 _THREE_DIGITS = "(?:[MN][DTjz]|O[DT])[AEIMQUYcgk][wxyz0-5]"
 _ONE_DIGIT = "(?:[MN][A-Za-z0-9_-]|O[A-Za-f])"
 _TWO_DIGITS = "(?:[MN][DTjz]|O[DT])[A-Za-n]"
+CURSOR_MAX_LENGTH = 28  # ids of up to 18 digits: below SQLite's 2**63
 CURSOR = rf"djE6(?:{_THREE_DIGITS})*(?:{_THREE_DIGITS}|{_ONE_DIGIT}|{_TWO_DIGITS})"
 
 
@@ -73,7 +78,8 @@ def component_schemas() -> dict[str, Any]:
 
     schemas["ScanUpload"] = {
         "title": "ScanUpload",
-        "description": "Images uploaded as file parts (any part with a filename is an image), with optional fields.",
+        "description": "Images uploaded as file parts (any part with a filename is an image; uploads are not"
+        " fetched), with optional text fields of at most 1 MiB each; other text fields are ignored.",
         "type": "object",
         "required": ["image"],
         "properties": {
@@ -86,12 +92,18 @@ def component_schemas() -> dict[str, Any]:
                 "items": {"type": "string", "contentMediaType": "application/octet-stream"},
             },
             "page_url": {
-                "description": "the page the images were seen on: an absolute http(s) URL; empty means none;"
-                " only the first 4096 bytes are read",
+                "description": "the page the images were seen on: an absolute http(s) URL; empty means none",
                 "type": "string",
                 "pattern": f"^(?:{HTTP_URL})?$",
             },
             "source": {"type": "string", "enum": SOURCES, "default": "api"},
+            "image_urls": {
+                "description": "where the uploaded files came from: a JSON list with one URL (or null) per file"
+                " part, in order (URLs are cut to 4096 characters)",
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": {"type": "array", "items": {"type": ["string", "null"]}},
+            },
         },
     }
 
@@ -281,14 +293,17 @@ def create_scan() -> dict[str, Any]:
             {
                 "201": _scan_created("the scan is done already: every image was known or failed"),
                 "202": _scan_created("the scan is queued: some images are being analysed"),
-                "413": _problem("the body exceeds max_body_bytes (body_too_large)", "BodyTooLarge"),
+                "413": _problem(
+                    "the body exceeds max_body_bytes, or a text field of a multipart body 1 MiB (body_too_large)",
+                    "BodyTooLarge",
+                ),
                 "415": _problem(
                     "the body is neither application/json nor multipart/form-data (unsupported_media_type)",
                     "UnsupportedMediaType",
                 ),
                 "422": _problem(
-                    "the body is invalid (invalid_body), has too many images (too_many_images) or a page_url that"
-                    " is not an absolute http(s) URL (invalid_page_url)",
+                    "the body is invalid or malformed (invalid_body), has too many images (too_many_images) or a"
+                    " page_url that is not an absolute http(s) URL (invalid_page_url)",
                     "InvalidSubmission",
                 ),
             }
@@ -364,7 +379,8 @@ def get_image() -> dict[str, Any]:
 
 
 def flagged_report() -> dict[str, Any]:
-    time_schema = {"type": "string", "format": "date-time"}
+    # Empty values count as absent, so the parameters that take a time or a number also take "".
+    time_schema = {"anyOf": [{"type": "string", "format": "date-time"}, EMPTY]}
     next_page = {
         "Link": {
             "description": 'the next page: <URL>; rel="next" (only when a full page was returned)',
@@ -374,7 +390,7 @@ def flagged_report() -> dict[str, Any]:
         "X-Next-Cursor": {
             "description": "the cursor of the next page (only when a full page was returned)",
             "required": False,
-            "schema": {"type": "string", "pattern": f"^{CURSOR}$"},
+            "schema": {"type": "string", "pattern": f"^{CURSOR}$", "maxLength": CURSOR_MAX_LENGTH},
         },
     }
     return {
@@ -390,12 +406,14 @@ def flagged_report() -> dict[str, Any]:
             _query("site", "only sightings on pages of this host", {"type": "string"}),
             _query("since", "only sightings at or after this time (ISO 8601; UTC when no offset)", time_schema),
             _query("until", "only sightings before this time (ISO 8601; UTC when no offset)", time_schema),
-            _query("min_score", "only verdicts with at least this combined score", {"type": "number"}),
+            _query(
+                "min_score", "only verdicts with at least this combined score", {"anyOf": [{"type": "number"}, EMPTY]}
+            ),
             _query("label", "only verdicts with this predicted label", {"type": "string"}),
             _query(
                 "cursor",
                 "the next_cursor of the previous page",
-                {"type": "string", "pattern": f"^(?:{CURSOR})?$"},
+                {"type": "string", "pattern": f"^(?:{CURSOR})?$", "maxLength": CURSOR_MAX_LENGTH},
             ),
             _query(
                 "limit",

@@ -268,9 +268,9 @@ def _time_param(query: Any, name: str) -> dt.datetime | None:
         return None
     try:
         value = dt.datetime.fromisoformat(raw)
-    except ValueError as err:
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError) as err:  # not a time, or one that leaves the calendar once in UTC
         raise Problem(422, "invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-25T12:00:00Z") from err
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _float_param(query: Any, name: str) -> float | None:
@@ -288,7 +288,7 @@ def _float_param(query: Any, name: str) -> float | None:
 
 def _limit_param(query: Any) -> int:
     raw = query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= 1000:
         raise Problem(422, "invalid_parameter", "limit must be an integer from 1 to 1000")
     return int(raw)
 
@@ -301,7 +301,7 @@ def _decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, value = raw.partition(":")
-        if version != "v1" or not value.isdigit():
+        if version != "v1" or not re.fullmatch(r"[0-9]{1,18}", value):  # a 64-bit row id
             raise ValueError(raw)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError) as err:
