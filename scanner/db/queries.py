@@ -181,14 +181,15 @@ def _upsert_images(session: Session, items: Sequence[NewItem], now: dt.datetime)
         }
         for sha, item in unique.items()
     ]
-    session.execute(_insert_for(session)(Image).values(rows).on_conflict_do_nothing(index_elements=["sha256"]))
+    # executemany with one cached statement: a multi-row VALUES would be compiled anew for every batch size.
+    session.execute(_insert_for(session)(Image).on_conflict_do_nothing(index_elements=["sha256"]), rows)
     ids = {
         sha: image_id
         for sha, image_id in session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(list(unique))))
     }
     session.execute(update(Image).where(Image.id.in_(list(ids.values()))).values(last_seen=now))
     blobs = [{"image_id": ids[sha], "data": item.data} for sha, item in unique.items()]
-    session.execute(_insert_for(session)(ImageBlob).values(blobs).on_conflict_do_nothing(index_elements=["image_id"]))
+    session.execute(_insert_for(session)(ImageBlob).on_conflict_do_nothing(index_elements=["image_id"]), blobs)
     return ids  # type: ignore[return-value]
 
 
@@ -313,13 +314,8 @@ def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> Non
         return
     now = utcnow()
     rows = [_verdict_row(image_id, verdict, now) for image_id, verdict in verdicts.items()]
-    dialect = session.get_bind().dialect.name
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    session.execute(
-        insert(Verdict)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["image_id", "model_version", "calibration_version"])
-    )
+    unique = ["image_id", "model_version", "calibration_version"]
+    session.execute(_insert_for(session)(Verdict).on_conflict_do_nothing(index_elements=unique), rows)
     session.execute(update(Image).where(Image.id.in_(list(verdicts))).values(attempts=0))
     first = next(iter(verdicts.values()))
     _settle_items(session, list(verdicts), first["model_version"], first["calibration_version"], "done", None)
