@@ -1,6 +1,8 @@
 """The ``scanner`` command line.
 
-    scanner demo                       the bundled robust and standard models on clean and attacked images
+    scanner demo                       crawl a local demo site with attacked images, end to end, offline
+    scanner crawl <site>               crawl a site with Chromium and scan every image a visitor sees
+    scanner report                     flagged images (table, JSON or CSV)
     scanner serve                      the API (embedded: SQLite + in-process analysis when no broker is set)
     scanner worker                     a Celery analysis worker (needs SCANNER_BROKER_URL)
     scanner db upgrade|downgrade|current
@@ -29,13 +31,49 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description="Find adversarial images; serve robust models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the bundled robust and standard models on clean and attacked images")
+    demo = sub.add_parser("demo", help="crawl a local demo site whose images are partly attacked, end to end")
     demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder tarball or tree")
     demo.add_argument("--robust", type=Path, default=MODELS_DIR / "otjr-preact18-w0.125")
     demo.add_argument("--standard", type=Path, default=MODELS_DIR / "standard-preact18-w0.125")
-    demo.add_argument("-n", type=int, default=20, help="how many test images")
+    demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
+    demo.add_argument("--per-page", type=int, default=5, help="images per page")
     demo.add_argument("--eps", default="8/255")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
+
+    crawl = sub.add_parser("crawl", help="crawl a site and scan every image a visitor sees")
+    crawl.add_argument("site", help="start URL, e.g. https://shop.example/ (a bare host gets https://)")
+    crawl.add_argument("--max-pages", type=int, default=100)
+    crawl.add_argument("--max-depth", type=int, default=5)
+    crawl.add_argument("--include", action="append", default=[], help="regex a URL must match (repeatable)")
+    crawl.add_argument("--exclude", action="append", default=[], help="regex that excludes a URL (repeatable)")
+    crawl.add_argument("--subdomains", action="store_true", help="also crawl subdomains of the site")
+    crawl.add_argument("--concurrency", type=int, default=4, help="pages rendered at once")
+    crawl.add_argument("--per-host", type=int, default=2, help="pages in flight per host")
+    crawl.add_argument("--delay", type=float, default=0.0, help="seconds between requests to one host")
+    crawl.add_argument("--timeout", type=float, default=30.0, help="seconds per page")
+    crawl.add_argument("--min-size", type=int, default=50, help="skip images smaller than this (pixels)")
+    crawl.add_argument("--ignore-robots", action="store_true", help="do not honour robots.txt (your own site only)")
+    crawl.add_argument("--no-sitemaps", action="store_true")
+    crawl.add_argument("--resume", action="store_true", help="continue an interrupted crawl of this site")
+    crawl.add_argument("--browser", help="Chromium executable (default: Playwright's, else Debian's chromium)")
+    crawl.add_argument("--api", help="submit to this scanner server instead of the embedded one")
+    crawl.add_argument("--key", help="API key for --api")
+    crawl.add_argument("--json", type=Path, help="write the full report as JSON")
+    crawl.add_argument("--csv", type=Path, help="write one row per image as CSV")
+    crawl.add_argument("--fail-on-flagged", action="store_true", help="exit with status 3 if any image is flagged")
+
+    report = sub.add_parser("report", help="flagged images, newest first")
+    report.add_argument("--site", help="host name, e.g. shop.example")
+    report.add_argument("--since", help="ISO time, e.g. 2026-11-01")
+    report.add_argument("--until", help="ISO time")
+    report.add_argument("--min-score", type=float)
+    report.add_argument("--label")
+    report.add_argument("--limit", type=int, default=100)
+    report.add_argument("--tenant", default="default", help="embedded database: whose report")
+    report.add_argument("--api", help="read from this scanner server instead of the local database")
+    report.add_argument("--key", help="API key for --api")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
 
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", help="default: SCANNER_HOST (127.0.0.1)")
@@ -78,12 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, FileNotFoundError) as err:
         print(f"error: invalid settings: {err}", file=sys.stderr)
         return 2
-    handlers = {"serve": _serve, "worker": _worker, "db": _db, "keys": _keys}
+    handlers = {"serve": _serve, "worker": _worker, "db": _db, "keys": _keys, "crawl": _crawl, "report": _report}
     return handlers[args.command](args, settings)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from scanner.demo import run_demo
     from training.bundle import BundleError
     from training.data import DataError
 
@@ -91,10 +128,84 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"error: demo images not found at {args.data}; pass --data (see shared/data/README.md)", file=sys.stderr)
         return 2
     try:
-        run_demo(args.data, args.robust, args.standard, args.n, args.eps, args.seed)
+        if args.models_only:
+            from scanner.demo import run_demo
+
+            run_demo(args.data, args.robust, args.standard, args.pages * args.per_page, args.eps, args.seed)
+            return 0
+        from scanner.demo import run_crawl_demo
+
+        return run_crawl_demo(args)
     except (BundleError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _crawl(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    import asyncio
+
+    from rich.console import Console
+
+    from scanner import crawl_command
+    from scanner.client import ApiError, ScannerClient
+    from scanner.crawl import BrowserNotFoundError, CrawlConfig, StateLockedError
+
+    site = args.site if "://" in args.site else f"https://{args.site}"
+    try:
+        config = CrawlConfig(
+            start_url=site,
+            max_pages=args.max_pages,
+            max_depth=args.max_depth,
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            allow_subdomains=args.subdomains,
+            concurrency=args.concurrency,
+            per_host_concurrency=args.per_host,
+            delay_s=args.delay,
+            page_timeout_s=args.timeout,
+            respect_robots=not args.ignore_robots,
+            use_sitemaps=not args.no_sitemaps,
+            min_image_size=args.min_size,
+            max_image_bytes=settings.max_image_bytes,
+            browser_path=args.browser,
+            state_path=crawl_command.default_state_path(settings, site),
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    console = Console(stderr=True)
+
+    async def run() -> crawl_command.CrawlOutcome:
+        async with (
+            crawl_command.service_for(settings, args.api, args.key) as (base, key),
+            ScannerClient(base, key) as client,
+        ):
+            outcome = await crawl_command.crawl_and_scan(config, client, args.resume, console)
+            outcome.mode = f"server {args.api}" if args.api else "embedded"
+            return outcome
+
+    try:
+        outcome = asyncio.run(run())
+    except (BrowserNotFoundError, StateLockedError, ValueError, ApiError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    crawl_command.print_report(outcome, Console())
+    if args.json:
+        crawl_command.write_json(outcome, args.json)
+    if args.csv:
+        crawl_command.write_csv(outcome, args.csv)
+    return 3 if args.fail_on_flagged and outcome.flagged else 0
+
+
+def _report(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from scanner.report import fetch_report, print_report
+
+    try:
+        rows = fetch_report(settings, args)
+    except Exception as err:  # noqa: BLE001 - every failure here is the user's to fix: say it plainly
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_report(rows, args.format)
     return 0
 
 

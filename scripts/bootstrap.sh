@@ -38,3 +38,11 @@ if [ ! -f "$stamp" ]; then
   # A --dev install also satisfies a plain one.
   [ -n "$extras" ] && touch "${stamp%-dev}"
 fi
+
+# The crawler renders pages with Chromium: Playwright's own browser when `playwright install chromium` has been
+# run, else Debian's package (Playwright cannot download browsers on every network).
+if ! ls "${PLAYWRIGHT_BROWSERS_PATH:-$HOME/.cache/ms-playwright}"/chromium-* >/dev/null 2>&1 \
+   && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  echo "bootstrap: installing Debian's chromium for the crawler" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

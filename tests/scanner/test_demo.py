@@ -41,8 +41,11 @@ def test_demo_prints_both_models_verdicts(tiny_tarball: Path, tmp_path: Path) ->
             str(robust),
             "--standard",
             str(standard),
-            "-n",
-            "6",
+            "--models-only",
+            "--pages",
+            "2",
+            "--per-page",
+            "3",
         ],
         capture_output=True,
         text=True,
@@ -53,6 +56,26 @@ def test_demo_prints_both_models_verdicts(tiny_tarball: Path, tmp_path: Path) ->
     assert "robust model   otjr" in done.stdout
     assert "% on perturbed images" in done.stdout
     assert done.stdout.count("yes") == 3  # every second image of six is perturbed
+
+
+def test_demo_crawls_its_site_and_scores_against_the_truth(tiny_tarball: Path, tmp_path: Path) -> None:
+    """The README's main command, on tiny bundles: build the site, serve it, crawl it with Chromium, analyse in
+    process, and find every image however the page places it."""
+    robust = _tiny_bundle(tmp_path / "robust", "otjr")
+    standard = _tiny_bundle(tmp_path / "standard", "standard")
+    done = subprocess.run(
+        [str(SCANNER), "demo", "--data", str(tiny_tarball), "--robust", str(robust), "--standard", str(standard),
+         "--pages", "2", "--per-page", "5"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "found 10/10 images" in done.stdout  # img, srcset, background, lazy and inserted, on both pages
+    for placement in ("srcset", "background", "lazy", "inserted"):
+        assert placement in done.stdout
+    assert "not found" not in done.stdout
 
 
 def test_demo_explains_missing_bundle(tiny_tarball: Path, tmp_path: Path) -> None:
