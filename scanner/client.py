@@ -68,6 +68,10 @@ class ScannerClient:
     async def flagged(self, **params: str) -> dict[str, Any]:
         return await self._request("GET", "/v1/reports/flagged", params={k: v for k, v in params.items() if v})
 
+    async def whoami(self) -> dict[str, Any]:
+        """The key's id, tenant and scopes: raises ``ApiError`` (invalid_key, expired_key, ...) before any work."""
+        return await self._request("GET", "/v1/me")
+
     async def health(self) -> dict[str, Any]:
         return await self._request("GET", "/healthz")
 

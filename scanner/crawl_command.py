@@ -102,6 +102,9 @@ async def crawl_and_scan(
     config: CrawlConfig, client: ScannerClient, resume: bool = False, console: Console | None = None
 ) -> CrawlOutcome:
     console = console or Console(stderr=True)
+    key = await client.whoami()  # a bad key or an unreachable server stops here, before the browser starts
+    if "scans:write" not in key["scopes"]:
+        raise ValueError(f"the key {key['id']} lacks the scope scans:write")
     outcome = CrawlOutcome(site=config.start_url, mode="")
     started = time.monotonic()
     async with Crawler(config) as crawler:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from scanner.api.schemas import FlaggedReport, Health, ImageOut, ProblemOut, ScanOut, ScanRequest
+from scanner.api.schemas import FlaggedReport, Health, ImageOut, KeyOut, ProblemOut, ScanOut, ScanRequest
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 TITLE = "Robust image scanner API"
@@ -60,6 +60,7 @@ def component_schemas() -> dict[str, Any]:
             (ImageOut, "serialization"),
             (FlaggedReport, "serialization"),
             (Health, "serialization"),
+            (KeyOut, "serialization"),
             (ProblemOut, "serialization"),
         ],
         ref_template=SCHEMA_REF,
@@ -449,6 +450,17 @@ def flagged_report() -> dict[str, Any]:
     }
 
 
+def whoami() -> dict[str, Any]:
+    return {
+        "operationId": "getKey",
+        "summary": "The API key this request carries (never its secret)",
+        "description": "Any valid key may call it: clients check their key with it before they start work.",
+        "tags": ["keys"],
+        "security": SECURITY,
+        "responses": _authenticated({"200": {"description": "the key", "content": _json("KeyOut")}}),
+    }
+
+
 def healthz() -> dict[str, Any]:
     return {
         "operationId": "getHealth",
@@ -509,6 +521,7 @@ def build_document() -> dict[str, Any]:
             {"name": "scans", "description": "submitting images and following their analysis"},
             {"name": "images", "description": "what is known about an image"},
             {"name": "reports", "description": "reports over the tenant's scans"},
+            {"name": "keys", "description": "the calling API key"},
             {"name": "operations", "description": "health, metrics and this document"},
         ],
         "paths": {
@@ -517,6 +530,7 @@ def build_document() -> dict[str, Any]:
             "/v1/scans/{scan_id}/events": {"get": stream_scan_events()},
             "/v1/images/{sha256}": {"get": get_image()},
             "/v1/reports/flagged": {"get": flagged_report()},
+            "/v1/me": {"get": whoami()},
             "/healthz": {"get": healthz()},
             "/metrics": {"get": metrics()},
             "/openapi.json": {"get": openapi_operation()},

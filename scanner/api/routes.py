@@ -19,11 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from scanner.api import intake
-from scanner.api.app import in_thread, require_scope, services
+from scanner.api.app import KEY, in_thread, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FlaggedRow
 from scanner.db import queries
-from scanner.db.models import Image, Scan, Verdict
+from scanner.db.models import Image, Scan, Tenant, Verdict
 from scanner.db.session import transaction
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -39,6 +39,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/scans/{scan_id}/events", scan_events)
     app.router.add_get("/v1/images/{sha256}", get_image)
     app.router.add_get("/v1/reports/flagged", flagged_report)
+    app.router.add_get("/v1/me", whoami)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
@@ -306,6 +307,22 @@ def _decode_cursor(cursor: str) -> int:
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError) as err:
         raise Problem(422, "invalid_cursor", "the cursor is not one this API issued") from err
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The key this request carries: lets a client (the extension's options page, ``scanner crawl --api``)
+    check its key before it starts work."""
+    key = request[KEY]
+    tenant = await in_thread(_tenant_name, request, key.tenant_id)
+    expires = _iso(key.expires_at)
+    return web.json_response(
+        {"id": key.id, "name": key.name, "tenant": tenant, "scopes": key.scopes.split(), "expires_at": expires}
+    )
+
+
+def _tenant_name(request: web.Request, tenant_id: int) -> str:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        return session.get(Tenant, tenant_id).name  # type: ignore[union-attr]
 
 
 # --- operations ----------------------------------------------------------------------------------------------

@@ -120,6 +120,16 @@ class Health(BaseModel):
     calibration_version: str
 
 
+class KeyOut(BaseModel):
+    """The key a request was made with (never its secret)."""
+
+    id: str
+    name: str
+    tenant: str
+    scopes: list[str]
+    expires_at: dt.datetime | None
+
+
 class ProblemOut(BaseModel):
     type: str
     title: str

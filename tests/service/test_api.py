@@ -303,8 +303,11 @@ def test_work_accepted_before_a_restart_is_finished_after_it(tmp_path: Path, eng
     entries = []
     for seed in (31, 32):
         data = png(seed)
-        entries.append(Entry(filename="x.png", data=data, sha256=hashlib.sha256(data).hexdigest(), format="PNG",
-                             width=40, height=32))
+        entries.append(
+            Entry(
+                filename="x.png", data=data, sha256=hashlib.sha256(data).hexdigest(), format="PNG", width=40, height=32
+            )
+        )
     scan_id, pending = record(sessions, tenant_id, Submission("api", None, entries), served_versions(settings))
     assert len(pending) == 2
     running = start_api(settings, engine)
@@ -323,6 +326,14 @@ def test_uploads_can_say_where_each_file_came_from(api: RunningApi, key: str) ->
     mismatched = upload(png(43), image_urls=json.dumps(["https://a.example/1", "https://a.example/2"]))
     reply = http("POST", f"{api.base}/v1/scans", key, data=mismatched)
     assert reply.status == 422 and reply.json()["code"] == "invalid_body"
-    broken = http("POST", f"{api.base}/v1/scans", key, data=b"--x\r\n",
-                  headers={"Content-Type": "multipart/form-data"})  # no boundary
+    broken = http(
+        "POST", f"{api.base}/v1/scans", key, data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}
+    )  # no boundary
     assert broken.status == 422 and broken.json()["code"] == "invalid_body"
+
+
+def test_a_key_can_check_itself(api: RunningApi) -> None:
+    token = api.new_key("ext", "acme", scopes=("scans:write",))
+    me = http("GET", f"{api.base}/v1/me", token).json()
+    assert me["tenant"] == "acme" and me["name"] == "ext" and me["scopes"] == ["scans:write"]
+    assert token.split("_")[1] == me["id"] and "secret" not in json.dumps(me)

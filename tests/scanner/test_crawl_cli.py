@@ -1,0 +1,141 @@
+"""``scanner crawl`` and ``scanner report`` as users run them (subprocesses, real Chromium), embedded and against
+a running server (``--api``), on a local site of CIFAR-10 test images of which some are attacked."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from scanner.cli import DEFAULT_DATA, MODELS_DIR
+from scanner.demo_site import build_demo_site
+from scanner.settings import Settings
+from tests.service.conftest import RunningApi, start_api
+
+SCANNER = str(Path(sys.executable).with_name("scanner"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list]]:
+    """The demo site (2 pages x 4 images, every second attacked) served on loopback from a thread."""
+    if not DEFAULT_DATA.exists():
+        pytest.fail(f"the CIFAR-10 test images are missing: expected {DEFAULT_DATA} (see ../shared/data/README.md)")
+    root = tmp_path_factory.mktemp("site")
+    images = build_demo_site(root, DEFAULT_DATA, MODELS_DIR / "standard-preact18-w0.125", pages=2, per_page=4)
+    loop = asyncio.new_event_loop()
+    ready, holder = threading.Event(), {}
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_get("/", _index(root))
+        app.router.add_static("/", root)
+        holder["runner"] = runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        holder["port"] = runner.addresses[0][1]
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True)
+    thread.start()
+    ready.wait(30)
+    yield f"http://127.0.0.1:{holder['port']}/", images
+    asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCANNER_")}
+    env.update(SCANNER_DATA_DIR=str(data_dir), SCANNER_ENGINE_THREADS="1", OMP_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run([SCANNER, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_embedded_crawl_reports_every_image_and_exports(site: tuple[str, list], tmp_path: Path) -> None:
+    url, images = site
+    done = scanner(tmp_path, "crawl", url, "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "embedded"
+    assert report["counts"]["images"] == len(images) == report["counts"]["analysed"]
+    assert report["counts"]["pages_failed"] == 0 and report["counts"]["pending"] == 0
+    found = {image["url"].split("/", 3)[3]: image for image in report["images"]}
+    assert set(found) == {image.file for image in images}
+    for image in images:
+        assert found[image.file]["pages"] == [url + image.page]
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert {row["sha256"] for row in rows} == {image["sha256"] for image in report["images"]}
+    flagged = [image for image in report["images"] if image["flagged"]]
+    assert "flagged images" in done.stdout or "no image was flagged" in done.stdout
+
+    # The verdicts landed in the local database: `scanner report` reads them back.
+    listed = scanner(tmp_path, "report", "--format", "json", "--site", "127.0.0.1")
+    assert listed.returncode == 0, listed.stderr
+    assert {row["sha256"] for row in json.loads(listed.stdout)} == {image["sha256"] for image in flagged}
+
+
+def test_fail_on_flagged_exits_3_when_the_attacked_images_are_caught(site: tuple[str, list], tmp_path: Path) -> None:
+    url, _ = site
+    done = scanner(tmp_path, "crawl", url, "--fail-on-flagged", "--json", str(tmp_path / "r.json"))
+    flagged = json.loads((tmp_path / "r.json").read_text())["counts"]["flagged"]
+    assert flagged > 0, "the shipped detector should catch some white-box attacks on the standard model"
+    assert done.returncode == 3
+
+
+def test_resume_continues_without_recrawling(site: tuple[str, list], tmp_path: Path) -> None:
+    url, images = site
+    first = scanner(tmp_path, "crawl", url, "--max-pages", "2", "--json", str(tmp_path / "a.json"))
+    assert first.returncode == 0, first.stderr
+    second = scanner(tmp_path, "crawl", url, "--resume", "--json", str(tmp_path / "b.json"))
+    assert second.returncode == 0, second.stderr
+    pages_a = {page["url"] for page in json.loads((tmp_path / "a.json").read_text())["pages"]}
+    pages_b = {page["url"] for page in json.loads((tmp_path / "b.json").read_text())["pages"]}
+    assert len(pages_a) == 2 and not pages_a & pages_b
+    assert {url + "page-1.html", url + "page-2.html"} <= pages_a | pages_b
+
+
+def test_crawl_and_report_against_a_running_server(site: tuple[str, list], tmp_path: Path) -> None:
+    url, images = site
+    server: RunningApi = start_api(
+        Settings(
+            data_dir=tmp_path / "server", rate_limit_per_minute=100_000, rate_limit_burst=100_000, engine_threads=1
+        )
+    )
+    try:
+        key = server.new_key("crawler", "acme")
+        done = scanner(
+            tmp_path / "client", "crawl", url, "--api", server.base, "--key", key, "--json", str(tmp_path / "r.json")
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["mode"] == f"server {server.base}" and report["counts"]["analysed"] == len(images)
+        assert not (tmp_path / "client" / "scanner.db").exists()  # nothing analysed or stored locally
+        listed = scanner(tmp_path / "client", "report", "--api", server.base, "--key", key, "--format", "csv")
+        assert listed.returncode == 0, listed.stderr
+        rows = list(csv.DictReader(listed.stdout.splitlines()))
+        assert {row["sha256"] for row in rows} == {i["sha256"] for i in report["images"] if i["flagged"]}
+        bad = scanner(tmp_path / "client", "crawl", url, "--api", server.base, "--key", "rsk_000000000000_" + "x" * 43)
+        assert bad.returncode == 2 and "invalid_key" in bad.stderr
+    finally:
+        server.stop()
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    no_key = scanner(tmp_path, "crawl", "http://127.0.0.1:9/", "--api", "http://127.0.0.1:9")
+    assert no_key.returncode == 2 and "--api needs --key" in no_key.stderr
+    no_browser = scanner(tmp_path, "crawl", "http://127.0.0.1:9/", "--browser", str(tmp_path / "no-chromium"))
+    assert no_browser.returncode == 2 and "chromium" in no_browser.stderr.lower()
+
+
+def _index(root: Path):  # noqa: ANN202 - an aiohttp handler
+    async def index(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "index.html")
+
+    return index
