@@ -16,7 +16,17 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from scanner.api.schemas import FlaggedReport, Health, ImageOut, KeyOut, ProblemOut, ScanOut, ScanRequest
+from scanner.api.schemas import (
+    FeedbackOut,
+    FeedbackRequest,
+    FlaggedReport,
+    Health,
+    ImageOut,
+    KeyOut,
+    ProblemOut,
+    ScanOut,
+    ScanRequest,
+)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 TITLE = "Robust image scanner API"
@@ -56,6 +66,8 @@ def component_schemas() -> dict[str, Any]:
     _, top = models_json_schema(
         [
             (ScanRequest, "validation"),
+            (FeedbackRequest, "validation"),
+            (FeedbackOut, "serialization"),
             (ScanOut, "serialization"),
             (ImageOut, "serialization"),
             (FlaggedReport, "serialization"),
@@ -146,6 +158,7 @@ def component_schemas() -> dict[str, Any]:
         "UnsupportedMediaType": (415, ["unsupported_media_type"]),
         "InvalidSubmission": (422, ["invalid_body", "too_many_images", "invalid_page_url"]),
         "InvalidReportParameter": (422, ["invalid_parameter", "invalid_cursor"]),
+        "InvalidFeedback": (422, ["invalid_body"]),
         "RateLimited": (429, ["rate_limited"]),
     }
     for name, (status, codes) in problems.items():
@@ -379,6 +392,38 @@ def get_image() -> dict[str, Any]:
     }
 
 
+def post_feedback() -> dict[str, Any]:
+    return {
+        "operationId": "postFeedback",
+        "summary": "Report a verdict as wrong: a false flag, or a missed perturbation",
+        "description": "Needs the scope scans:write. Kept against the versions the server serves now.",
+        "tags": ["images"],
+        "security": SECURITY,
+        "parameters": [
+            {
+                "name": "sha256",
+                "in": "path",
+                "required": True,
+                "description": "the SHA-256 of the image bytes, 64 hex digits (either case)",
+                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": SCHEMA_REF.format(model="FeedbackRequest")}}},
+        },
+        "responses": _authenticated(
+            {
+                "201": {"description": "the feedback was recorded", "content": _json("FeedbackOut")},
+                "404": _problem("an image this key's tenant has not submitted (image_not_found)", "ImageNotFound"),
+                "413": _problem("the body exceeds max_body_bytes (body_too_large)", "BodyTooLarge"),
+                "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
+                "422": _problem("the body is invalid (invalid_body)", "InvalidFeedback"),
+            }
+        ),
+    }
+
+
 def flagged_report() -> dict[str, Any]:
     # Empty values count as absent, so the parameters that take a time or a number also take "".
     time_schema = {"anyOf": [{"type": "string", "format": "date-time"}, EMPTY]}
@@ -529,6 +574,7 @@ def build_document() -> dict[str, Any]:
             "/v1/scans/{scan_id}": {"get": get_scan()},
             "/v1/scans/{scan_id}/events": {"get": stream_scan_events()},
             "/v1/images/{sha256}": {"get": get_image()},
+            "/v1/images/{sha256}/feedback": {"post": post_feedback()},
             "/v1/reports/flagged": {"get": flagged_report()},
             "/v1/me": {"get": whoami()},
             "/healthz": {"get": healthz()},

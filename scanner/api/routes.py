@@ -16,12 +16,13 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from sqlalchemy import text
 
 from scanner.api import intake
 from scanner.api.app import KEY, in_thread, require_scope, services
 from scanner.api.problems import Problem
-from scanner.api.schemas import FlaggedRow
+from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.db import queries
 from scanner.db.models import Image, Scan, Tenant, Verdict
 from scanner.db.session import transaction
@@ -38,6 +39,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/scans/{scan_id}", get_scan)
     app.router.add_get("/v1/scans/{scan_id}/events", scan_events)
     app.router.add_get("/v1/images/{sha256}", get_image)
+    app.router.add_post("/v1/images/{sha256}/feedback", post_feedback)
     app.router.add_get("/v1/reports/flagged", flagged_report)
     app.router.add_get("/v1/me", whoami)
     app.router.add_get("/healthz", healthz)
@@ -209,6 +211,50 @@ def _image_document(request: web.Request, tenant_id: int, sha256: str) -> dict[s
             "sightings": seen["sightings"],
             "recent_sightings": sightings,
             "verdicts": [verdict_json(v) for v in queries.verdicts_of(session, image.id)],
+            "feedback": queries.feedback_counts(session, tenant_id, image.id),
+        }
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    """ "This is a false flag" (or a missed one) from a person, kept against the verdict's versions so that a
+    calibration can be checked against what people reported."""
+    key = require_scope(request, "scans:write")
+    sha256 = request.match_info["sha256"].lower()
+    if request.content_type != "application/json":
+        raise Problem(415, "unsupported_media_type", "send application/json")
+    try:
+        body = FeedbackRequest.model_validate_json(await request.read())
+    except ValidationError as err:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+        raise Problem(422, "invalid_body", detail) from err
+    document = await in_thread(_record_feedback, request, key, sha256, body)
+    return web.json_response(document, status=201)
+
+
+def _record_feedback(request: web.Request, key: Any, sha256: str, body: FeedbackRequest) -> dict[str, Any]:
+    svc = services(request)
+    with transaction(svc.sessions) as session:  # type: ignore[arg-type]
+        found = queries.image_seen_by(session, key.tenant_id, sha256) if SHA256.match(sha256) else None
+        if found is None:
+            raise Problem(404, "image_not_found", f"this key's tenant has not submitted the image {sha256}")
+        feedback = queries.add_feedback(
+            session,
+            key.tenant_id,
+            found[0].id,
+            key.id,
+            body.kind,
+            svc.versions.model_version,
+            svc.versions.calibration_version,
+            body.page_url,
+            body.note,
+        )
+        return {
+            "id": feedback.id,
+            "sha256": sha256,
+            "kind": feedback.kind,
+            "model_version": feedback.model_version,
+            "calibration_version": feedback.calibration_version,
+            "created_at": _iso(feedback.created_at),
         }
 
 

@@ -19,6 +19,24 @@ class ScanRequest(BaseModel):
     source: Source = "api"
 
 
+class FeedbackRequest(BaseModel):
+    """A person's judgement of the current verdict on an image."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["false_flag", "missed"] = Field(description="false_flag: flagged but clean; missed: the reverse")
+    page_url: str | None = Field(None, max_length=4096)
+    note: str | None = Field(None, max_length=2000)
+
+
+class FeedbackOut(BaseModel):
+    id: int
+    sha256: str
+    kind: Literal["false_flag", "missed"]
+    model_version: str
+    calibration_version: str
+    created_at: dt.datetime
+
+
 class ItemError(BaseModel):
     code: str
     message: str
@@ -88,6 +106,7 @@ class ImageOut(BaseModel):
     sightings: int
     recent_sightings: list[SightingOut]
     verdicts: list[VerdictOut]
+    feedback: dict[str, int] = Field(description="this tenant's feedback on the image, counted by kind")
 
 
 class FlaggedRow(BaseModel):

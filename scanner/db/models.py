@@ -204,6 +204,23 @@ class Verdict(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Feedback(Base):
+    """A person's judgement of a verdict: "this is a false flag" (or a missed one), from the extension."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_tenant_image", "tenant_id", "image_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))  # false_flag / missed
+    model_version: Mapped[str] = mapped_column(String(80))
+    calibration_version: Mapped[str] = mapped_column(String(40))
+    page_url: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class DeadLetter(Base):
     """An image whose analysis kept failing (or killed its worker) ``max_deliveries`` times."""
 
@@ -260,6 +277,7 @@ __all__ = [
     "AuditRun",
     "Base",
     "DeadLetter",
+    "Feedback",
     "Image",
     "ImageBlob",
     "Scan",

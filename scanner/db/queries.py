@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from scanner.db.models import (
     DeadLetter,
+    Feedback,
     Image,
     ImageBlob,
     Scan,
@@ -432,6 +433,42 @@ def image_seen_by(session: Session, tenant_id: int, sha256: str) -> tuple[Image,
     if not count:
         return None
     return image, {"first_seen": _aware(first), "last_seen": _aware(last), "sightings": count}
+
+
+def add_feedback(
+    session: Session,
+    tenant_id: int,
+    image_id: int,
+    key_id: str | None,
+    kind: str,
+    model_version: str,
+    calibration_version: str,
+    page_url: str | None,
+    note: str | None,
+) -> Feedback:
+    feedback = Feedback(
+        tenant_id=tenant_id,
+        image_id=image_id,
+        key_id=key_id,
+        kind=kind,
+        model_version=model_version,
+        calibration_version=calibration_version,
+        page_url=page_url,
+        note=note,
+        created_at=utcnow(),
+    )
+    session.add(feedback)
+    session.flush()
+    return feedback
+
+
+def feedback_counts(session: Session, tenant_id: int, image_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Feedback.kind, func.count())
+        .where(Feedback.tenant_id == tenant_id, Feedback.image_id == image_id)
+        .group_by(Feedback.kind)
+    )
+    return {kind: count for kind, count in rows}
 
 
 def verdicts_of(session: Session, image_id: int) -> list[Verdict]:

@@ -337,3 +337,16 @@ def test_a_key_can_check_itself(api: RunningApi) -> None:
     me = http("GET", f"{api.base}/v1/me", token).json()
     assert me["tenant"] == "acme" and me["name"] == "ext" and me["scopes"] == ["scans:write"]
     assert token.split("_")[1] == me["id"] and "secret" not in json.dumps(me)
+
+
+def test_false_flag_feedback_reaches_the_api(api: RunningApi, key: str) -> None:
+    scan = http("POST", f"{api.base}/v1/scans", key, data=upload(png(51))).json()
+    sha = scan["items"][0]["sha256"]
+    body = {"kind": "false_flag", "page_url": "https://shop.example/p", "note": "a product photo"}
+    reply = http("POST", f"{api.base}/v1/images/{sha}/feedback", key, json=body)
+    assert reply.status == 201 and reply.json()["kind"] == "false_flag"
+    assert reply.json()["model_version"] == scan["model_version"]
+    assert http("GET", f"{api.base}/v1/images/{sha}", key).json()["feedback"] == {"false_flag": 1}
+    assert http("POST", f"{api.base}/v1/images/{sha}/feedback", key, json={"kind": "maybe"}).status == 422
+    rival = api.new_key("rival", "globex")
+    assert http("POST", f"{api.base}/v1/images/{sha}/feedback", rival, json=body).status == 404

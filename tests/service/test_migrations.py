@@ -26,6 +26,7 @@ TABLES = {
     "dead_letters",
     "audits",
     "audit_runs",
+    "feedback",
 }
 
 
