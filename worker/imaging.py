@@ -113,23 +113,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, draft_size: int
     lost detail anyway (its input is tens of pixels wide).
     """
     limits = limits or ImageLimits()
-    if not data:
-        raise EmptyImage("the image has zero bytes")
-    if len(data) > limits.max_bytes:
-        raise TooManyBytes(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}")
-    claimed = sniff_format(data)
-    try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as err:
-        raise TooManyPixels(str(err)) from err
-    except Image.UnidentifiedImageError as err:
-        if claimed is None:
-            raise UnsupportedFormat(f"not one of the accepted formats ({', '.join(ALLOWED_FORMATS)})") from err
-        raise CorruptImage(f"the {claimed} header is malformed") from err
-    except Exception as err:  # noqa: BLE001 - any parser failure on hostile bytes is a typed error
-        raise _classify(err, claimed or "image") from err
-    if image.format == "GIF":
-        _check_frames(_count_gif_frames(data, limits.max_frames + 1), limits)
+    image = _open(data, limits)
     return _prepare(image, limits, draft_size)
 
 
@@ -147,6 +131,22 @@ def probe_image(data: bytes, limits: ImageLimits | None = None) -> ImageInfo:
     find the data corrupt further in).
     """
     limits = limits or ImageLimits()
+    image = _open(data, limits)
+    _check_size(image, limits)
+    fmt = "JPEG" if image.format in JPEG_FORMATS else str(image.format)
+    return ImageInfo(fmt, *image.size)
+
+
+def _check_size(image: Image.Image, limits: ImageLimits) -> None:
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise EmptyImage(f"the image is {width}x{height} pixels")
+    if width * height > limits.max_pixels:
+        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+
+
+def _open(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Rules 1 to 4 up to the header: byte cap, allowed formats only, Pillow's bomb guard, the GIF frame count."""
     if not data:
         raise EmptyImage("the image has zero bytes")
     if len(data) > limits.max_bytes:
@@ -162,15 +162,9 @@ def probe_image(data: bytes, limits: ImageLimits | None = None) -> ImageInfo:
         raise CorruptImage(f"the {claimed} header is malformed") from err
     except Exception as err:  # noqa: BLE001 - any parser failure on hostile bytes is a typed error
         raise _classify(err, claimed or "image") from err
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise EmptyImage(f"the image is {width}x{height} pixels")
-    if width * height > limits.max_pixels:
-        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
     if image.format == "GIF":
         _check_frames(_count_gif_frames(data, limits.max_frames + 1), limits)
-    fmt = "JPEG" if image.format in JPEG_FORMATS else str(image.format)
-    return ImageInfo(fmt, width, height)
+    return image
 
 
 def normalise_image(image: Image.Image, limits: ImageLimits | None = None) -> Image.Image:
@@ -179,11 +173,7 @@ def normalise_image(image: Image.Image, limits: ImageLimits | None = None) -> Im
 
 
 def _prepare(image: Image.Image, limits: ImageLimits, draft_size: int | None) -> Image.Image:
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise EmptyImage(f"the image is {width}x{height} pixels")
-    if width * height > limits.max_pixels:
-        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+    _check_size(image, limits)
     try:
         # GIF: decode_image counted the frames from the bytes, stopping at the cap (Pillow's n_frames walks the
         # whole file); a GIF the caller opened is not re-counted, since only its first frame is decoded.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,6 +41,22 @@ class Outcome:
     skipped: int = 0  # already had a verdict (a redelivery, or the same image in two scans)
     careful: bool = False
     errors: dict[str, int] = field(default_factory=dict)
+
+
+def engine_for(settings: Any) -> Any:
+    """The process-wide engine for ``settings`` (bundles, calibration, device, batch size, threads); torch is
+    imported here, on first use, so that importing this module stays cheap."""
+    from worker.engine import load_engine
+
+    calibration = str(settings.calibration) if settings.calibration else None
+    return load_engine(
+        str(settings.robust_bundle),
+        str(settings.standard_bundle),
+        calibration,
+        settings.device,
+        settings.batch_size,
+        settings.engine_threads,
+    )
 
 
 def calibration_version_of(engine: Analyser) -> str:

@@ -15,7 +15,7 @@ from celery.signals import worker_process_init
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
 from worker.celery_app import ANALYSE_TASK, make_celery
-from worker.pipeline import analyse_images
+from worker.pipeline import analyse_images, engine_for
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +34,7 @@ class WorkerState:
     @property
     def engine(self) -> Any:  # worker.engine.Engine, imported here only: the API never loads torch
         if self._engine is None:
-            from worker.engine import load_engine
-
-            s = self.settings
-            self._engine = load_engine(
-                str(s.robust_bundle),
-                str(s.standard_bundle),
-                str(s.calibration) if s.calibration else None,
-                s.device,
-                s.batch_size,
-                s.engine_threads,
-            )
+            self._engine = engine_for(self.settings)
             log.info("engine ready: model %s", self._engine.model_version)
         return self._engine
 

@@ -166,17 +166,9 @@ class InProcessDispatcher(Dispatcher):
         await super().start()
 
     def _load_engine(self) -> Any:
-        from worker.engine import load_engine
+        from worker.pipeline import engine_for
 
-        s = self.settings
-        return load_engine(
-            str(s.robust_bundle),
-            str(s.standard_bundle),
-            str(s.calibration) if s.calibration else None,
-            s.device,
-            s.batch_size,
-            s.engine_threads,
-        )
+        return engine_for(self.settings)
 
     async def _hand_over(self, image_ids: list[int], model_version: str, calibration_version: str) -> None:
         for image_id in image_ids:
