@@ -41,10 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
 
-    crawl = sub.add_parser("crawl", help="crawl a site and scan every image a visitor sees")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+    crawl = sub.add_parser("crawl", help="crawl a site and scan every image a visitor sees", formatter_class=defaults)
     crawl.add_argument("site", help="start URL, e.g. https://shop.example/ (a bare host gets https://)")
-    crawl.add_argument("--max-pages", type=int, default=100)
-    crawl.add_argument("--max-depth", type=int, default=5)
+    crawl.add_argument("--max-pages", type=int, default=100, help="stop after this many pages")
+    crawl.add_argument("--max-depth", type=int, default=5, help="links followed from the start page")
     crawl.add_argument("--include", action="append", default=[], help="regex a URL must match (repeatable)")
     crawl.add_argument("--exclude", action="append", default=[], help="regex that excludes a URL (repeatable)")
     crawl.add_argument("--subdomains", action="store_true", help="also crawl subdomains of the site")
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     crawl.add_argument("--csv", type=Path, help="write one row per image as CSV")
     crawl.add_argument("--fail-on-flagged", action="store_true", help="exit with status 3 if any image is flagged")
 
-    report = sub.add_parser("report", help="flagged images, newest first")
+    report = sub.add_parser("report", help="flagged images, newest first", formatter_class=defaults)
     report.add_argument("--site", help="host name, e.g. shop.example")
     report.add_argument("--since", help="ISO time, e.g. 2026-11-01")
     report.add_argument("--until", help="ISO time")
