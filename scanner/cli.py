@@ -7,6 +7,7 @@
     scanner worker                     a Celery analysis worker (needs SCANNER_BROKER_URL)
     scanner db upgrade|downgrade|current
     scanner keys create|list|revoke
+    scanner audit add|list|run|history|remove
 
 Settings come from ``SCANNER_*`` environment variables or the TOML file named by ``SCANNER_SETTINGS_FILE``.
 """
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads the models)")
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.add_argument("--loglevel", default="INFO")
+    from scanner.audits.cli import add_parser as add_audit_parser
+    from scanner.audits.cli import add_worker_options
+
+    add_worker_options(worker)
 
     db = sub.add_parser("db", help="database schema (Alembic migrations)")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -103,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print JSON instead of text")
     keys_sub.add_parser("list", help="list keys (never their secrets)").add_argument("--tenant")
     keys_sub.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
+    add_audit_parser(sub)
     return parser
 
 
@@ -118,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings: {err}", file=sys.stderr)
         return 2
     handlers = {"serve": _serve, "worker": _worker, "db": _db, "keys": _keys, "crawl": _crawl, "report": _report}
+    if args.command == "audit":
+        from scanner.audits.cli import main as audit_main
+
+        return audit_main(args, settings)
     return handlers[args.command](args, settings)
 
 
@@ -235,7 +245,10 @@ def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     if not migrate.is_up_to_date(make_engine(settings.db_url)):
         print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
         return 2
+    from scanner.audits.cli import worker_arguments
+
     app = create_worker_app(settings)
+    beat = worker_arguments(args, app, settings)
     app.worker_main(
         [
             "worker",
@@ -245,6 +258,7 @@ def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
             f"--queues={QUEUE}",
             "--without-gossip",
             "--without-mingle",
+            *beat,
         ]
     )
     return 0

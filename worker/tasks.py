@@ -80,4 +80,7 @@ def create_worker_app(settings: Settings) -> Celery:
         log.info("batch of %d images: %s", len(image_ids), outcome)
         return outcome.__dict__
 
+    from scanner.audits.tasks import register as register_audit_tasks
+
+    register_audit_tasks(app, settings)
     return app

@@ -17,6 +17,11 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from scanner.api.schemas import (
+    AuditList,
+    AuditOut,
+    AuditRequest,
+    AuditRunList,
+    AuditRunOut,
     FeedbackOut,
     FeedbackRequest,
     FlaggedReport,
@@ -74,6 +79,11 @@ def component_schemas() -> dict[str, Any]:
             (Health, "serialization"),
             (KeyOut, "serialization"),
             (ProblemOut, "serialization"),
+            (AuditRequest, "validation"),
+            (AuditOut, "serialization"),
+            (AuditList, "serialization"),
+            (AuditRunOut, "serialization"),
+            (AuditRunList, "serialization"),
         ],
         ref_template=SCHEMA_REF,
     )
@@ -149,6 +159,7 @@ def component_schemas() -> dict[str, Any]:
         "required": ["field", "message"],
         "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
     }
+    _audit_request(schemas["AuditRequest"])
     problems = {
         "Unauthorized": (401, ["missing_key", "invalid_key", "revoked_key", "expired_key"]),
         "Forbidden": (403, ["insufficient_scope"]),
@@ -160,6 +171,9 @@ def component_schemas() -> dict[str, Any]:
         "InvalidReportParameter": (422, ["invalid_parameter", "invalid_cursor"]),
         "InvalidFeedback": (422, ["invalid_body"]),
         "RateLimited": (429, ["rate_limited"]),
+        "AuditNotFound": (404, ["audit_not_found"]),
+        "InvalidAudit": (422, ["invalid_body", "invalid_schedule", "invalid_start_url"]),
+        "AlreadyRunning": (409, ["already_running"]),
     }
     for name, (status, codes) in problems.items():
         properties: dict[str, Any] = {"status": {"const": status}, "code": {"enum": codes}}
@@ -174,6 +188,33 @@ def component_schemas() -> dict[str, Any]:
             "allOf": [{"$ref": SCHEMA_REF.format(model="ProblemOut")}, {"type": "object", "properties": properties}],
         }
     return schemas
+
+
+# Schedules the document promises to accept: intervals up to 999 units (the API takes up to 1000 days), and cron
+# expressions whose fields are "*", "*/step" or one number in range (the API takes all of cron).
+_CRON_FIELDS = ("[0-5]?[0-9]", "[01]?[0-9]|2[0-3]", "[1-9]|1[0-9]|2[0-8]", "[1-9]|1[0-2]", "[0-6]")
+EVERY = "[1-9][0-9]{0,2}[smhd]"
+CRON = " ".join(rf"(?:\*(?:/[1-9])?|{field})" for field in _CRON_FIELDS)
+
+
+def _audit_request(schema: dict[str, Any]) -> None:
+    """Exactly one of every and cron, in the forms above; a webhook needs its secret (and the reverse)."""
+    properties = schema["properties"]
+    properties["start_url"]["pattern"] = f"^{HTTP_URL}$"
+    properties["every"] = {"type": "string", "pattern": f"^{EVERY}$", "description": "interval: 30s, 6h"}
+    properties["cron"] = {"type": "string", "pattern": f"^{CRON}$", "description": "5-field cron expression in UTC"}
+    properties["webhook_url"] = {
+        "type": "string",
+        "maxLength": 4096,
+        "pattern": f"^{HTTP_URL}$",
+        "description": "POST a signed summary of each run here; its address is checked at each delivery",
+    }
+    properties["webhook_secret"] = {"type": "string", "minLength": 8, "maxLength": 200, "description": "HMAC key"}
+    schema["oneOf"] = [
+        {"required": ["every"], "not": {"required": ["cron"]}},
+        {"required": ["cron"], "not": {"required": ["every"]}},
+    ]
+    schema["dependentRequired"] = {"webhook_url": ["webhook_secret"], "webhook_secret": ["webhook_url"]}
 
 
 def _event(name: str, model: str) -> dict[str, Any]:
@@ -551,6 +592,97 @@ def openapi_operation() -> dict[str, Any]:
     }
 
 
+# --- audits -------------------------------------------------------------------------------------------------------
+
+AUDIT_ID = {
+    "name": "audit_id",
+    "in": "path",
+    "required": True,
+    "description": "the id of an audit of this key's tenant",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+_AUDIT_NOT_FOUND = "no such audit for this key's tenant (audit_not_found)"
+
+
+def _audit_operation(operation_id: str, summary: str, scope: str, responses: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": f"Needs the scope {scope}.",
+        "tags": ["audits"],
+        "security": SECURITY,
+        "responses": _authenticated(responses),
+    }
+
+
+def create_audit() -> dict[str, Any]:
+    operation = _audit_operation(
+        "createAudit",
+        "Audit a site on a schedule",
+        "scans:write",
+        {
+            "201": {"description": "the audit", "content": _json("AuditOut")},
+            "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
+            "422": _problem(
+                "an invalid body or webhook (invalid_body), schedule (invalid_schedule) or start URL"
+                " (invalid_start_url)",
+                "InvalidAudit",
+            ),
+        },
+    )
+    operation["requestBody"] = {"required": True, "content": _json("AuditRequest")}
+    return operation
+
+
+def list_audits() -> dict[str, Any]:
+    return _audit_operation(
+        "listAudits",
+        "The tenant's audits",
+        "reports:read",
+        {"200": {"description": "audits", "content": _json("AuditList")}},
+    )
+
+
+def delete_audit() -> dict[str, Any]:
+    operation = _audit_operation(
+        "deleteAudit",
+        "Delete an audit and its runs",
+        "scans:write",
+        {"204": {"description": "deleted"}, "404": _problem(_AUDIT_NOT_FOUND, "AuditNotFound")},
+    )
+    operation["parameters"] = [AUDIT_ID]
+    return operation
+
+
+def list_audit_runs() -> dict[str, Any]:
+    operation = _audit_operation(
+        "listAuditRuns",
+        "The runs of an audit, newest first, with the diff counts against the run before",
+        "reports:read",
+        {
+            "200": {"description": "runs", "content": _json("AuditRunList")},
+            "404": _problem(_AUDIT_NOT_FOUND, "AuditNotFound"),
+        },
+    )
+    operation["parameters"] = [AUDIT_ID]
+    return operation
+
+
+def trigger_audit_run() -> dict[str, Any]:
+    operation = _audit_operation(
+        "triggerAuditRun",
+        "Run an audit now",
+        "scans:write",
+        {
+            "202": {"description": "the run took the lock and started", "content": _json("AuditRunOut")},
+            "404": _problem(_AUDIT_NOT_FOUND, "AuditNotFound"),
+            "409": _problem("a run of this audit is going on (already_running)", "AlreadyRunning"),
+        },
+    )
+    operation["parameters"] = [AUDIT_ID]
+    return operation
+
+
 def build_document() -> dict[str, Any]:
     """The OpenAPI document of every route of ``routes.add_routes``."""
     return {
@@ -567,6 +699,7 @@ def build_document() -> dict[str, Any]:
             {"name": "images", "description": "what is known about an image"},
             {"name": "reports", "description": "reports over the tenant's scans"},
             {"name": "keys", "description": "the calling API key"},
+            {"name": "audits", "description": "scheduled audits of a site and their runs"},
             {"name": "operations", "description": "health, metrics and this document"},
         ],
         "paths": {
@@ -577,6 +710,9 @@ def build_document() -> dict[str, Any]:
             "/v1/images/{sha256}/feedback": {"post": post_feedback()},
             "/v1/reports/flagged": {"get": flagged_report()},
             "/v1/me": {"get": whoami()},
+            "/v1/audits": {"post": create_audit(), "get": list_audits()},
+            "/v1/audits/{audit_id}": {"delete": delete_audit()},
+            "/v1/audits/{audit_id}/runs": {"get": list_audit_runs(), "post": trigger_audit_run()},
             "/healthz": {"get": healthz()},
             "/metrics": {"get": metrics()},
             "/openapi.json": {"get": openapi_operation()},

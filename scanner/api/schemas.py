@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Source = Literal["extension", "crawl", "audit", "api"]
 
@@ -160,3 +160,95 @@ class ProblemOut(BaseModel):
 
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+# --- audits ------------------------------------------------------------------------------------------------------
+
+
+def _json_integer(value: Any) -> Any:
+    """JSON Schema's integer: 5 and 5.0, never true or "5" (the model is strict otherwise)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+class AuditRequest(BaseModel):
+    """A scheduled audit of a site: ``every`` (an interval) or ``cron`` (5 fields, UTC), not both."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: the document says what is taken
+    start_url: str = Field(max_length=4096, description="where the crawl starts: an absolute http(s) URL")
+    every: str = Field(
+        None,  # type: ignore[assignment] - absent, never null
+        max_length=20,
+        description="interval: 30s, 15m, 6h, 1d",
+    )
+    cron: str = Field(
+        None,  # type: ignore[assignment] - absent, never null
+        max_length=100,
+        description='5-field cron expression in UTC, e.g. "0 3 * * *"',
+    )
+    name: str | None = Field(None, max_length=200)
+    max_pages: JsonInt = Field(100, ge=1, le=100_000)
+    max_depth: JsonInt = Field(5, ge=0, le=100)
+    include: list[str] = Field(default_factory=list, max_length=20, description="regexes a URL must match")
+    exclude: list[str] = Field(default_factory=list, max_length=20, description="regexes that exclude a URL")
+    webhook_url: str = Field(
+        None,  # type: ignore[assignment] - absent, never null
+        max_length=4096,
+        description="POST a signed summary of each run here",
+    )
+    webhook_secret: str = Field(
+        None,  # type: ignore[assignment] - absent, never null
+        min_length=8,
+        max_length=200,
+        description="HMAC-SHA256 key",
+    )
+    missed_run_policy: Literal["run-once", "skip"] = "run-once"
+    enabled: bool = True
+
+
+class AuditOut(BaseModel):
+    """An audit (never its webhook secret)."""
+
+    id: int
+    name: str
+    site: str
+    start_url: str
+    schedule: str
+    max_pages: int
+    max_depth: int
+    include: list[str]
+    exclude: list[str]
+    webhook_url: str | None
+    missed_run_policy: Literal["run-once", "skip"]
+    enabled: bool
+    created_at: dt.datetime
+    last_run_at: dt.datetime | None
+    next_run_at: dt.datetime | None
+
+
+class AuditList(BaseModel):
+    items: list[AuditOut]
+
+
+class AuditRunOut(BaseModel):
+    id: int
+    audit_id: int
+    status: Literal["running", "done", "failed", "missed"]
+    trigger: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    pages: int
+    images: int
+    flagged: int
+    newly_flagged: int
+    gone: int
+    changed: int
+    error: str | None
+
+
+class AuditRunList(BaseModel):
+    items: list[AuditRunOut]

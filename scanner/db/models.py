@@ -250,6 +250,12 @@ class Audit(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_run_at: Mapped[dt.datetime | None]
     next_run_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    # Added with the audits feature (migration 0003): the rest of the crawl options and the webhook.
+    max_depth: Mapped[int] = mapped_column(default=5, server_default="5")
+    include: Mapped[list[Any] | None]
+    exclude: Mapped[list[Any] | None]
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(String(200))  # kept in clear: it signs every delivery
 
 
 class AuditRun(Base):
@@ -267,6 +273,39 @@ class AuditRun(Base):
     images: Mapped[int] = mapped_column(default=0)
     flagged: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Added with the audits feature (migration 0003): how it started and the diff against the previous run.
+    trigger: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")  # or "schedule"
+    newly_flagged: Mapped[int] = mapped_column(default=0, server_default="0")
+    gone: Mapped[int] = mapped_column(default=0, server_default="0")
+    changed: Mapped[int] = mapped_column(default=0, server_default="0")
+    diff: Mapped[dict[str, Any] | None]
+
+
+class AuditRunImage(Base):
+    """One image a run met: the snapshot the next run is compared with."""
+
+    __tablename__ = "audit_run_images"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str | None] = mapped_column(Text)
+    flagged: Mapped[bool | None] = mapped_column(Boolean)
+    label: Mapped[str | None] = mapped_column(String(100))
+    score: Mapped[float | None] = mapped_column(Float)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a run's summary to the audit's webhook."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("audit_runs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int]
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 __all__ = [
@@ -275,6 +314,7 @@ __all__ = [
     "ApiKey",
     "Audit",
     "AuditRun",
+    "AuditRunImage",
     "Base",
     "DeadLetter",
     "Feedback",
@@ -286,5 +326,6 @@ __all__ = [
     "Site",
     "Tenant",
     "Verdict",
+    "WebhookDelivery",
     "utcnow",
 ]

@@ -27,6 +27,8 @@ TABLES = {
     "audits",
     "audit_runs",
     "feedback",
+    "audit_run_images",
+    "webhook_deliveries",
 }
 
 

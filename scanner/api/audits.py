@@ -1,0 +1,220 @@
+"""The audit routes: ``/v1/audits`` (create, list, delete) and ``/v1/audits/{audit_id}/runs`` (history, trigger).
+
+Tenant-scoped like every ``/v1/`` route: an audit of another tenant is answered as not found.  A triggered run
+takes the run lock here, in the request (409 ``already_running`` when it is held), and then executes where the
+analysis does: a Celery worker in the distributed mode (the task ``scanner.audits.run``), a background task
+of this process in the embedded mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from scanner.api.app import in_thread, require_scope, services
+from scanner.api.problems import Problem
+from scanner.api.schemas import AuditRequest
+from scanner.audits import store
+from scanner.db.models import Audit, AuditRun, utcnow
+from scanner.db.session import transaction
+
+BACKGROUND = web.AppKey("audit_background", set)
+AUDIT_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+def add_routes(app: web.Application) -> None:
+    app[BACKGROUND] = set()
+    app.router.add_post("/v1/audits", create_audit)
+    app.router.add_get("/v1/audits", list_audits)
+    app.router.add_delete("/v1/audits/{audit_id}", delete_audit)
+    app.router.add_get("/v1/audits/{audit_id}/runs", list_runs)
+    app.router.add_post("/v1/audits/{audit_id}/runs", trigger_run)
+    app.on_cleanup.append(_cancel_background)
+
+
+async def _cancel_background(app: web.Application) -> None:
+    for task in list(app[BACKGROUND]):
+        task.cancel()
+    await asyncio.gather(*app[BACKGROUND], return_exceptions=True)
+
+
+def _audit_id(request: web.Request) -> int:
+    raw = request.match_info["audit_id"]
+    if not AUDIT_ID.match(raw):
+        raise Problem(404, "audit_not_found", f"no audit {raw} for this key's tenant")
+    return int(raw)
+
+
+def _not_found(audit_id: int) -> Problem:
+    return Problem(404, "audit_not_found", f"no audit {audit_id} for this key's tenant")
+
+
+async def create_audit(request: web.Request) -> web.Response:
+    key = require_scope(request, "scans:write")
+    if request.content_type != "application/json":
+        raise Problem(415, "unsupported_media_type", "send application/json")
+    try:
+        body = AuditRequest.model_validate_json(await request.read())
+    except ValidationError as err:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+        raise Problem(422, "invalid_body", detail) from err
+    spec = _spec(body, services(request).settings)
+    document = await in_thread(_create, request, key.tenant_id, spec)
+    return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})
+
+
+def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
+    from scanner.api.openapi import CRON, EVERY, HTTP_URL
+    from scanner.audits.cli import check_webhook, spec_from
+    from scanner.audits.schedule import interval_text
+
+    if (body.every is None) == (body.cron is None):
+        raise Problem(422, "invalid_schedule", "give exactly one of every and cron")
+    if body.every is not None and not re.fullmatch(EVERY, body.every):
+        raise Problem(422, "invalid_schedule", "every is a number of 1 to 3 digits and s, m, h or d: 30s, 6h")
+    if body.cron is not None and not re.fullmatch(CRON, body.cron):
+        raise Problem(422, "invalid_schedule", 'cron fields are "*", "*/step" or a number, e.g. "0 3 * * *"')
+    if not re.fullmatch(HTTP_URL, body.start_url):
+        raise Problem(422, "invalid_start_url", "start_url must be an absolute http(s) URL")
+    if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
+        raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
+    try:
+        spec = spec_from(
+            body.start_url,
+            interval_text(body.every) if body.every is not None else body.cron or "",
+            **body.model_dump(exclude={"start_url", "every", "cron"}),
+        )
+        check_webhook(spec, None)
+    except ValueError as err:
+        code = "invalid_schedule" if "schedule" in str(err) or "interval" in str(err) else "invalid_body"
+        raise Problem(422, code, str(err)) from err
+    return spec
+
+
+def _create(request: web.Request, tenant_id: int, spec: store.AuditSpec) -> dict[str, Any]:
+    from scanner.audits.schedule import parse
+
+    with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        try:
+            audit = store.create_audit(session, tenant_id, spec, parse(spec.schedule).next_after(utcnow()))
+        except ValueError as err:
+            raise Problem(422, "invalid_start_url", str(err)) from err
+        return audit_json(audit, store.host_of(session, audit))
+
+
+async def list_audits(request: web.Request) -> web.Response:
+    key = require_scope(request, "reports:read")
+    return web.json_response({"items": await in_thread(_list, request, key.tenant_id)})
+
+
+def _list(request: web.Request, tenant_id: int) -> list[dict[str, Any]]:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        return [audit_json(audit, host) for audit, host in store.audits_of(session, tenant_id)]
+
+
+async def delete_audit(request: web.Request) -> web.Response:
+    key = require_scope(request, "scans:write")
+    audit_id = _audit_id(request)
+    if not await in_thread(_delete, request, key.tenant_id, audit_id):
+        raise _not_found(audit_id)
+    return web.Response(status=204)
+
+
+def _delete(request: web.Request, tenant_id: int, audit_id: int) -> bool:
+    with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        return store.remove_audit(session, tenant_id, audit_id)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    key = require_scope(request, "reports:read")
+    return web.json_response({"items": await in_thread(_runs, request, key.tenant_id, _audit_id(request))})
+
+
+def _runs(request: web.Request, tenant_id: int, audit_id: int) -> list[dict[str, Any]]:
+    with services(request).sessions() as session:  # type: ignore[misc]
+        if store.audit_of(session, tenant_id, audit_id) is None:
+            raise _not_found(audit_id)
+        return [run_json(run) for run in store.runs_of(session, audit_id)]
+
+
+async def trigger_run(request: web.Request) -> web.Response:
+    key = require_scope(request, "scans:write")
+    audit_id = _audit_id(request)
+    document = await in_thread(_claim, request, key.tenant_id, audit_id)
+    await _start(request, document["id"])
+    return web.json_response(document, status=202)
+
+
+def _claim(request: web.Request, tenant_id: int, audit_id: int) -> dict[str, Any]:
+    from scanner.audits.runner import owner_id
+
+    with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        if store.audit_of(session, tenant_id, audit_id) is None:
+            raise _not_found(audit_id)
+        try:
+            run_id = store.claim_run(session, audit_id, f"api:{owner_id()}", "manual")
+        except store.AlreadyRunning as err:
+            raise Problem(409, "already_running", str(err)) from err
+    with services(request).sessions() as session:  # type: ignore[misc]
+        return run_json(session.get_one(AuditRun, run_id))
+
+
+async def _start(request: web.Request, run_id: int) -> None:
+    settings = services(request).settings
+    if settings.embedded:
+        from scanner.audits.runner import execute_run
+
+        task = asyncio.create_task(execute_run(settings, run_id))
+        request.app[BACKGROUND].add(task)
+        task.add_done_callback(request.app[BACKGROUND].discard)
+        return
+    from scanner.audits.tasks import RUN_TASK
+    from worker.celery_app import make_celery
+
+    await in_thread(lambda: make_celery(settings).send_task(RUN_TASK, args=[run_id]))
+
+
+def audit_json(audit: Audit, host: str) -> dict[str, Any]:
+    return {
+        "id": audit.id,
+        "name": audit.name,
+        "site": host,
+        "start_url": audit.start_url,
+        "schedule": audit.schedule,
+        "max_pages": audit.max_pages,
+        "max_depth": audit.max_depth,
+        "include": list(audit.include or []),
+        "exclude": list(audit.exclude or []),
+        "webhook_url": audit.webhook_url,
+        "missed_run_policy": audit.missed_run_policy,
+        "enabled": audit.enabled,
+        "created_at": _iso(audit.created_at),
+        "last_run_at": _iso(audit.last_run_at),
+        "next_run_at": _iso(audit.next_run_at),
+    }
+
+
+def run_json(run: AuditRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "audit_id": run.audit_id,
+        "status": run.status,
+        "trigger": run.trigger,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "pages": run.pages,
+        "images": run.images,
+        "flagged": run.flagged,
+        "newly_flagged": run.newly_flagged,
+        "gone": run.gone,
+        "changed": run.changed,
+        "error": run.error,
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None

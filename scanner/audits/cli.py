@@ -1,0 +1,212 @@
+"""``scanner audit add|list|run|history|remove``: audits managed on the configured database (the local SQLite
+file in the embedded mode), like ``scanner keys``; ``run`` crawls in the foreground, like ``scanner crawl``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from scanner.audits import schedule, store, webhooks
+from scanner.settings import Settings
+
+DEFAULT_TICK_S = 30.0
+
+
+def add_parser(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="scheduled audits of a site")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    add = audit_sub.add_parser("add", help="audit a site on a schedule")
+    add.add_argument("site", help="start URL (a bare host gets https://)")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", help="interval: 30s, 15m, 6h, 1d")
+    when.add_argument("--cron", help='5-field cron expression in UTC, e.g. "0 3 * * *"')
+    add.add_argument("--max-pages", type=int, default=100)
+    add.add_argument("--max-depth", type=int, default=5)
+    add.add_argument("--include", action="append", default=[], help="regex a URL must match (repeatable)")
+    add.add_argument("--exclude", action="append", default=[], help="regex that excludes a URL (repeatable)")
+    add.add_argument("--webhook", help="POST a signed summary of each run here")
+    add.add_argument("--webhook-secret", help="HMAC-SHA256 key of the webhook signature")
+    add.add_argument("--tenant", default="default")
+    add.add_argument("--name")
+    add.add_argument("--missed", choices=schedule.MISSED_POLICIES, default="run-once", help="missed-run policy")
+    add.add_argument("--disabled", action="store_true", help="create it paused")
+    audit_sub.add_parser("list", help="list audits").add_argument("--tenant")
+    audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument("audit_id", type=int)
+    history = audit_sub.add_parser("history", help="the runs of an audit, newest first")
+    history.add_argument("audit_id", type=int)
+    history.add_argument("--limit", type=int, default=20)
+    audit_sub.add_parser("remove", help="delete an audit and its runs").add_argument("audit_id", type=int)
+
+
+def add_worker_options(worker: argparse.ArgumentParser) -> None:
+    worker.add_argument("--beat", action="store_true", help="also run the audit scheduler (one per deployment)")
+    worker.add_argument("--audit-tick", type=float, default=DEFAULT_TICK_S, help="seconds between schedule checks")
+
+
+def worker_arguments(args: argparse.Namespace, app: Any, settings: Settings) -> list[str]:
+    """Extra ``celery worker`` arguments for ``scanner worker --beat``: the embedded beat and its tick."""
+    if not args.beat:
+        return []
+    from scanner.audits.tasks import enable_beat
+
+    enable_beat(app, args.audit_tick)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    from scanner.db import migrate
+    from scanner.db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(settings.db_url)
+    if not migrate.is_up_to_date(engine):
+        if not settings.embedded:
+            print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
+            return 2
+        migrate.upgrade(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    handlers = {"add": _add, "list": _list, "run": _run, "history": _history, "remove": _remove}
+    try:
+        return handlers[args.audit_command](args, settings, sessions)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+
+
+def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
+    """A validated audit (shared by the CLI and the API): raises ValueError with a message for people."""
+    start_url = site if "://" in site else f"https://{site}"
+    parsed = schedule.parse(schedule_text)
+    spec = store.AuditSpec(start_url=start_url, schedule=parsed.text, **options)
+    if spec.max_pages < 1 or spec.max_depth < 0:
+        raise ValueError("max_pages must be at least 1 and max_depth at least 0")
+    if spec.missed_run_policy not in schedule.MISSED_POLICIES:
+        raise ValueError(f"the missed-run policy is one of {', '.join(schedule.MISSED_POLICIES)}")
+    if bool(spec.webhook_url) != bool(spec.webhook_secret):
+        raise ValueError("a webhook needs both its URL and its secret")
+    return spec
+
+
+def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
+    from scanner.api.intake import fetch_policy
+    from scanner.fetch import FetchError
+
+    if spec.webhook_url:
+        if not spec.webhook_url.lower().startswith(("http://", "https://")):
+            raise ValueError("the webhook URL must be an http(s) URL")
+        if settings is None:  # the API: the address is checked at each delivery, and a refusal recorded there
+            return
+        try:
+            webhooks.check_target(spec.webhook_url, fetch_policy(settings))
+        except FetchError as err:
+            raise ValueError(f"the webhook URL is refused: {err}") from err
+
+
+def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
+    from scanner.db import keys
+    from scanner.db.models import utcnow
+    from scanner.db.session import transaction
+
+    spec = spec_from(
+        args.site,
+        schedule.interval_text(args.every) if args.every else args.cron,
+        max_pages=args.max_pages,
+        max_depth=args.max_depth,
+        include=args.include,
+        exclude=args.exclude,
+        webhook_url=args.webhook,
+        webhook_secret=args.webhook_secret,
+        missed_run_policy=args.missed,
+        enabled=not args.disabled,
+        name=args.name,
+    )
+    check_webhook(spec, settings)
+    with transaction(sessions) as session:
+        tenant = keys.get_or_create_tenant(session, args.tenant)
+        now = utcnow()
+        audit = store.create_audit(session, tenant.id, spec, schedule.parse(spec.schedule).next_after(now))
+        print(f"audit {audit.id}: {spec.start_url} {spec.schedule}, next run {audit.next_run_at:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
+    from sqlalchemy import select
+
+    from scanner.db.models import Audit, Site, Tenant
+
+    table = Table(title="audits")
+    for column in ("id", "tenant", "site", "start url", "schedule", "missed", "enabled", "last run", "next run"):
+        table.add_column(column)
+    query = select(Audit, Site.host, Tenant.name).join(Site, Site.id == Audit.site_id).join(Tenant)
+    if args.tenant:
+        query = query.where(Tenant.name == args.tenant)
+    with sessions() as session:
+        for audit, host, tenant in session.execute(query.order_by(Audit.id)):
+            table.add_row(
+                str(audit.id), tenant, host, audit.start_url, audit.schedule, audit.missed_run_policy,
+                "yes" if audit.enabled else "no", _when(audit.last_run_at), _when(audit.next_run_at),
+            )  # fmt: skip
+    Console(width=200).print(table)
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
+    from scanner.audits import runner
+
+    try:
+        result = runner.run_now(settings, args.audit_id, Console(stderr=True))
+    except store.AlreadyRunning as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except LookupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result.status != "done":
+        print(f"run {result.run_id} failed: {result.error}", file=sys.stderr)
+        return 1
+    diff = result.diff or {}
+    counts = ", ".join(f"{name} {value}" for name, value in result.counts.items())
+    changes = ", ".join(
+        f"{name.replace('_', ' ')} {len(diff.get(name, []))}" for name in ("newly_flagged", "gone", "changed")
+    )
+    print(f"run {result.run_id} done: {counts}; {changes}")
+    return 0
+
+
+def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
+    table = Table(title=f"runs of audit {args.audit_id}")
+    columns = ("run", "started", "status", "pages", "images", "flagged", "newly flagged", "gone", "changed")
+    for column in columns:
+        table.add_column(column)
+    with sessions() as session:
+        if store.audit_of(session, None, args.audit_id) is None:
+            print(f"error: no audit {args.audit_id}", file=sys.stderr)
+            return 1
+        for run in store.runs_of(session, args.audit_id, args.limit):
+            table.add_row(
+                str(run.id), _when(run.started_at), run.status, str(run.pages), str(run.images), str(run.flagged),
+                str(run.newly_flagged), str(run.gone), str(run.changed),
+            )  # fmt: skip
+    Console(width=200).print(table)
+    return 0
+
+
+def _remove(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
+    from scanner.db.session import transaction
+
+    with transaction(sessions) as session:
+        if not store.remove_audit(session, None, args.audit_id):
+            print(f"error: no audit {args.audit_id}", file=sys.stderr)
+            return 1
+    print(f"audit {args.audit_id} removed")
+    return 0
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"

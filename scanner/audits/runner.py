@@ -1,0 +1,202 @@
+"""One run of an audit: crawl the site, record the snapshot and the diff, release the lock, send the webhook.
+
+Where the crawl runs: in the process that executes the run (``scanner audit run`` in the foreground, or a
+Celery worker for scheduled runs), submitting each page through the API's own code path on a loopback port
+(``scanner.embedded``) with a short-lived key of the audit's tenant, analysing in that process and writing to
+the configured database.  A worker therefore needs no API server URL nor a stored service key, and an audit's
+analysis never waits in the queue behind (or deadlocks with) the worker's own analysis tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from sqlalchemy.orm import Session, sessionmaker
+
+from scanner.audits import store, webhooks
+from scanner.audits.diff import Seen, compare
+from scanner.crawl import CrawlConfig
+from scanner.crawl_command import CrawlOutcome
+from scanner.db.models import Audit
+from scanner.db.session import make_engine, make_sessionmaker, transaction
+from scanner.settings import Settings
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str
+    counts: dict[str, int]
+    diff: dict[str, Any] | None
+    error: str | None = None
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(sessions: sessionmaker[Session], audit_id: int, trigger: str = "manual") -> int:
+    """Take the run lock now (raises ``store.AlreadyRunning``); the new run's id."""
+    with transaction(sessions) as session:
+        return store.claim_run(session, audit_id, owner_id(), trigger)
+
+
+async def execute_run(
+    settings: Settings, run_id: int, console: Console | None = None, webhook_backoff_s: float = webhooks.BACKOFF_S
+) -> RunResult:
+    """Execute a claimed run to its end; never raises for a failed crawl (the run records it)."""
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        owner = owner_id()
+        with transaction(sessions) as session:
+            if not store.adopt_run(session, run_id, owner):
+                raise store.AlreadyRunning(f"run {run_id} is no longer running: its lock was taken over")
+        audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
+        result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
+        if audit.webhook_url and result.status == "done":
+            payload = _payload(audit, result)
+            policy = _webhook_policy(settings)
+            await webhooks.deliver(
+                sessions,
+                run_id,
+                audit.webhook_url,
+                audit.webhook_secret or "",
+                payload,
+                policy,
+                backoff_s=webhook_backoff_s,
+            )
+        return result
+    finally:
+        engine.dispose()
+
+
+async def _crawl_and_record(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    run_id: int,
+    owner: str,
+    audit: Audit,
+    tenant: str,
+    console: Console | None,
+) -> RunResult:
+    beat = asyncio.create_task(_heartbeat(sessions, run_id, owner))
+    try:
+        outcome = await _crawl(settings, audit, tenant, console or Console(stderr=True, quiet=True))
+        return await asyncio.to_thread(_record, sessions, run_id, audit.id, outcome)
+    except Exception as err:  # noqa: BLE001 - any failure ends the run as failed, with its reason
+        log.exception("audit %s run %s failed", audit.id, run_id)
+        error = f"{type(err).__name__}: {err}"
+        await asyncio.to_thread(_fail, sessions, run_id, error)
+        return RunResult(run_id, "failed", {}, None, error)
+    finally:
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beat
+
+
+def _load(sessions: sessionmaker[Session], run_id: int) -> tuple[Audit, str]:
+    from scanner.db.models import AuditRun, Tenant
+
+    with sessions() as session:
+        run = session.get_one(AuditRun, run_id)
+        audit = session.get_one(Audit, run.audit_id)
+        tenant = session.get_one(Tenant, audit.tenant_id).name
+        session.expunge(audit)
+        return audit, tenant
+
+
+async def _heartbeat(sessions: sessionmaker[Session], run_id: int, owner: str) -> None:
+    def beat() -> bool:
+        with transaction(sessions) as session:
+            return store.heartbeat(session, run_id, owner)
+
+    while True:
+        await asyncio.sleep(HEARTBEAT_S)
+        if not await asyncio.to_thread(beat):
+            log.warning("run %s lost its lock", run_id)
+
+
+async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console) -> CrawlOutcome:
+    from scanner.client import ScannerClient
+    from scanner.crawl_command import crawl_and_scan
+    from scanner.embedded import embedded_service
+
+    # The loopback API analyses in this process, whatever the settings' broker: see the module docstring.
+    local = settings.model_copy(
+        update={"broker_url": None, "result_backend": None, "rate_limit_per_minute": 10**9, "rate_limit_burst": 10**9}
+    )
+    with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
+        config = _crawl_config(settings, audit, Path(workdir))
+        async with embedded_service(local, tenant) as service, ScannerClient(service.base_url, service.key) as client:
+            outcome = await crawl_and_scan(config, client, resume=False, console=console)
+    outcome.mode = "audit"
+    if not outcome.pages or all(page["error"] for page in outcome.pages):
+        raise RuntimeError(f"the crawl of {audit.start_url} reached no page")
+    return outcome
+
+
+def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
+    return CrawlConfig(
+        start_url=audit.start_url,
+        max_pages=audit.max_pages,
+        max_depth=audit.max_depth,
+        include=tuple(audit.include or ()),
+        exclude=tuple(audit.exclude or ()),
+        max_image_bytes=settings.max_image_bytes,
+        state_path=workdir / "frontier.sqlite",
+    )
+
+
+def _record(sessions: sessionmaker[Session], run_id: int, audit_id: int, outcome: CrawlOutcome) -> RunResult:
+    snapshot = [Seen(i.sha256, i.url, i.flagged, i.label, i.score) for i in outcome.images.values()]
+    counts = {"pages": len(outcome.pages), "images": len(outcome.images), "flagged": len(outcome.flagged)}
+    with transaction(sessions) as session:
+        previous = store.previous_snapshot(session, audit_id, run_id)
+        diff = compare(previous[1] if previous else None, snapshot, previous[0] if previous else None)
+        store.finish_run(session, run_id, counts, snapshot, diff)
+    return RunResult(run_id, "done", counts, diff)
+
+
+def _fail(sessions: sessionmaker[Session], run_id: int, error: str) -> None:
+    with transaction(sessions) as session:
+        store.fail_run(session, run_id, error)
+
+
+def _payload(audit: Audit, result: RunResult) -> dict[str, Any]:
+    return {
+        "event": "audit.run.finished",
+        "audit": {"id": audit.id, "name": audit.name, "start_url": audit.start_url},
+        "run": {"id": result.run_id, "status": result.status, "finished_at": dt.datetime.now(dt.UTC).isoformat()},
+        "counts": result.counts,
+        "diff": result.diff,
+    }
+
+
+def _webhook_policy(settings: Settings) -> webhooks.FetchPolicy:
+    from scanner.api.intake import fetch_policy
+
+    return fetch_policy(settings)
+
+
+def run_now(settings: Settings, audit_id: int, console: Console | None = None) -> RunResult:
+    """``scanner audit run``: claim and execute in the foreground."""
+    engine = make_engine(settings.db_url)
+    try:
+        run_id = claim(make_sessionmaker(engine), audit_id)
+    finally:
+        engine.dispose()
+    return asyncio.run(execute_run(settings, run_id, console))
