@@ -1,0 +1,343 @@
+"""The browser extension against real things: Chromium (new headless) with the unpacked extension loaded, the
+API in embedded mode on a loopback port, and a page server with clean and PGD-attacked CIFAR-10 images.
+
+One browser context and one API serve the whole module (the tests run in file order; the last one stops the
+API).  What the shipped detector decides about each image is learnt first from a separate API instance (same
+models, own database), so that the extension's own scans are new work for the main API (202, then polling)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.sync_api import BrowserContext, Page, Playwright, Worker, sync_playwright
+
+from scanner.settings import Settings
+from tests.service import conftest as service
+from tests.service.conftest import Reply, RunningApi, start_api, upload, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+EXTENSION = REPO / "extension"
+FETCHER_AGENT = "robust-image-scanner"  # the API's fetcher (scanner/fetch.py) says so in its User-Agent
+
+
+def http(method: str, url: str, key: str | None = None, **kwargs: Any) -> Reply:
+    """``tests.service.conftest.http`` in a thread of its own: the sync Playwright API keeps an event loop
+    running in the test's thread, where ``asyncio.run`` is refused."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(service.http, method, url, key, **kwargs).result(120)
+
+
+# --- the page server --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PageServer:
+    """aiohttp on a loopback port, in a thread: /img/* from the demo images, pages from a dict; every request
+    is logged with its User-Agent, so a test can tell the browser's fetches from the scanner API's."""
+
+    img_dir: Path
+    pages: dict[str, str] = field(default_factory=dict)
+    log: list[tuple[str, str]] = field(default_factory=list)
+    base: str = ""
+    _stop: Callable[[], None] | None = None
+
+    def fetched_by_api(self, needle: str) -> list[str]:
+        return [path for path, agent in list(self.log) if needle in path and FETCHER_AGENT in agent]
+
+    def start(self) -> None:
+        ready, holder = threading.Event(), {}
+        loop = asyncio.new_event_loop()
+
+        @web.middleware
+        async def logger(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.log.append((request.path_qs, request.headers.get("User-Agent", "")))
+            return await handler(request)
+
+        async def page(request: web.Request) -> web.Response:
+            html = self.pages.get(request.match_info["name"])
+            if html is None:
+                raise web.HTTPNotFound()
+            return web.Response(text=html, content_type="text/html")
+
+        async def image(request: web.Request) -> web.StreamResponse:
+            path = self.img_dir / request.match_info["name"]
+            if not path.is_file():
+                raise web.HTTPNotFound()
+            return web.Response(body=path.read_bytes(), content_type="image/png")
+
+        async def serve() -> None:
+            app = web.Application(middlewares=[logger])
+            app.router.add_get("/img/{name}", image)
+            app.router.add_get("/{name}", page)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            holder["port"], holder["runner"] = runner.addresses[0][1], runner
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(serve())
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert ready.wait(30), "the page server did not start"
+        self.base = f"http://127.0.0.1:{holder['port']}"
+
+        def stop() -> None:
+            asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+        self._stop = stop
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop()
+            self._stop = None
+
+
+@dataclass
+class DemoImage:
+    file: str  # "000.png"
+    sha256: str
+    flagged: bool
+    label: str
+
+
+@dataclass
+class Site:
+    server: PageServer
+    images: list[DemoImage]
+
+    @property
+    def flagged(self) -> list[DemoImage]:
+        return [image for image in self.images if image.flagged]
+
+    @property
+    def clean(self) -> list[DemoImage]:
+        return [image for image in self.images if not image.flagged]
+
+    def url(self, path: str) -> str:
+        return f"{self.server.base}/{path.lstrip('/')}"
+
+
+def _build_images(out: Path) -> Path:
+    from scanner.cli import DEFAULT_DATA, MODELS_DIR
+    from scanner.demo_site import build_demo_site
+
+    if not Path(DEFAULT_DATA).exists():
+        pytest.fail(
+            f"the CIFAR-10 test data is missing: {DEFAULT_DATA} (the shared data set, see ../shared/data/README.md); "
+            "the extension tests need it to build clean and attacked images"
+        )
+    build_demo_site(out, DEFAULT_DATA, MODELS_DIR / "standard-preact18-w0.125", pages=1, per_page=6)
+    return out / "img"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    from worker.engine import load_engine
+
+    settings = Settings()
+    return load_engine(str(settings.robust_bundle), str(settings.standard_bundle), threads=1)
+
+
+def _api_settings(data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        fetch_allow_private=True,  # the page server is on loopback
+        fetch_any_port=True,
+        rate_limit_per_minute=100_000,
+        rate_limit_burst=100_000,
+        engine_threads=1,
+    )
+
+
+def wait_scan(api: RunningApi, key: str, scan_id: str) -> dict:
+    def finished() -> dict | None:
+        document = http("GET", f"{api.base}/v1/scans/{scan_id}", key).json()
+        return document if document["status"] == "done" else None
+
+    return wait_for(finished, 60, 0.1, f"scan {scan_id}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Site]:
+    img_dir = _build_images(tmp_path_factory.mktemp("demo"))
+    files = sorted(path.name for path in img_dir.glob("*.png"))
+    # What the detector says about each image, from an API of its own (the main API must not know them yet).
+    precheck = start_api(_api_settings(tmp_path_factory.mktemp("precheck-api")), engine)
+    try:
+        key = precheck.new_key("precheck", "lab")
+        data = [(img_dir / name).read_bytes() for name in files]
+        reply = http("POST", f"{precheck.base}/v1/scans", key, data=upload(*data, source="api"))
+        assert reply.status in (201, 202), reply.body
+        items = wait_scan(precheck, key, reply.json()["id"])["items"]
+    finally:
+        precheck.stop()
+    images = []
+    for name, payload, item in zip(files, data, sorted(items, key=lambda item: item["position"]), strict=True):
+        assert item["state"] == "done", item
+        assert item["sha256"] == hashlib.sha256(payload).hexdigest()
+        verdict = item["verdict"]
+        images.append(DemoImage(name, item["sha256"], bool(verdict["flagged"]), verdict["label"]))
+    if not any(image.flagged for image in images) or all(image.flagged for image in images):
+        pytest.fail(f"the shipped detector should flag some but not all demo images: {images}")
+    server = PageServer(img_dir)
+    server.start()
+    yield Site(server, images)
+    server.stop()
+
+
+class Api:
+    """The main API, stoppable from a test (the last test takes it down)."""
+
+    def __init__(self, running: RunningApi) -> None:
+        self.running = running
+        self.base = running.base
+        self.up = True
+
+    def stop(self) -> None:
+        if self.up:
+            self.up = False
+            self.running.stop()
+
+    def requests(self, method: str, route: str) -> int:
+        """Requests the API has answered on a route, whatever their status (its Prometheus counter)."""
+        total = 0.0
+        labels = (f'method="{method}"', f'route="{route}"')
+        for line in http("GET", f"{self.base}/metrics").body.decode().splitlines():
+            if line.startswith("scanner_http_requests_total{") and all(label in line for label in labels):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, engine: Any, site: Site) -> Iterator[Api]:
+    running = Api(start_api(_api_settings(tmp_path_factory.mktemp("api")), engine))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def key(api: Api) -> str:
+    return api.running.new_key("extension", "acme")
+
+
+# --- the browser ----------------------------------------------------------------------------------------------
+
+
+def chromium_path() -> str:
+    explicit = os.environ.get("SCANNER_CHROMIUM")
+    for candidate in (explicit, "/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("no Chromium found: `apt-get install chromium` (Debian's build loads unpacked extensions)")
+
+
+@dataclass
+class Browser:
+    context: BrowserContext
+    worker: Worker
+    extension_id: str
+    page_errors: list[str]
+
+    def extension_url(self, page: str) -> str:
+        return f"chrome-extension://{self.extension_id}/{page}"
+
+    def tab_id(self, url: str) -> int:
+        tabs = self.worker.evaluate("chrome.tabs.query({})")
+        found = [tab["id"] for tab in tabs if tab.get("url") == url]
+        assert found, f"no tab shows {url}: {[tab.get('url') for tab in tabs]}"
+        return found[-1]
+
+    def summary(self, tab_id: int, probe: bool = False) -> dict:
+        return self.worker.evaluate("([id, probe]) => robustScanner.summary(id, probe)", [tab_id, probe])
+
+    def uncaught(self) -> list[str]:
+        return self.worker.evaluate("robustScanner.uncaught")
+
+
+@pytest.fixture(scope="module")
+def playwright_driver() -> Iterator[Playwright]:
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_driver: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    context = playwright_driver.chromium.launch_persistent_context(
+        str(tmp_path_factory.mktemp("profile")),
+        executable_path=chromium_path(),
+        headless=True,
+        args=[
+            "--headless=new",
+            f"--disable-extensions-except={EXTENSION}",
+            f"--load-extension={EXTENSION}",
+            "--no-sandbox",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+    errors: list[str] = []
+    context.on("page", lambda page: page.on("pageerror", lambda err: errors.append(f"{page.url}: {err}")))
+    worker = context.service_workers[0] if context.service_workers else context.wait_for_event("serviceworker")
+    assert worker.url.endswith("/background.js"), worker.url
+    extension_id = worker.url.split("/")[2]
+    yield Browser(context, worker, extension_id, errors)
+    context.close()
+
+
+def fill_options(page: Page, **values: str) -> None:
+    """Type into the options form and save; ids are the inputs' (api-url, api-key, threshold)."""
+    for input_id, value in values.items():
+        page.fill(f"#{input_id.replace('_', '-')}", value)
+    page.evaluate("document.querySelector('#save-result').textContent = ''")
+    page.click("#save")
+    page.locator("#save-result:not(:empty)").wait_for()  # (extension pages forbid eval: no wait_for_function)
+
+
+@pytest.fixture(scope="module")
+def configured(browser: Browser, api: Api, key: str) -> Browser:
+    """The extension set up the way a person does it: the options page's form."""
+    page = browser.context.new_page()
+    page.goto(browser.extension_url("options.html"))
+    page.wait_for_selector("html[data-loaded=true]")
+    fill_options(page, api_url=api.base, api_key=key)
+    assert page.text_content("#save-result") == "Saved."
+    page.close()
+    stored = browser.worker.evaluate("chrome.storage.local.get(null)")
+    assert stored["apiUrl"] == api.base and stored["apiKey"] == key, json.dumps(stored)
+    return browser
+
+
+def wait_settled(browser: Browser, tab_id: int, expected: int, timeout: float = 60) -> dict:
+    """Until the service worker has a verdict (or an error) for at least ``expected`` images of the tab."""
+
+    def settled() -> dict | None:
+        summary = browser.summary(tab_id)
+        return summary if summary["pending"] == 0 and summary["scanned"] + summary["errors"] >= expected else None
+
+    return wait_for(settled, timeout, 0.1, f"{expected} verdicts in tab {tab_id}")
+
+
+def wait_quiet(seconds: float) -> None:
+    time.sleep(seconds)
