@@ -192,6 +192,7 @@ def audit_json(audit: Audit, host: str) -> dict[str, Any]:
         "webhook_url": audit.webhook_url,
         "missed_run_policy": audit.missed_run_policy,
         "enabled": audit.enabled,
+        "robustness_sample": audit.robustness_sample,
         "created_at": _iso(audit.created_at),
         "last_run_at": _iso(audit.last_run_at),
         "next_run_at": _iso(audit.next_run_at),
@@ -213,6 +214,7 @@ def run_json(run: AuditRun) -> dict[str, Any]:
         "gone": run.gone,
         "changed": run.changed,
         "error": run.error,
+        "robustness": run.robustness,
     }
 
 

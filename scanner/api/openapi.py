@@ -683,6 +683,57 @@ def trigger_audit_run() -> dict[str, Any]:
     return operation
 
 
+# --- the dashboard ------------------------------------------------------------------------------------------------
+
+RAW_IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "application/octet-stream"]
+
+
+def get_image_raw() -> dict[str, Any]:
+    operation = get_image()
+    binary = {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}
+    fixed = {"required": True, "schema": {"type": "string"}}
+    operation.update(
+        operationId="getImageRaw",
+        summary="The stored bytes of an image this tenant submitted (the dashboard's thumbnails)",
+        description="Needs the scope reports:read.  The Content-Type follows the image's format; the bytes are"
+        " served with a sandboxing Content-Security-Policy and nosniff.",
+    )
+    operation["responses"]["200"] = {
+        "description": "the image bytes",
+        "headers": {
+            "Cache-Control": {**fixed, "description": "private, max-age=3600"},
+            "Content-Security-Policy": {**fixed, "description": "default-src 'none'; sandbox"},
+            "X-Content-Type-Options": {**fixed, "description": "nosniff"},
+        },
+        "content": {media_type: binary for media_type in RAW_IMAGE_TYPES},
+    }
+    return operation
+
+
+def dashboard_asset(operation_id: str, summary: str, media_type: str) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "description": "A static file of the reports dashboard; no key is needed (the page asks for one and sends"
+        " it to the /v1/ operations).",
+        "tags": ["dashboard"],
+        "security": [],
+        "responses": {
+            "200": {
+                "description": summary,
+                "headers": {
+                    "Content-Security-Policy": {
+                        "description": "scripts and styles only from this origin; images also from blob: and data:",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                },
+                "content": {media_type: {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
 def build_document() -> dict[str, Any]:
     """The OpenAPI document of every route of ``routes.add_routes``."""
     return {
@@ -701,6 +752,7 @@ def build_document() -> dict[str, Any]:
             {"name": "keys", "description": "the calling API key"},
             {"name": "audits", "description": "scheduled audits of a site and their runs"},
             {"name": "operations", "description": "health, metrics and this document"},
+            {"name": "dashboard", "description": "the reports dashboard: a web page that signs in with a key"},
         ],
         "paths": {
             "/v1/scans": {"post": create_scan()},
@@ -708,6 +760,7 @@ def build_document() -> dict[str, Any]:
             "/v1/scans/{scan_id}/events": {"get": stream_scan_events()},
             "/v1/images/{sha256}": {"get": get_image()},
             "/v1/images/{sha256}/feedback": {"post": post_feedback()},
+            "/v1/images/{sha256}/raw": {"get": get_image_raw()},
             "/v1/reports/flagged": {"get": flagged_report()},
             "/v1/me": {"get": whoami()},
             "/v1/audits": {"post": create_audit(), "get": list_audits()},
@@ -716,6 +769,13 @@ def build_document() -> dict[str, Any]:
             "/healthz": {"get": healthz()},
             "/metrics": {"get": metrics()},
             "/openapi.json": {"get": openapi_operation()},
+            "/dashboard": {"get": dashboard_asset("getDashboard", "the dashboard page", "text/html")},
+            "/dashboard/dashboard.js": {
+                "get": dashboard_asset("getDashboardScript", "the dashboard's script", "text/javascript")
+            },
+            "/dashboard/dashboard.css": {
+                "get": dashboard_asset("getDashboardStyle", "the dashboard's style sheet", "text/css")
+            },
         },
         "components": {
             "schemas": component_schemas(),

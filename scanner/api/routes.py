@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from scanner.api import audits, intake
+from scanner.api import audits, dashboard, intake
 from scanner.api.app import KEY, in_thread, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
@@ -46,6 +46,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     audits.add_routes(app)
+    dashboard.add_routes(app)
 
 
 # --- scans ---------------------------------------------------------------------------------------------------

@@ -208,6 +208,9 @@ class AuditRequest(BaseModel):
     )
     missed_run_policy: Literal["run-once", "skip"] = "run-once"
     enabled: bool = True
+    robustness_sample: JsonInt = Field(
+        0, ge=0, le=256, description="images each run attacks with Square (black box, eps 8/255); 0: no check"
+    )
 
 
 class AuditOut(BaseModel):
@@ -225,6 +228,7 @@ class AuditOut(BaseModel):
     webhook_url: str | None
     missed_run_policy: Literal["run-once", "skip"]
     enabled: bool
+    robustness_sample: int
     created_at: dt.datetime
     last_run_at: dt.datetime | None
     next_run_at: dt.datetime | None
@@ -232,6 +236,16 @@ class AuditOut(BaseModel):
 
 class AuditList(BaseModel):
     items: list[AuditOut]
+
+
+class RobustnessOut(BaseModel):
+    sample: int
+    flipped: int
+    skipped: int
+    eps: float
+    queries: int
+    flip_rate: float
+    model_version: str
 
 
 class AuditRunOut(BaseModel):
@@ -248,6 +262,7 @@ class AuditRunOut(BaseModel):
     gone: int
     changed: int
     error: str | None
+    robustness: RobustnessOut | None = Field(description="the black-box attack's result, when the audit asks")
 
 
 class AuditRunList(BaseModel):

@@ -16,6 +16,9 @@ from scanner.settings import Settings
 DEFAULT_TICK_S = 30.0
 
 
+MAX_ROBUSTNESS_SAMPLE = 256
+
+
 def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="scheduled audits of a site")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -33,6 +36,13 @@ def add_parser(sub: Any) -> None:
     add.add_argument("--tenant", default="default")
     add.add_argument("--name")
     add.add_argument("--missed", choices=schedule.MISSED_POLICIES, default="run-once", help="missed-run policy")
+    add.add_argument(
+        "--robustness-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="each run attacks N of the site's images with Square (black box, eps 8/255) and reports the flips",
+    )
     add.add_argument("--disabled", action="store_true", help="create it paused")
     audit_sub.add_parser("list", help="list audits").add_argument("--tenant")
     audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument("audit_id", type=int)
@@ -88,6 +98,8 @@ def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
         raise ValueError("max_pages must be at least 1 and max_depth at least 0")
     if spec.missed_run_policy not in schedule.MISSED_POLICIES:
         raise ValueError(f"the missed-run policy is one of {', '.join(schedule.MISSED_POLICIES)}")
+    if not 0 <= spec.robustness_sample <= MAX_ROBUSTNESS_SAMPLE:
+        raise ValueError(f"the robustness sample is 0 to {MAX_ROBUSTNESS_SAMPLE} images")
     if bool(spec.webhook_url) != bool(spec.webhook_secret):
         raise ValueError("a webhook needs both its URL and its secret")
     return spec
@@ -125,6 +137,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         missed_run_policy=args.missed,
         enabled=not args.disabled,
         name=args.name,
+        robustness_sample=args.robustness_sample,
     )
     check_webhook(spec, settings)
     with transaction(sessions) as session:
@@ -181,7 +194,18 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
 
 def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     table = Table(title=f"runs of audit {args.audit_id}")
-    columns = ("run", "started", "status", "pages", "images", "flagged", "newly flagged", "gone", "changed")
+    columns = (
+        "run",
+        "started",
+        "status",
+        "pages",
+        "images",
+        "flagged",
+        "newly flagged",
+        "gone",
+        "changed",
+        "flipped by attack",
+    )
     for column in columns:
         table.add_column(column)
     with sessions() as session:
@@ -191,7 +215,7 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
         for run in store.runs_of(session, args.audit_id, args.limit):
             table.add_row(
                 str(run.id), _when(run.started_at), run.status, str(run.pages), str(run.images), str(run.flagged),
-                str(run.newly_flagged), str(run.gone), str(run.changed),
+                str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness),
             )  # fmt: skip
     Console(width=200).print(table)
     return 0
@@ -206,6 +230,12 @@ def _remove(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
             return 1
     print(f"audit {args.audit_id} removed")
     return 0
+
+
+def _flips(robustness: dict[str, Any] | None) -> str:
+    if not robustness:
+        return "-"
+    return f"{robustness['flipped']}/{robustness['sample']} at eps {robustness['eps'] * 255:.0f}/255"
 
 
 def _when(value: Any) -> str:

@@ -96,7 +96,10 @@ async def _crawl_and_record(
     beat = asyncio.create_task(_heartbeat(sessions, run_id, owner))
     try:
         outcome = await _crawl(settings, audit, tenant, console or Console(stderr=True, quiet=True))
-        return await asyncio.to_thread(_record, sessions, run_id, audit.id, outcome)
+        robustness = None
+        if audit.robustness_sample:
+            robustness = await asyncio.to_thread(_robustness_check, settings, sessions, audit, outcome, run_id)
+        return await asyncio.to_thread(_record, sessions, run_id, audit.id, outcome, robustness)
     except Exception as err:  # noqa: BLE001 - any failure ends the run as failed, with its reason
         log.exception("audit %s run %s failed", audit.id, run_id)
         error = f"{type(err).__name__}: {err}"
@@ -161,13 +164,38 @@ def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfi
     )
 
 
-def _record(sessions: sessionmaker[Session], run_id: int, audit_id: int, outcome: CrawlOutcome) -> RunResult:
+def _robustness_check(
+    settings: Settings, sessions: sessionmaker[Session], audit: Audit, outcome: CrawlOutcome, run_id: int
+) -> dict[str, Any]:
+    """The run's black-box attack on a seeded sample of the images it met (``scanner.audits.robustness``)."""
+    from scanner.audits import robustness
+    from scanner.db import queries
+    from worker.pipeline import engine_for
+
+    shas = sorted(image.sha256 for image in outcome.images.values() if image.state == "done")
+    chosen = robustness.sample_images(shas, audit.robustness_sample, seed=audit.id)
+    with sessions() as session:
+        blobs = queries.blobs_by_sha256(session, chosen)
+    result = robustness.check(engine_for(settings), blobs, seed=run_id)
+    log.info("audit %s run %s: %d/%d predictions flipped", audit.id, run_id, result.flipped, result.sample)
+    return result.to_dict()
+
+
+def _record(
+    sessions: sessionmaker[Session],
+    run_id: int,
+    audit_id: int,
+    outcome: CrawlOutcome,
+    robustness: dict[str, Any] | None = None,
+) -> RunResult:
     snapshot = [Seen(i.sha256, i.url, i.flagged, i.label, i.score) for i in outcome.images.values()]
     counts = {"pages": len(outcome.pages), "images": len(outcome.images), "flagged": len(outcome.flagged)}
     with transaction(sessions) as session:
         previous = store.previous_snapshot(session, audit_id, run_id)
         diff = compare(previous[1] if previous else None, snapshot, previous[0] if previous else None)
-        store.finish_run(session, run_id, counts, snapshot, diff)
+        store.finish_run(session, run_id, counts, snapshot, diff, robustness)
+    if robustness:
+        counts = {**counts, "robustness_sample": robustness["sample"], "robustness_flipped": robustness["flipped"]}
     return RunResult(run_id, "done", counts, diff)
 
 

@@ -44,6 +44,7 @@ class AuditSpec:
     missed_run_policy: str = "run-once"
     enabled: bool = True
     name: str | None = None
+    robustness_sample: int = 0  # images attacked by each run's black-box robustness check (0: none)
 
 
 def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at: dt.datetime) -> Audit:
@@ -64,6 +65,7 @@ def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at:
         webhook_secret=spec.webhook_secret,
         missed_run_policy=spec.missed_run_policy,
         enabled=spec.enabled,
+        robustness_sample=spec.robustness_sample,
         created_at=utcnow(),
         next_run_at=next_run_at,
     )
@@ -161,7 +163,12 @@ def _extend(session: Session, run_id: int, holder: str | None, owner: str, lease
 
 
 def finish_run(
-    session: Session, run_id: int, counts: dict[str, int], snapshot: Sequence[Seen], diff: dict[str, Any]
+    session: Session,
+    run_id: int,
+    counts: dict[str, int],
+    snapshot: Sequence[Seen],
+    diff: dict[str, Any],
+    robustness: dict[str, Any] | None = None,
 ) -> None:
     """Record the run's snapshot, counts and diff, and release the lock."""
     ids = dict(
@@ -189,6 +196,7 @@ def finish_run(
     run.pages, run.images, run.flagged = counts["pages"], counts["images"], counts["flagged"]
     run.newly_flagged, run.gone, run.changed = (len(diff[name]) for name in ("newly_flagged", "gone", "changed"))
     run.diff = diff
+    run.robustness = robustness
     session.execute(update(Audit).where(Audit.id == run.audit_id).values(last_run_at=now))
 
 

@@ -246,6 +246,8 @@ class Audit(Base):
     schedule: Mapped[str] = mapped_column(String(100))  # cron expression
     max_pages: Mapped[int] = mapped_column(default=100)
     missed_run_policy: Mapped[str] = mapped_column(String(16), default="run-once")  # or "skip"
+    # Images attacked by the optional black-box robustness check of each run (0: no check).
+    robustness_sample: Mapped[int] = mapped_column(default=0, server_default="0")
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_run_at: Mapped[dt.datetime | None]
@@ -279,6 +281,7 @@ class AuditRun(Base):
     gone: Mapped[int] = mapped_column(default=0, server_default="0")
     changed: Mapped[int] = mapped_column(default=0, server_default="0")
     diff: Mapped[dict[str, Any] | None]
+    robustness: Mapped[dict[str, Any] | None]  # the robustness check's result, when the audit asks for one
 
 
 class AuditRunImage(Base):

@@ -303,6 +303,18 @@ def blobs_of(session: Session, image_ids: Sequence[int]) -> list[bytes]:
     return [rows[image_id] for image_id in image_ids]
 
 
+def blobs_by_sha256(session: Session, sha256s: Sequence[str]) -> list[bytes]:
+    """The stored bytes of these images (those that exist), in the given order."""
+    rows = dict(
+        session.execute(
+            select(Image.sha256, ImageBlob.data)
+            .join(ImageBlob, ImageBlob.image_id == Image.id)
+            .where(Image.sha256.in_(list(sha256s)))
+        ).all()
+    )
+    return [rows[sha] for sha in sha256s if sha in rows]
+
+
 def count_attempt(session: Session, image_ids: Sequence[int]) -> None:
     """One more analysis of these images is starting (committed before the engine runs)."""
     session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=Image.attempts + 1))

@@ -52,7 +52,7 @@ def test_invalid_settings_are_a_clear_error_not_a_traceback(tmp_path: Path) -> N
 
 def test_db_upgrade_then_keys_create_list_revoke(tmp_path: Path) -> None:
     upgraded = run(tmp_path, "db", "upgrade")
-    assert upgraded.returncode == 0 and "schema revision: 0003" in upgraded.stdout
+    assert upgraded.returncode == 0 and "schema revision: 0004" in upgraded.stdout
     created = run(
         tmp_path,
         "keys",

@@ -1,0 +1,360 @@
+/* The reports dashboard.  The API key lives in sessionStorage (this tab only) and travels only in the
+ * Authorization header.  Every value from the API enters the DOM through textContent or an attribute set by
+ * the DOM API, never through innerHTML. */
+"use strict";
+
+(() => {
+  const KEY_ITEM = "scanner.apiKey";
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const $ = (id) => document.getElementById(id);
+  const state = { cursor: null, filters: {}, objectUrls: [], rows: 0 };
+
+  // --- the API ------------------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, detail) {
+      super(`${code}: ${detail}`);
+      this.status = status;
+      this.code = code;
+      this.detail = detail;
+    }
+  }
+
+  const apiKey = () => sessionStorage.getItem(KEY_ITEM);
+
+  async function api(path, key = apiKey()) {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${key}` }, credentials: "omit" });
+    if (!response.ok) {
+      let problem = {};
+      try { problem = await response.json(); } catch (_) { /* not a problem document */ }
+      throw new ApiError(response.status, problem.code || `http_${response.status}`, problem.detail || response.statusText);
+    }
+    return response;
+  }
+
+  const apiJson = async (path, key) => (await api(path, key)).json();
+
+  // --- small DOM helpers ----------------------------------------------------------------------------------------
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function svg(tag, attributes) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+    return node;
+  }
+
+  function safeLink(url) {
+    if (typeof url !== "string" || !/^https?:\/\//i.test(url)) return el("span", url || "—");
+    const link = el("a", url);
+    link.href = url;
+    link.rel = "noopener noreferrer nofollow";
+    link.target = "_blank";
+    return link;
+  }
+
+  const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+  const score = (value) => (typeof value === "number" ? value.toFixed(3) : "—");
+
+  function showError(node, err) {
+    node.textContent = err instanceof ApiError ? `${err.detail} (${err.code})` : `Error: ${err.message}`;
+    node.hidden = false;
+  }
+
+  // --- sign-in ------------------------------------------------------------------------------------------------
+
+  async function signIn(event) {
+    event.preventDefault();
+    const input = $("api-key");
+    const key = input.value.trim();
+    $("signin-error").hidden = true;
+    try {
+      const me = await apiJson("/v1/me", key);
+      sessionStorage.setItem(KEY_ITEM, key);
+      input.value = "";
+      enter(me);
+    } catch (err) {
+      sessionStorage.removeItem(KEY_ITEM);
+      showError($("signin-error"), err);
+      input.focus();
+    }
+  }
+
+  function enter(me) {
+    $("signin").hidden = true;
+    $("app").hidden = false;
+    $("sign-out").hidden = false;
+    $("whoami").textContent = `${me.tenant} · key ${me.name}`;
+    $("whoami").hidden = false;
+    $("reports-title").focus();
+    loadReport(true);
+    loadAudits();
+  }
+
+  function signOut() {
+    sessionStorage.removeItem(KEY_ITEM);
+    releaseThumbnails();
+    $("rows").replaceChildren();
+    $("audit-list").replaceChildren();
+    $("app").hidden = true;
+    $("sign-out").hidden = true;
+    $("whoami").hidden = true;
+    $("signin").hidden = false;
+    $("api-key").focus();
+  }
+
+  // --- the flagged report ---------------------------------------------------------------------------------------
+
+  function readFilters() {
+    const form = $("filters");
+    const filters = {};
+    for (const name of ["site", "label", "min_score"]) {
+      const value = form.elements[name].value.trim();
+      if (value) filters[name] = value;
+    }
+    for (const name of ["since", "until"]) {
+      const value = form.elements[name].value;
+      if (value) filters[name] = new Date(value).toISOString();
+    }
+    return filters;
+  }
+
+  function reportUrl(extra) {
+    const params = new URLSearchParams({ ...state.filters, ...extra });
+    return `/v1/reports/flagged?${params}`;
+  }
+
+  const pageSize = () => Number(document.body.dataset.pageSize) || 50;
+
+  async function loadReport(fresh) {
+    const error = $("error");
+    error.hidden = true;
+    if (fresh) {
+      state.filters = readFilters();
+      state.cursor = null;
+      state.rows = 0;
+      releaseThumbnails();
+      $("rows").replaceChildren();
+    }
+    $("status").textContent = "Loading…";
+    const extra = { limit: String(pageSize()) };
+    if (state.cursor) extra.cursor = state.cursor;
+    try {
+      const page = await apiJson(reportUrl(extra));
+      for (const row of page.items) $("rows").append(reportRow(row));
+      state.rows += page.items.length;
+      state.cursor = page.next_cursor;
+      $("empty").hidden = state.rows > 0;
+      $("load-more").hidden = !state.cursor;
+      $("status").textContent = `${state.rows} flagged image${state.rows === 1 ? "" : "s"} shown`;
+    } catch (err) {
+      $("status").textContent = "";
+      showError(error, err);
+    }
+  }
+
+  function reportRow(row) {
+    const tr = el("tr");
+    tr.dataset.sha256 = row.sha256;
+    const thumb = el("img", null, "thumb");
+    thumb.alt = `Thumbnail of image ${row.sha256.slice(0, 12)}`;
+    thumb.width = 48;
+    thumb.height = 48;
+    loadThumbnail(thumb, row.sha256);
+    const sha = el("code", row.sha256.slice(0, 12));
+    sha.title = row.sha256;
+    const details = el("button", "Details", "row-details");
+    details.type = "button";
+    details.setAttribute("aria-label", `Details of image ${row.sha256.slice(0, 12)}`);
+    details.addEventListener("click", () => showDetails(row.sha256));
+    const cells = [
+      thumb, sha, el("span", row.label), el("span", score(row.score)), el("span", row.site || "—"),
+      safeLink(row.page_url), el("span", when(row.seen_at)), details,
+    ];
+    const classes = ["", "sha", "label", "score", "site", "page-url", "seen", ""];
+    cells.forEach((child, i) => {
+      const td = el("td", null, classes[i]);
+      td.append(child);
+      tr.append(td);
+    });
+    return tr;
+  }
+
+  async function loadThumbnail(img, sha256) {
+    try {
+      const blob = await (await api(`/v1/images/${encodeURIComponent(sha256)}/raw`)).blob();
+      const url = URL.createObjectURL(blob);
+      state.objectUrls.push(url);
+      img.src = url;
+    } catch (_) {
+      img.alt = `No thumbnail for image ${sha256.slice(0, 12)}`;
+    }
+  }
+
+  function releaseThumbnails() {
+    for (const url of state.objectUrls) URL.revokeObjectURL(url);
+    state.objectUrls = [];
+  }
+
+  async function exportCsv() {
+    const error = $("error");
+    error.hidden = true;
+    try {
+      const blob = await (await api(reportUrl({ format: "csv", limit: "1000" }))).blob();
+      const url = URL.createObjectURL(new Blob([blob], { type: "text/csv" }));
+      const link = el("a");
+      link.href = url;
+      link.download = `flagged-${new Date().toISOString().slice(0, 10)}.csv`;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      $("status").textContent = "CSV exported";
+    } catch (err) {
+      showError(error, err);
+    }
+  }
+
+  // --- image details ----------------------------------------------------------------------------------------
+
+  async function showDetails(sha256) {
+    try {
+      const image = await apiJson(`/v1/images/${encodeURIComponent(sha256)}`);
+      const facts = $("details-facts");
+      facts.replaceChildren();
+      const verdict = image.verdicts[0] || {};
+      for (const [name, value] of [
+        ["SHA-256", image.sha256], ["Format", `${image.format} ${image.width}×${image.height}`],
+        ["Label", verdict.label || "—"], ["Score", score(verdict.score)], ["Sightings", image.sightings],
+        ["First seen", when(image.first_seen)], ["Last seen", when(image.last_seen)],
+      ]) facts.append(el("dt", name), el("dd", value));
+      const pages = $("details-pages");
+      pages.replaceChildren();
+      for (const sighting of image.recent_sightings) {
+        const li = el("li");
+        li.append(safeLink(sighting.page_url), el("span", ` · ${sighting.site || "—"} · ${when(sighting.seen_at)}`, "muted"));
+        pages.append(li);
+      }
+      if (!image.recent_sightings.length) pages.append(el("li", "No page recorded", "muted"));
+      $("details").hidden = false;
+      $("details-title").focus();
+    } catch (err) {
+      showError($("error"), err);
+    }
+  }
+
+  // --- audit history ----------------------------------------------------------------------------------------
+
+  async function loadAudits() {
+    const list = $("audit-list");
+    list.replaceChildren();
+    try {
+      const audits = (await apiJson("/v1/audits")).items;
+      $("audits-empty").hidden = audits.length > 0;
+      for (const audit of audits) {
+        const runs = (await apiJson(`/v1/audits/${encodeURIComponent(audit.id)}/runs`)).items;
+        list.append(auditBlock(audit, runs.slice().reverse()));
+      }
+    } catch (err) {
+      const message = el("p", null, "error");
+      showError(message, err);
+      list.append(message);
+    }
+  }
+
+  function auditBlock(audit, runs) {
+    const block = el("article", null, "audit");
+    block.dataset.auditId = audit.id;
+    block.append(el("h3", `${audit.name || audit.site} — ${audit.schedule}`));
+    if (!runs.length) {
+      block.append(el("p", "No runs yet.", "empty"));
+      return block;
+    }
+    block.append(chart(audit, runs), runsTable(runs));
+    return block;
+  }
+
+  function chart(audit, runs) {
+    const width = 480, height = 160, left = 36, right = 12, top = 12, bottom = 28;
+    const times = runs.map((run) => Date.parse(run.started_at));
+    const t0 = Math.min(...times), t1 = Math.max(...times);
+    const most = Math.max(1, ...runs.map((run) => run.flagged));
+    const x = (i) => (t1 > t0 ? left + ((times[i] - t0) / (t1 - t0)) * (width - left - right)
+      : left + (runs.length === 1 ? (width - left - right) / 2 : (i / (runs.length - 1)) * (width - left - right)));
+    const y = (value) => top + (1 - value / most) * (height - top - bottom);
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+    root.setAttribute("aria-label", `Flagged images per run of ${audit.name || audit.site}: ` +
+      runs.map((run) => `${when(run.started_at)} ${run.flagged}`).join(", "));
+    root.append(svg("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }));
+    root.append(svg("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }));
+    for (const value of [0, most]) {
+      const label = svg("text", { x: left - 6, y: y(value) + 3, "text-anchor": "end" });
+      label.textContent = String(value);
+      root.append(label);
+    }
+    const points = runs.map((run, i) => `${x(i).toFixed(1)},${y(run.flagged).toFixed(1)}`);
+    root.append(svg("polyline", { points: points.join(" "), class: "line" }));
+    runs.forEach((run, i) => {
+      const dot = svg("circle", { cx: x(i).toFixed(1), cy: y(run.flagged).toFixed(1), r: 4, class: "run-point" });
+      dot.dataset.flagged = String(run.flagged);
+      const title = svg("title");
+      title.textContent = `${when(run.started_at)}: ${run.flagged} flagged (${run.status})`;
+      dot.append(title);
+      root.append(dot);
+    });
+    for (const i of runs.length > 1 ? [0, runs.length - 1] : [0]) {
+      const label = svg("text", { x: x(i), y: height - 8, "text-anchor": i === 0 && runs.length > 1 ? "start" : "end" });
+      label.textContent = new Date(times[i]).toLocaleDateString();
+      root.append(label);
+    }
+    return root;
+  }
+
+  function runsTable(runs) {
+    const table = el("table", null, "runs");
+    table.append(el("caption", "Runs, oldest first"));
+    const head = el("tr");
+    for (const name of ["Started", "Status", "Pages", "Images", "Flagged", "Newly flagged"]) {
+      const th = el("th", name);
+      th.scope = "col";
+      head.append(th);
+    }
+    table.append(el("thead"));
+    table.tHead.append(head);
+    const body = el("tbody");
+    for (const run of runs) {
+      const tr = el("tr");
+      for (const value of [when(run.started_at), run.status, run.pages, run.images, run.flagged, run.newly_flagged]) {
+        tr.append(el("td", value));
+      }
+      body.append(tr);
+    }
+    table.append(body);
+    return table;
+  }
+
+  // --- wiring ---------------------------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    $("signin-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", signOut);
+    $("filters").addEventListener("submit", (event) => { event.preventDefault(); loadReport(true); });
+    $("filters").addEventListener("reset", () => setTimeout(() => loadReport(true), 0));
+    $("load-more").addEventListener("click", () => loadReport(false));
+    $("export").addEventListener("click", exportCsv);
+    $("details-close").addEventListener("click", () => { $("details").hidden = true; });
+    const key = apiKey();
+    if (!key) return;
+    try {
+      enter(await apiJson("/v1/me", key));
+    } catch (err) {
+      sessionStorage.removeItem(KEY_ITEM);
+      showError($("signin-error"), err);
+    }
+  });
+})();
