@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the test suite talks to exist and run on this machine:
 #   redis-server   installed (the tests start their own servers on free ports, so they may restart them)
+#   nodejs, npm    installed (the extension's JavaScript is linted with ESLint)
 #   PostgreSQL     installed and answering on 127.0.0.1:5432 (the tests create and drop their own databases)
 # Installs Debian packages only when missing; starts PostgreSQL only when it is down.
 set -euo pipefail
@@ -12,6 +13,8 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null || apt_install redis-server
+# The extension's lint (ESLint from the npm registry) needs Node.js and npm.
+command -v npm >/dev/null || apt_install nodejs npm
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 if ! command -v pg_isready >/dev/null; then
