@@ -116,7 +116,7 @@ def _seed_audit(session, tenant_id: int, flagged_counts: list[int]) -> None:  # 
         session.get_one(AuditRun, run_id).started_at = T0 + dt.timedelta(days=7 * n)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardApi]:
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("dashboard"), rate_limit_per_minute=100_000, rate_limit_burst=100_000
@@ -139,7 +139,7 @@ def dashboard_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboar
 # --- the browser ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: sync Playwright keeps an event loop running while it lives
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
