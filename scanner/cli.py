@@ -24,8 +24,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "models"
+from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
+
+MODELS_DIR = BUNDLED_ROBUST.parent
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -34,8 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="crawl a local demo site whose images are partly attacked, end to end")
     demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder tarball or tree")
-    demo.add_argument("--robust", type=Path, default=MODELS_DIR / "otjr-preact18-w0.125")
-    demo.add_argument("--standard", type=Path, default=MODELS_DIR / "standard-preact18-w0.125")
+    demo.add_argument("--robust", type=Path, default=BUNDLED_ROBUST)
+    demo.add_argument("--standard", type=Path, default=BUNDLED_STANDARD)
     demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
     demo.add_argument("--per-page", type=int, default=5, help="images per page")
     demo.add_argument("--eps", default="8/255")
@@ -238,12 +239,13 @@ def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
         print("error: set SCANNER_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", file=sys.stderr)
         return 2
     from scanner.db import migrate
-    from scanner.db.session import make_engine
     from worker.celery_app import QUEUE
     from worker.tasks import create_worker_app
 
-    if not migrate.is_up_to_date(make_engine(settings.db_url)):
-        print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
+    try:
+        migrate.current_engine(settings.db_url, upgrade_if_behind=False).dispose()
+    except migrate.SchemaOutOfDate as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     from scanner.audits.cli import worker_arguments
 
@@ -294,14 +296,13 @@ def _keys(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
 
     from scanner.db import keys, migrate
     from scanner.db.models import ApiKey, Tenant
-    from scanner.db.session import make_engine, make_sessionmaker, transaction
+    from scanner.db.session import make_sessionmaker, transaction
 
-    engine = make_engine(settings.db_url)
-    if not migrate.is_up_to_date(engine):
-        if not settings.embedded:
-            print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
-            return 2
-        migrate.upgrade(settings.db_url)
+    try:
+        engine = migrate.current_engine(settings.db_url, upgrade_if_behind=settings.embedded)
+    except migrate.SchemaOutOfDate as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     sessions = make_sessionmaker(engine)
     with transaction(sessions) as session:
         if args.keys_command == "create":

@@ -110,16 +110,17 @@ async def crawl_and_scan(
     async with Crawler(config) as crawler:
         with _progress(console) as progress:
             task = progress.add_task("crawl", total=None, **_fields(crawler.stats, outcome))
+            # Verdicts are followed in the background while pages render, then in the foreground until done.
             poller = asyncio.create_task(_poll_forever(client, outcome))
             try:
                 async for page in crawler.crawl(resume=resume):
                     await _submit_page(client, page, outcome)
                     progress.update(task, **_fields(crawler.stats, outcome))
-                await _wait_for_verdicts(client, outcome, progress, task, crawler.stats)
             finally:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await _wait_for_verdicts(client, outcome, progress, task, crawler.stats)
     outcome.elapsed_s = time.monotonic() - started
     return outcome
 

@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from scanner.cli import DEFAULT_DATA, MODELS_DIR  # noqa: E402,F401 - one definition, re-exported
 from training.attacks import parse_eps, pgd, predict
 from training.bundle import load
 from training.data import load_splits, seeded_subset, to_float

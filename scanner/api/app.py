@@ -8,9 +8,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,11 +21,12 @@ from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
 from scanner.db import keys, migrate
 from scanner.db.models import ApiKey, utcnow
-from scanner.db.session import make_engine, make_sessionmaker
+from scanner.db.session import make_sessionmaker
 from scanner.settings import Settings
 from scanner.versions import ServedVersions, served_versions
 
 log = logging.getLogger(__name__)
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LAST_USED_EVERY_S = 60.0  # last_used_at is written at most this often per key: reads stay read-only
 
@@ -172,6 +174,17 @@ def require_scope(request: web.Request, *scopes: str) -> ApiKey:
     return key
 
 
+async def json_body(request: web.Request, model: type[BodyModel]) -> BodyModel:
+    """The request's JSON body validated by ``model``: 415 when it is not JSON, 422 listing what is wrong."""
+    if request.content_type != "application/json":
+        raise Problem(415, "unsupported_media_type", "send application/json")
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as err:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
+        raise Problem(422, "invalid_body", detail) from err
+
+
 # --- the application ----------------------------------------------------------------------------------------
 
 
@@ -194,8 +207,9 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        svc.db = make_engine(settings.db_url)
-        await in_thread(_check_schema, svc.db, settings)
+        # The embedded mode migrates its own SQLite file; a shared database is migrated deliberately, so a
+        # server never changes a schema other processes are using.
+        svc.db = await in_thread(migrate.current_engine, settings.db_url, settings.embedded)
         svc.sessions = make_sessionmaker(svc.db)
         svc.dispatcher = make_dispatcher(settings, svc.sessions, engine)
         await svc.dispatcher.start()
@@ -206,16 +220,3 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     return app
 
-
-def _check_schema(db: Engine, settings: Settings) -> None:
-    """The embedded mode migrates its own SQLite file; a shared database is migrated deliberately
-    (``scanner db upgrade``), so a server never changes a schema other processes are using."""
-    if migrate.is_up_to_date(db):
-        return
-    if settings.embedded:
-        migrate.upgrade(settings.db_url)
-        return
-    raise RuntimeError(
-        f"the database schema is at {migrate.current_revision(db)}, the code needs {migrate.head_revision()}: "
-        "run `scanner db upgrade`"
-    )

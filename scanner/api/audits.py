@@ -13,9 +13,8 @@ import re
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from scanner.api.app import in_thread, require_scope, services
+from scanner.api.app import in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
 from scanner.audits import store
@@ -55,13 +54,7 @@ def _not_found(audit_id: int) -> Problem:
 
 async def create_audit(request: web.Request) -> web.Response:
     key = require_scope(request, "scans:write")
-    if request.content_type != "application/json":
-        raise Problem(415, "unsupported_media_type", "send application/json")
-    try:
-        body = AuditRequest.model_validate_json(await request.read())
-    except ValidationError as err:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
-        raise Problem(422, "invalid_body", detail) from err
+    body = await json_body(request, AuditRequest)
     spec = _spec(body, services(request).settings)
     document = await in_thread(_create, request, key.tenant_id, spec)
     return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})

@@ -311,6 +311,13 @@ def _scan_created(description: str) -> dict[str, Any]:
     }
 
 
+SHA256 = {
+    "name": "sha256",
+    "in": "path",
+    "required": True,
+    "description": "the SHA-256 of the image bytes, 64 hex digits (either case)",
+    "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
+}
 SCAN_ID = {
     "name": "scan_id",
     "in": "path",
@@ -412,15 +419,7 @@ def get_image() -> dict[str, Any]:
         "description": "Needs the scope reports:read.",
         "tags": ["images"],
         "security": SECURITY,
-        "parameters": [
-            {
-                "name": "sha256",
-                "in": "path",
-                "required": True,
-                "description": "the SHA-256 of the image bytes, 64 hex digits (either case)",
-                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
-            }
-        ],
+        "parameters": [SHA256],
         "responses": _authenticated(
             {
                 "200": {"description": "the image", "content": _json("ImageOut")},
@@ -440,15 +439,7 @@ def post_feedback() -> dict[str, Any]:
         "description": "Needs the scope scans:write. Kept against the versions the server serves now.",
         "tags": ["images"],
         "security": SECURITY,
-        "parameters": [
-            {
-                "name": "sha256",
-                "in": "path",
-                "required": True,
-                "description": "the SHA-256 of the image bytes, 64 hex digits (either case)",
-                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{64}$"},
-            }
-        ],
+        "parameters": [SHA256],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": SCHEMA_REF.format(model="FeedbackRequest")}}},

@@ -16,11 +16,10 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from sqlalchemy import text
 
 from scanner.api import audits, dashboard, intake
-from scanner.api.app import KEY, in_thread, require_scope, services
+from scanner.api.app import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.db import queries
@@ -222,13 +221,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     calibration can be checked against what people reported."""
     key = require_scope(request, "scans:write")
     sha256 = request.match_info["sha256"].lower()
-    if request.content_type != "application/json":
-        raise Problem(415, "unsupported_media_type", "send application/json")
-    try:
-        body = FeedbackRequest.model_validate_json(await request.read())
-    except ValidationError as err:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
-        raise Problem(422, "invalid_body", detail) from err
+    body = await json_body(request, FeedbackRequest)
     document = await in_thread(_record_feedback, request, key, sha256, body)
     return web.json_response(document, status=201)
 

@@ -70,14 +70,13 @@ def worker_arguments(args: argparse.Namespace, app: Any, settings: Settings) -> 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.db import migrate
-    from scanner.db.session import make_engine, make_sessionmaker
+    from scanner.db.session import make_sessionmaker
 
-    engine = make_engine(settings.db_url)
-    if not migrate.is_up_to_date(engine):
-        if not settings.embedded:
-            print("error: the database schema is not current: run `scanner db upgrade`", file=sys.stderr)
-            return 2
-        migrate.upgrade(settings.db_url)
+    try:
+        engine = migrate.current_engine(settings.db_url, upgrade_if_behind=settings.embedded)
+    except migrate.SchemaOutOfDate as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     sessions = make_sessionmaker(engine)
     handlers = {"add": _add, "list": _list, "run": _run, "history": _history, "remove": _remove}
     try:

@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
+from scanner.db.session import make_engine
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -41,3 +42,19 @@ def current_revision(engine: Engine) -> str | None:
 
 def is_up_to_date(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database is behind the code, and this process may not migrate it."""
+
+
+def current_engine(url: str, upgrade_if_behind: bool) -> Engine:
+    """An engine on a database at the newest schema.  Only the embedded mode migrates on its own
+    (``upgrade_if_behind``); a shared database is migrated deliberately, with ``scanner db upgrade``."""
+    engine = make_engine(url)
+    if not is_up_to_date(engine):
+        if not upgrade_if_behind:
+            engine.dispose()
+            raise SchemaOutOfDate("the database schema is not current: run `scanner db upgrade`")
+        upgrade(url)
+    return engine

@@ -18,7 +18,7 @@ from scanner.db.models import AuditRun, Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, start_api
+from tests.service.conftest import RunningApi, start_api, verdict_with_score
 
 T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
@@ -59,19 +59,7 @@ def png(seed: int, size: int = 24) -> bytes:
 
 
 def _verdict(versions: object, label: str, score: float) -> dict:
-    return {
-        "model_version": versions.model_version,  # type: ignore[attr-defined]
-        "calibration_version": versions.calibration_version,  # type: ignore[attr-defined]
-        "label": label,
-        "label_index": 0,
-        "confidence": 0.9,
-        "top_k": [[label, 0.9]],
-        "scores": {"kl_rs": score},
-        "combined": score,
-        "flagged": score > 1.0,
-        "threshold": 1.0,
-        "timings_ms": {"inference": 1.0},
-    }
+    return verdict_with_score(versions.model_version, versions.calibration_version, label, score)  # type: ignore[attr-defined]
 
 
 PLAN = {

@@ -17,25 +17,9 @@ from scanner.db.models import Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, http, start_api
+from tests.service.conftest import RunningApi, http, start_api, verdict_with_score
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-
-
-def _verdict(model_version: str, calibration_version: str, label: str, score: float) -> dict:
-    return {
-        "model_version": model_version,
-        "calibration_version": calibration_version,
-        "label": label,
-        "label_index": 0,
-        "confidence": 0.9,
-        "top_k": [[label, 0.9]],
-        "scores": {"kl_rs": score},
-        "combined": score,
-        "flagged": score > 1.0,
-        "threshold": 1.0,
-        "timings_ms": {"inference": 1.0},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +50,9 @@ def reports_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
             queries.write_verdict(
                 session,
                 image.id,
-                _verdict(versions.model_version, versions.calibration_version, "cat" if i % 2 == 0 else "dog", score),
+                verdict_with_score(
+                    versions.model_version, versions.calibration_version, "cat" if i % 2 == 0 else "dog", score
+                ),
             )
             assert item.image_id == image.id
         # A globex sighting of one flagged acme image, and a globex-only flagged image.
@@ -78,7 +64,7 @@ def reports_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
         own = queries.record_image(session, "f" * 64, b"own", "PNG", 32, 32)
         queries.add_item(session, scan, 1, image=own)
         queries.write_verdict(
-            session, own.id, _verdict(versions.model_version, versions.calibration_version, "cat", 5.0)
+            session, own.id, verdict_with_score(versions.model_version, versions.calibration_version, "cat", 5.0)
         )
     yield running, tokens
     running.stop()
