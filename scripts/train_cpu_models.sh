@@ -27,6 +27,13 @@ done
 wait
 evals=(); for method in "${methods[@]}"; do evals+=(--eval "runs/eval-$method/eval.json"); done
 $py scripts/collect_results.py "${evals[@]}" --results results --ship otjr --ship standard --models models
-# The detector calibration shipped beside the OTJR bundle (1% false-positive rate).
+# The perturbation detector and the detector calibration shipped beside the OTJR bundle (1% false-positive
+# rate), then the detection report (results/detection.json) against a separately trained transfer source.
+$py -m worker.train_detector --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+  --data-dir "$data" --n 24000 --epochs 12 --threads 2
 $py -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
-  --data-dir "$data" --n-clean 1000 --n-adv 600 --threads 2
+  --data-dir "$data" --n-clean 4000 --n-adv 1200 --threads 2
+$py -m training train --method standard "${common[@]}" --seed 1 --out runs/std-seed1 > runs/train-std-seed1.log 2>&1
+$py -m worker.evaluate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+  --transfer-source runs/std-seed1/best --data-dir "$data" --n 1000 --steps 10 --adaptive-steps 40 \
+  --square-queries 500 --threads 2 --out results

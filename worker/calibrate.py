@@ -40,7 +40,7 @@ from worker.benign import BENIGN, quantise
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.combiner import fit_combiner
-from worker.engine.engine import Engine
+from worker.engine.engine import Engine, default_detector_dir
 
 DEFAULT_HOLDOUT = 1000  # training.trainer.TrainConfig.holdout
 
@@ -83,8 +83,31 @@ def holdout_of(metadata: dict[str, Any]) -> int:
     return int(match.group(1)) if match else DEFAULT_HOLDOUT
 
 
-def unseen_pool(n_train: int, bundles: Sequence[Bundle]) -> tuple[torch.Tensor, str]:
-    """Indices of training images no bundle trained on (as trainer.py selects them), and how they were found."""
+def detector_images(pool: torch.Tensor, seed: int, n: int) -> torch.Tensor:
+    """The pool images a perturbation detector trained with ``seed`` and ``n`` used (``worker.train_detector``)."""
+    if n > len(pool):
+        raise ValueError(f"asked for {n} images but the pool holds {len(pool)}")
+    return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def unseen_pool(n_train: int, bundles: Sequence[Bundle], detector: Bundle | None = None) -> tuple[torch.Tensor, str]:
+    """Indices of training images no bundle trained on (as trainer.py selects them), and how they were found.
+
+    With a perturbation detector, the images it trained on (drawn from the models' unseen pool) are left out too.
+    """
+    pool, note = _models_unseen_pool(n_train, bundles)
+    if detector is None:
+        return pool, note
+    record = detector.metadata.get("training") or {}
+    if "seed" not in record or "pool_images" not in record:
+        raise ValueError(f"{detector.path} records no training images; retrain it with worker.train_detector")
+    used = torch.zeros(n_train, dtype=torch.bool)
+    used[detector_images(pool, int(record["seed"]), int(record["pool_images"]))] = True
+    keep = pool[~used[pool]]
+    return keep, f"{len(keep)} training images that neither bundle nor the perturbation detector trained on"
+
+
+def _models_unseen_pool(n_train: int, bundles: Sequence[Bundle]) -> tuple[torch.Tensor, str]:
     used = torch.zeros(n_train, dtype=torch.bool)
     for bundle in bundles:
         record = bundle.metadata.get("training") or {}
@@ -119,15 +142,23 @@ def score_all(engine: Engine, x: torch.Tensor, batch: int, progress: Progress, l
 
 
 def attack_all(
-    engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, seed: int, progress: Progress
+    engine: Engine,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch: int,
+    seed: int,
+    progress: Progress,
+    mix: Sequence[AttackSpec] = ATTACK_MIX,
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """Adversarial copies (8-bit), the attack name of each and whether it fooled its target."""
+    """Adversarial copies (8-bit), the attack name of each (round-robin over ``mix``) and whether it fooled
+    its target."""
     torch.manual_seed(seed)
-    assignment = torch.arange(len(x)) % len(ATTACK_MIX)
+    assignment = torch.arange(len(x)) % len(mix)
     out = torch.empty_like(x)
     fooled = torch.zeros(len(x), dtype=torch.bool)
     task = progress.add_task("attacking (train split)", total=len(x))
-    for index, spec in enumerate(ATTACK_MIX):
+    for index, spec in enumerate(mix):
         chosen = (assignment == index).nonzero().squeeze(1)
         for start in range(0, len(chosen), batch):
             idx = chosen[start : start + batch]
@@ -138,7 +169,7 @@ def attack_all(
                 fooled[idx] = (model(adv).argmax(1) != ys).cpu()
             out[idx] = adv.cpu()
             progress.advance(task, len(idx))
-    return out, [ATTACK_MIX[int(i)].name for i in assignment], fooled
+    return out, [mix[int(i)].name for i in assignment], fooled
 
 
 def apply_benign(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -212,13 +243,19 @@ def run_calibration(
     held_names = [n for n, keep in zip(attack_names, ~fit_mask, strict=True) if keep]
     combined_thr = combiner.logit(s_thr_clean)
     combined_adv = combiner.logit(held_adv)
+    benign_groups: dict[str, torch.Tensor] = {}
+    if benign:
+        combined_benign = combiner.logit(s_held_benign)
+        for name in BENIGN:
+            benign_groups[name] = combined_benign[torch.tensor([n == name for n in benign_names])]
+    operating = calib.operating_threshold(combined_thr, benign_groups, target_fpr)
 
     # Thresholds and measurements for every computed detector (the table); the artefact keeps the chosen.
     all_scores_clean = {**s_thr_clean, "combined": combined_thr}
     all_scores_adv = {**held_adv, "combined": combined_adv}
     table: dict[str, dict[str, float]] = {}
     for name in all_scores_clean:
-        threshold = calib.threshold_for_fpr(all_scores_clean[name], target_fpr)
+        threshold = operating if name == "combined" else calib.threshold_for_fpr(all_scores_clean[name], target_fpr)
         row = {"auroc": calib.roc_auc(all_scores_clean[name], all_scores_adv[name])}
         row["tpr"] = calib.flag_rate(all_scores_adv[name], threshold)
         for spec in ATTACK_MIX:
@@ -227,13 +264,7 @@ def run_calibration(
                 row[spec.name] = calib.roc_auc(all_scores_clean[name], all_scores_adv[name][mask])
         table[name] = row
 
-    benign_rates: dict[str, float] = {}
-    if benign:
-        combined_benign = combiner.logit(s_held_benign)
-        threshold = calib.threshold_for_fpr(combined_thr, target_fpr)
-        for name in BENIGN:
-            mask = torch.tensor([n == name for n in benign_names])
-            benign_rates[name] = calib.flag_rate(combined_benign[mask], threshold)
+    benign_rates = {name: calib.flag_rate(scores, operating) for name, scores in benign_groups.items()}
 
     by_attack = {}
     for spec in ATTACK_MIX:
@@ -272,12 +303,21 @@ def run_calibration(
         combined_clean=combined_thr,
         detector_clean={k: s_thr_clean[k] for k in detectors},
         target_fpr=target_fpr,
-        bundles={"robust": engine.robust.version, "standard": engine.standard.version},
+        bundles=engine_bundles(engine),
         data=data,
         evaluation=evaluation,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        combined_benign=benign_groups,
     )
     return artefact, table
+
+
+def engine_bundles(engine: Engine) -> dict[str, str]:
+    """The bundle versions a calibration for this engine is fitted for."""
+    bundles = {"robust": engine.robust.version, "standard": engine.standard.version}
+    if engine.detector is not None:
+        bundles["detector"] = engine.detector.version
+    return bundles
 
 
 def print_report(console: Console, artefact: calib.Calibration, table: dict[str, dict[str, float]]) -> None:
@@ -323,6 +363,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--cache-dir")
+    parser.add_argument(
+        "--detector", help="perturbation detector bundle (default: perturbation-detector/ in the robust bundle, if any)"
+    )
     parser.add_argument("--out", help="artefact path (default: calibration.json in the robust bundle's folder)")
     return parser.parse_args(argv)
 
@@ -336,16 +379,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     measure = list(det.CATALOGUE) if args.measure == "all" else [d for d in args.measure.split(",") if d]
     measure = list(dict.fromkeys([*keep, *measure]))
     # Built without any existing calibration: this run replaces it, and must score every measured detector.
+    if args.detector is None and default_detector_dir(args.robust).is_dir():
+        args.detector = default_detector_dir(args.robust)
+    detector = load_bundle(args.detector) if args.detector else None
+    if detector is None:
+        needing = [d for d in keep if det.DETECTOR in dict(det.CATALOGUE[d].needs)]
+        if needing:
+            console.print(
+                f"[red]{', '.join(needing)} need a perturbation detector: train one with `python -m "
+                "worker.train_detector`, or leave them out of --detectors"
+            )
+            return 2
+        measure = [d for d in measure if det.DETECTOR not in dict(det.CATALOGUE[d].needs)]
     engine = Engine(
         load_bundle(args.robust), load_bundle(args.standard), None, device=args.device, threads=args.threads,
-        max_batch=args.batch_size, detectors=measure,
+        max_batch=args.batch_size, detectors=measure, detector=detector,
     )  # fmt: skip
     dataset = args.dataset or engine.robust.metadata.get("dataset", "cifar10")
     splits = load_splits(dataset, args.data_dir, Path(args.cache_dir) if args.cache_dir else None)
     if splits.train.classes != engine.classes:
         console.print(f"[red]the data set's classes {splits.train.classes} differ from the bundle's {engine.classes}")
         return 2
-    pool, pool_note = unseen_pool(len(splits.train), [engine.robust, engine.standard])
+    pool, pool_note = unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
     console.print(f"calibration pool: {pool_note}")
     info = {"dataset": dataset, "source": splits.source, "pool": pool_note}
     try:

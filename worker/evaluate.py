@@ -1,7 +1,7 @@
 """Detection on test images the detector never saw: attacks, benign changes, and one adaptive attack.
 
     python -m worker.evaluate --robust runs/cpu-otjr/best --standard runs/cpu-standard/best \
-        --transfer-source /tmp/std-seed1/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 --out results
+        --transfer-source runs/std-seed1/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 --out results
 
 What is measured
     A seeded subset of the TEST split (``worker.calibrate`` uses only the training split, so neither the
@@ -22,9 +22,10 @@ What is measured
     - ``adaptive-E``: white-box against models AND detector.  PGD maximising
       ``min(margin(x'), kappa) - lambda * max(combined(x') - threshold, -kappa)``, where margin is the
       attacked model's CW margin and combined is the detector's combined score computed differentiably
-      (every default detector is differentiable: KL, disagreement, uncertainty and the 2x2 median are
-      min/max networks; the non-differentiable squeezers, bit depth and JPEG, would get BPDA, i.e. the
-      identity on the backward pass).  The hinges make it push on whichever goal is still unmet; iterates
+      (every default detector is differentiable: KL, disagreement, uncertainty and the perturbation
+      detector's -log p_clean are plain network outputs, the 2x2 median is a min/max network; the
+      non-differentiable squeezers, bit depth and JPEG, would get BPDA, i.e. the identity on the backward
+      pass).  The hinges make it push on whichever goal is still unmet; iterates
       stay on the 8-bit grid, and per image it keeps the first iterate that is misclassified AND unflagged.
 
     Per attack: AUROC of the combined score (adversarial against clean test images), TPR at 1% and 5% FPR
@@ -709,6 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": {
             "robust": bundle_info(engine.robust),
             "standard": bundle_info(engine.standard),
+            "perturbation_detector": bundle_info(engine.detector) if engine.detector is not None else None,
             "transfer_source": bundle_info(transfer) if transfer is not None else None,
             "model_version": engine.model_version,
         },

@@ -45,10 +45,34 @@ def make_bundle(directory: Path, seed: int, method: str, train_images: int = 6) 
     return bundle.save(model, metadata, directory)
 
 
+def make_detector_bundle(directory: Path, seed: int = 3, pool_images: int = 4) -> Path:
+    """A tiny perturbation detector (width 4), with the training record ``worker.calibrate`` reads."""
+    torch.manual_seed(seed)
+    model = build_model("perturbation-cnn", 2, MEAN, STD, width=4)
+    metadata = {
+        "arch": "perturbation-cnn",
+        "width": 4,
+        "num_classes": 2,
+        "classes": ["clean", "adversarial"],
+        "input_size": INPUT_SIZE,
+        "mean": MEAN,
+        "std": STD,
+        "method": "perturbation-detector",
+        "training": {"kind": "perturbation-detector", "seed": seed, "pool_images": pool_images},
+        "command": f"python -m worker.train_detector --n {pool_images} --seed {seed}",
+        "metrics": {},
+    }
+    return bundle.save(model, metadata, directory)
+
+
 @pytest.fixture(scope="session")
 def bundle_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny robust bundle (with a tiny perturbation detector in its perturbation-detector/ folder, where
+    the engine looks for it) and the tiny standard one."""
     root = tmp_path_factory.mktemp("bundles")
-    return make_bundle(root / "robust", 1, "otjr"), make_bundle(root / "standard", 2, "standard")
+    robust = make_bundle(root / "robust", 1, "otjr")
+    make_detector_bundle(robust / "perturbation-detector")
+    return robust, make_bundle(root / "standard", 2, "standard")
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import torch
 from training.bundle import Bundle
 from training.data import ArrayDataset, load_splits, split_holdout
 from worker import calibrate
+from worker.benign import BENIGN
 from worker.engine import calibration as calib
 from worker.engine.engine import Engine, EngineError
 
@@ -29,6 +30,19 @@ def test_threshold_never_exceeds_the_target_with_ties_or_few_samples():
     assert calib.flag_rate(tied, calib.threshold_for_fpr(tied, 0.01)) <= 0.01
     few = torch.arange(10.0)
     assert calib.flag_rate(few, calib.threshold_for_fpr(few, 0.01)) == 0.0
+
+
+def test_operating_threshold_keeps_every_group_at_or_below_the_target_and_no_higher_than_needed():
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.randn(1000, generator=generator)
+    groups = {"noise": torch.randn(500, generator=generator) + 1.0, "jpeg": torch.randn(300, generator=generator)}
+    threshold = calib.operating_threshold(clean, groups, 0.01)
+    assert all(calib.flag_rate(g, threshold) <= 0.01 for g in [clean, *groups.values()])
+    # The noisier group sets it: one step lower would flag more than 1% of those images.
+    noise = groups["noise"].sort(descending=True).values
+    assert threshold == pytest.approx(float(noise[5])) and calib.flag_rate(noise, float(noise[6])) > 0.01
+    assert calib.operating_threshold(clean, None, 0.01) == calib.threshold_for_fpr(clean, 0.01)
+    assert calib.operating_threshold(clean, {"empty": torch.empty(0)}, 0.01) == calib.threshold_for_fpr(clean, 0.01)
 
 
 def test_roc_auc_and_upper_bound():
@@ -61,7 +75,7 @@ def fitted(bundle_dirs, tiny_tarball):
     robust, standard = bundle_dirs
     engine = Engine.from_bundles(robust, standard, threads=1, max_batch=32, detectors=list(calibrate.det.CATALOGUE))
     splits = load_splits("imagefolder", tiny_tarball)
-    pool, _ = calibrate.unseen_pool(len(splits.train), [engine.robust, engine.standard])
+    pool, _ = calibrate.unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
     keep = list(calibrate.det.DEFAULT_DETECTORS)
     artefact, table = calibrate.run_calibration(
         engine, splits.train, pool, n_clean=24, n_adv=18, detectors=keep, target_fpr=0.1, steps=2, batch=32
@@ -81,13 +95,21 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     assert calib.flag_rate(combined, artefact.threshold) == pytest.approx(artefact.measured_fpr)
     assert set(artefact.detector_thresholds) == set(artefact.detectors)
     assert "combined" in table and all(0 <= row["auroc"] <= 1 for row in table.values())
+    # The operating point keeps every benign change at or below the target too, not only pristine images.
+    benign = artefact.evaluation["benign_flag_rate"]
+    assert set(benign) == set(BENIGN) and all(rate <= artefact.target_fpr for rate in benign.values())
 
 
 def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_path):
     engine, *_, artefact, _ = fitted
     path = calib.save(artefact, tmp_path / "calibration.json")
-    loaded = calib.load(path, engine.robust.version, engine.standard.version)
+    loaded = calib.load(path)
     assert loaded == artefact and len(loaded.version) == 16
+    assert loaded.bundles == {"robust": engine.robust.version, "standard": engine.standard.version,
+                              "detector": engine.detector.version}  # fmt: skip
+    loaded.check_bundles(engine.robust.version, engine.standard.version, engine.detector.version)
+    with pytest.raises(calib.CalibrationError, match="fitted for bundles"):  # the detector is part of the fit
+        loaded.check_bundles(engine.robust.version, engine.standard.version)
     with pytest.raises(calib.CalibrationError, match="fitted for bundles"):
         calib.load(path, engine.robust.version, "0000000000000000")
     with pytest.raises(calib.CalibrationError, match="fitted for bundles"):
@@ -101,14 +123,14 @@ def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_pat
 
 def test_calibrated_engine_flags_by_the_threshold(fitted):
     engine, *_, artefact, _ = fitted
-    served = Engine(engine.robust, engine.standard, artefact, threads=1)
+    served = Engine(engine.robust, engine.standard, artefact, threads=1, detector=engine.detector)
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     for verdict in served.analyse_tensor(x):
         assert verdict.calibration_version == artefact.version
         assert verdict.flagged == (verdict.combined > artefact.threshold)
         assert set(verdict.scores) == set(artefact.detectors)
     with pytest.raises(EngineError, match="detectors differ"):
-        Engine(engine.robust, engine.standard, artefact, threads=1, detectors=["kl_rs"])
+        Engine(engine.robust, engine.standard, artefact, threads=1, detectors=["kl_rs"], detector=engine.detector)
 
 
 def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, tmp_path, capsys):

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
 from training.models.wide_resnet import WideResNet
 
-ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10")
+ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10")  # classifiers (``python -m training train --arch``)
+DETECTOR_ARCHITECTURES = ("perturbation-cnn",)  # ``python -m worker.train_detector``
 
 
 class Normalized(nn.Module):
@@ -37,13 +39,19 @@ def build_model(
     std: Sequence[float],
     width: float = 1.0,
 ) -> Normalized:
-    """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1]."""
+    """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1].
+
+    ``width`` multiplies the ResNets' channels; for ``perturbation-cnn`` it is the channel count itself.
+    """
     in_channels = len(mean)
     if arch == "preact18":
         net: nn.Module = PreActResNet18(num_classes, in_channels, width)
     elif arch in ("wrn34-10", "wrn28-10"):
         depth = int(arch[3:5])
         net = WideResNet(depth, 10, num_classes, in_channels, width)
+    elif arch == "perturbation-cnn":
+        net = PerturbationCNN(num_classes, in_channels, int(width))
     else:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        known = ", ".join(ARCHITECTURES + DETECTOR_ARCHITECTURES)
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {known}")
     return Normalized(net, mean, std)

@@ -51,6 +51,18 @@ def threshold_for_fpr(clean_scores: torch.Tensor | np.ndarray, target_fpr: float
     return float(values[min(allowed, len(values) - 1)])
 
 
+def operating_threshold(
+    clean_scores: torch.Tensor | np.ndarray,
+    benign_groups: Mapping[str, torch.Tensor | np.ndarray] | None,
+    target_fpr: float,
+) -> float:
+    """The threshold that keeps clean images AND each group of benignly changed images (re-compressed,
+    resized, noisy...) at or below ``target_fpr``: ordinary images on the web come in all those forms, and a
+    threshold set on pristine images alone would flag the noisy ones far more often than stated."""
+    groups = [g for g in (benign_groups or {}).values() if len(np.asarray(g).reshape(-1))]
+    return max([threshold_for_fpr(clean_scores, target_fpr)] + [threshold_for_fpr(g, target_fpr) for g in groups])
+
+
 def flag_rate(scores: torch.Tensor | np.ndarray, threshold: float) -> float:
     values = np.asarray(scores, dtype=np.float64).reshape(-1)
     return float((values > threshold).mean()) if len(values) else float("nan")
@@ -113,8 +125,11 @@ class Calibration:
         text = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), allow_nan=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def check_bundles(self, robust_version: str, standard_version: str) -> None:
+    def check_bundles(self, robust_version: str, standard_version: str, detector_version: str | None = None) -> None:
+        """The loaded bundles must be the ones this was fitted for (the perturbation detector too, if any)."""
         wanted = {"robust": robust_version, "standard": standard_version}
+        if detector_version is not None:
+            wanted["detector"] = detector_version
         if self.bundles != wanted:
             raise CalibrationError(
                 f"calibration {self.version} was fitted for bundles {self.bundles}, not for the loaded {wanted}; "
@@ -133,9 +148,11 @@ def build(
     data: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None = None,
     created: str = "",
+    combined_benign: Mapping[str, torch.Tensor] | None = None,
 ) -> Calibration:
-    """Set the combined and per-detector thresholds on held-out clean scores and version the result."""
-    threshold = threshold_for_fpr(combined_clean, target_fpr)
+    """Set the combined threshold (see ``operating_threshold``) and per-detector ones on held-out scores
+    and version the result."""
+    threshold = operating_threshold(combined_clean, combined_benign, target_fpr)
     n = len(combined_clean)
     false_positives = int(round(flag_rate(combined_clean, threshold) * n))
     calibration = Calibration(

@@ -1,7 +1,9 @@
 """The engine: image bytes in, verdicts out.
 
 One ``Engine`` holds the robust bundle (the model whose label we report), its standard companion (the
-reference the detectors compare against) and the detector calibration.  It is built once per process
+reference the detectors compare against), the perturbation detector (a small CNN bundle kept in the robust
+bundle's ``perturbation-detector/`` folder, trained for this pair by ``worker.train_detector``) and the
+detector calibration.  It is built once per process
 (``load_engine`` memoises it; a Celery worker builds it in ``worker_process_init``, since CUDA cannot be
 re-initialised in a forked child) and then fed batches of at most ``max_batch`` images.
 
@@ -35,6 +37,7 @@ from worker.engine import detectors as det
 from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
 
 log = logging.getLogger(__name__)
+DETECTOR_FOLDER = "perturbation-detector"
 
 
 class EngineError(RuntimeError):
@@ -89,15 +92,19 @@ class Engine:
         limits: ImageLimits | None = None,
         top_k: int = 5,
         detectors: Sequence[str] | None = None,
+        detector: Bundle | None = None,
     ) -> None:
-        """``threads``: torch CPU threads for this process (default: the cores this process may use)."""
+        """``threads``: torch CPU threads for this process (default: the cores this process may use);
+        ``detector``: the perturbation detector bundle (needed by the ``perturbation_net`` detector)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         torch.set_num_threads(threads or available_cores())
         self.device = pick_device(device) if isinstance(device, str) else device
         _check_compatible(robust, standard)
+        if detector is not None:
+            _check_detector(robust, detector)
         if calibration is not None:
-            calibration.check_bundles(robust.version, standard.version)
+            calibration.check_bundles(robust.version, standard.version, detector.version if detector else None)
             if calibration.detector_set != det.DETECTOR_SET:
                 raise EngineError(
                     f"calibration {calibration.version} used {calibration.detector_set}, this code has "
@@ -106,18 +113,27 @@ class Engine:
             if detectors is not None and tuple(detectors) != calibration.detectors:
                 raise EngineError("detectors differ from the ones the calibration was fitted with")
             detectors = calibration.detectors
-        self.robust, self.standard, self.calibration = robust, standard, calibration
-        self.robust.model.to(self.device).eval()
-        self.standard.model.to(self.device).eval()
+        self.robust, self.standard, self.detector, self.calibration = robust, standard, detector, calibration
+        models = {det.ROBUST: robust.model, det.STANDARD: standard.model}
+        if detector is not None:
+            models[det.DETECTOR] = detector.model
+        for model in models.values():
+            model.to(self.device).eval()
         self.max_batch = max_batch
         self.limits = limits or ImageLimits()
         self.input_size = list(robust.metadata["input_size"])
         self.classes = list(robust.classes)
         self.top_k = min(top_k, len(self.classes))
-        self.detectors = det.resolve(detectors if detectors is not None else det.DEFAULT_DETECTORS)
-        self.views = det.ViewComputer(
-            {det.ROBUST: self.robust.model, det.STANDARD: self.standard.model}, self.input_size, self.device
-        )
+        if detectors is None:  # uncalibrated: the default detectors these bundles can compute
+            detectors = [d.name for d in det.resolve(det.DEFAULT_DETECTORS) if _computable(d, models)]
+        self.detectors = det.resolve(detectors)
+        missing = [d.name for d in self.detectors if not _computable(d, models)]
+        if missing:
+            raise EngineError(
+                f"detector(s) {', '.join(missing)} need the perturbation detector bundle; train one with "
+                "`python -m worker.train_detector` (it is looked for in the robust bundle's perturbation-detector/)"
+            )
+        self.views = det.ViewComputer(models, self.input_size, self.device)
         # JPEG's decoder may downscale by up to 8 while both sides stay at least 4x the model's input.
         self.draft_size = 4 * max(self.input_size[1:])
 
@@ -130,19 +146,28 @@ class Engine:
         device: str = "auto",
         max_batch: int = 64,
         threads: int | None = None,
+        detector_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> Engine:
-        """Load both bundles and the calibration (default: ``calibration.json`` in the robust bundle's folder;
-        an explicit path must exist, the default may be absent and then the engine runs uncalibrated)."""
+        """Load the bundles and the calibration (default: ``calibration.json`` in the robust bundle's folder;
+        an explicit path must exist, the default may be absent and then the engine runs uncalibrated).
+        The perturbation detector is ``detector_dir`` or, by default, the robust bundle's
+        ``perturbation-detector/`` folder when it exists."""
         robust, standard = load_bundle(robust_dir), load_bundle(standard_dir)
+        if detector_dir is None and default_detector_dir(robust_dir).is_dir():
+            detector_dir = default_detector_dir(robust_dir)
+        detector = load_bundle(detector_dir) if detector_dir is not None else None
         calibration = None
         if calibration_path is not None:
-            calibration = calib.load(calibration_path, robust.version, standard.version)
+            calibration = calib.load(calibration_path)  # checked against the bundles in __init__
         elif calib.default_path(robust_dir).is_file():
-            calibration = calib.load(calib.default_path(robust_dir), robust.version, standard.version)
+            calibration = calib.load(calib.default_path(robust_dir))
         else:
             log.warning("no calibration for %s: verdicts will carry scores but no flag", robust_dir)
-        return cls(robust, standard, calibration, device=device, max_batch=max_batch, threads=threads, **kwargs)
+        return cls(
+            robust, standard, calibration, device=device, max_batch=max_batch, threads=threads, detector=detector,
+            **kwargs,
+        )  # fmt: skip
 
     @property
     def model_version(self) -> str:
@@ -249,6 +274,25 @@ class Engine:
                 )
             )
         return verdicts
+
+
+def default_detector_dir(robust_dir: str | Path) -> Path:
+    """Where a robust bundle's perturbation detector lives (trained for it, like its calibration)."""
+    return Path(robust_dir) / DETECTOR_FOLDER
+
+
+def _computable(detector: det.Detector, models: dict[str, Any]) -> bool:
+    return all(model in models for model, _view in detector.needs)
+
+
+def _check_detector(robust: Bundle, detector: Bundle) -> None:
+    if detector.metadata["input_size"] != robust.metadata["input_size"]:
+        raise EngineError(
+            f"the perturbation detector takes {detector.metadata['input_size']} inputs, the robust model "
+            f"{robust.metadata['input_size']}"
+        )
+    if detector.classes != list(det.DETECTOR_CLASSES):
+        raise EngineError(f"{detector.path} is not a perturbation detector (classes {detector.classes})")
 
 
 def _check_compatible(robust: Bundle, standard: Bundle) -> None:
