@@ -159,5 +159,6 @@ def _score_against_truth(images: list[Any], outcome: Any, console: Console) -> N
         f"JavaScript); flagged {counts['attacked_flagged']}/{attacked} attacked and "
         f"{counts['clean_flagged']}/{len(images) - attacked} clean images; the robust model named "
         f"{counts['robust_right']}/{len(images)} correctly.\n"
-        "The shipped models are small CPU-trained ones (see results/README.md): the detector misses many attacks."
+        "The shipped models are small CPU-trained ones (see results/README.md): the robust model is often wrong, "
+        "and the perturbation detector, though it catches these attacks, is evaded by an attacker who targets it."
     )
