@@ -4,16 +4,18 @@
         --data-dir ../shared/data/cifar10-jpeg.tar.gz --n-clean 2000 --n-adv 2000
 
 Everything comes from the TRAINING split (the test split is kept for ``worker.evaluate``), and from the part
-of it that neither model was trained on, when the bundles' training records say which part that is: a model
-is more confident on images it has seen, so clean scores of seen images would set the threshold too low and
-the served false-positive rate would exceed the target.  Clean and adversarial images come from the same
+of it that neither model nor the perturbation detector (``worker.train_detector``; found in the robust
+bundle's ``perturbation-detector/`` folder) was trained on, as their training records say: a model is more
+confident on images it has seen, so clean scores of seen images would set the threshold too low and the
+served false-positive rate would exceed the target.  Clean and adversarial images come from the same
 pool for the same reason (otherwise the combiner could learn "seen or not" instead of "perturbed or not").
 
 The pool is split, with a fixed seed, into: clean images for fitting the combiner (plus one benign change of
 each, so that re-compression or resizing is learned as clean); adversarial images for fitting it (PGD L-inf
 at 2-16/255 and CW-inf against the standard model, PGD against the robust model, all saved to 8 bits as a
-real adversarial image would be); held-out clean images that set the threshold; held-out adversarial images
-on which the AUROC table is measured.
+real adversarial image would be); held-out clean images, and one benign change of each, that set the
+threshold (``calibration.operating_threshold``: at most the target rate of the clean images and of each kind
+of benign change is flagged); held-out adversarial images on which the AUROC table is measured.
 """
 
 from __future__ import annotations
