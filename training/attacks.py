@@ -184,6 +184,20 @@ def autoattack_standard(eps: float, num_classes: int, seed: int = 0) -> list[Nam
 
 
 @torch.no_grad()
+def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, seed: int = 0) -> torch.Tensor:
+    """Square (Andriushchenko et al. 2020), L-inf, as the reference runs it inside AutoAttack: margin loss,
+    p_init 0.8, one restart, ``queries`` model queries per image, no gradients.  Images the model already
+    gets wrong come back unchanged (torchattacks attacks only the correct ones)."""
+    import torchattacks
+
+    attack = torchattacks.Square(
+        model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, loss="margin",
+        resc_schedule=True, seed=seed,
+    )  # fmt: skip
+    x_adv = attack(x, y)
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)  # guard the budget
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 

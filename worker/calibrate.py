@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from training.attacks import margin_objective, pgd
+from training.attacks import margin_objective, pgd, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
@@ -47,10 +47,13 @@ from worker.engine.engine import Engine, default_detector_dir
 DEFAULT_HOLDOUT = 1000  # training.trainer.TrainConfig.holdout
 
 
+SQUARE_QUERIES = 500  # as worker.evaluate and the audits' robustness check run it
+
+
 @dataclass(frozen=True)
 class AttackSpec:
     target: str  # "standard" or "robust"
-    objective: str  # "pgd" (cross-entropy) or "cw" (margin)
+    objective: str  # "pgd" (cross-entropy), "cw" (margin) or "square" (black-box, SQUARE_QUERIES queries)
     eps_255: int
 
     @property
@@ -60,6 +63,8 @@ class AttackSpec:
     def run(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         model = engine.robust.model if self.target == det.ROBUST else engine.standard.model
         eps = self.eps_255 / 255
+        if self.objective == "square":
+            return square(model, x, y, eps, SQUARE_QUERIES)
         objective = {"objective": margin_objective} if self.objective == "cw" else {}
         with torch.enable_grad():
             return pgd(model, x, y, eps, 2.5 * eps / steps, steps, **objective)

@@ -60,7 +60,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from training.attacks import margin, margin_objective, pgd, predict
+from training.attacks import margin, margin_objective, pgd, predict, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
@@ -246,17 +246,6 @@ def adaptive_attack(
     return torch.where(found.view(-1, 1, 1, 1), best, x_adv.detach())
 
 
-def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queries: int, seed: int):
-    import torchattacks
-
-    attack = torchattacks.Square(
-        model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, p_init=0.8, loss="margin",
-        resc_schedule=True, seed=seed,
-    )  # fmt: skip
-    x_adv = attack(x, y)
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)  # guard the budget
-
-
 def describe(spec: AttackSpec, settings: dict[str, Any]) -> str:
     eps = f"eps {spec.eps_255:g}/255"
     if spec.kind == "pgd":
@@ -333,7 +322,7 @@ def run_attack(
             with torch.enable_grad():
                 adv = pgd(model, xs, ys, spec.eps, 2.5 * spec.eps / steps, steps, **objective)
         elif spec.kind == "square":
-            adv = square_attack(model, xs, ys, spec.eps, settings["square_queries"], settings["seed"])
+            adv = square(model, xs, ys, spec.eps, settings["square_queries"], settings["seed"])
         else:
             with torch.enable_grad():
                 adv = adaptive_attack(

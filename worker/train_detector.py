@@ -6,10 +6,12 @@
 The detector (``training.models.perturbation_cnn``) learns "clean or benignly changed" against "adversarial"
 from images of the TRAINING split that neither model trained on.  Each chosen image appears three times: as
 it is, after one benign change (half of them mild Gaussian noise of 1-3/255, the nearest benign look-alike of
-a small perturbation; the rest JPEG re-compression, resizing or blur), and attacked (PGD or CW-inf at 4-16/255
-against the standard or the robust model, saved to 8 bits).  Pairing the three copies of one image makes the
-perturbation, not the picture, the only thing that separates the classes.  Attacks at 2/255 are left out on
-purpose: they are as strong as the mild noise the detector must let through.
+a small perturbation; the rest JPEG re-compression, resizing or blur), and attacked (PGD or CW-inf at
+4-16/255 against the standard or the robust model, or the black-box Square at 4 and 8/255 against the
+standard one, whose sparse square patches look nothing like PGD's dense noise; saved to 8 bits).  Pairing
+the three copies of one image makes the perturbation, not the picture, the only thing that separates the
+classes.  Attacks at 2/255 are left out on purpose: they are as strong as the mild noise the detector must
+let through.
 
 The images it trains on are recorded (seed and count) in the bundle, and ``worker.calibrate`` leaves them
 out, so the threshold is set on images the detector has never seen.  The last ``--holdout`` of the chosen
@@ -55,6 +57,8 @@ TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("robust", "pgd", 4),
     AttackSpec("robust", "pgd", 8),
     AttackSpec("robust", "pgd", 16),
+    AttackSpec("standard", "square", 4),
+    AttackSpec("standard", "square", 8),
 )
 NOISE_SIGMA_RANGE = (1 / 255, 3 / 255)
 
@@ -234,17 +238,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine, x, y, args.steps, args.batch_size, args.seed, progress, mix=TRAINING_ATTACKS
         )
     benign = benign_copies(x, args.seed)
-    console.print(f"attacks fooled their target on {fooled.float().mean():.1%} of the images")
+    # Square leaves the images its target already gets wrong untouched: those copies are clean, not positives.
+    changed = (adversarial != x).flatten(1).any(1)
+    console.print(
+        f"attacks fooled their target on {fooled.float().mean():.1%} of the images; {int((~changed).sum())} "
+        "copies left unchanged are not used as adversarial"
+    )
 
     n_train = len(x) - max(1, round(args.holdout * len(x)))
     torch.manual_seed(args.seed)
     model = build_model(ARCH, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
     negatives = torch.cat([x[:n_train], benign[:n_train]])
+    positives = adversarial[:n_train][changed[:n_train]]
     losses = fit(
-        model, negatives, adversarial[:n_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, console=console,
+        model, negatives, positives, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        console=console,
     )  # fmt: skip
-    held = [v[n_train:].to(engine.device) for v in (x, benign, adversarial)]
+    held_adversarial = adversarial[n_train:][changed[n_train:]]
+    held = [v.to(engine.device) for v in (x[n_train:], benign[n_train:], held_adversarial)]
     metrics = {**held_out_metrics(model, *held, args.target_fpr), "final_loss": losses[-1]}
     info = {"dataset": dataset, "source": splits.source, "pool": pool_note}
     out = Path(args.out) if args.out else default_detector_dir(args.robust)

@@ -51,8 +51,8 @@ def check(
 ) -> RobustnessResult:
     """Attack the engine's robust model on ``blobs`` (image file bytes) with Square under L-inf ``eps``."""
     import torch
-    import torchattacks
 
+    from training.attacks import square
     from worker.engine.images import ImageError, decode_image, to_model_input
 
     images, skipped = [], 0
@@ -67,18 +67,7 @@ def check(
     x = to_model_input(images, engine.input_size).to(engine.device)
     with torch.no_grad():
         clean = model(x).argmax(1)
-    attack = torchattacks.Square(
-        model,
-        norm="Linf",
-        eps=eps,
-        n_queries=queries,
-        n_restarts=1,
-        p_init=0.8,
-        loss="margin",
-        resc_schedule=True,
-        seed=seed,
-    )
-    adversarial = attack(x, clean)
+    adversarial = square(model, x, clean, eps, queries, seed)
     with torch.no_grad():
         flipped = int((model(adversarial).argmax(1) != clean).sum())
     return RobustnessResult(len(images), flipped, skipped, eps, queries, engine.model_version)

@@ -157,12 +157,13 @@ CATALOGUE = _build_catalogue()
 # The default set, chosen by measurement (`python -m worker.calibrate --measure all`: held-out images of the
 # training split, CIFAR-10 JPEG, PreActResNet-18 at width 1/8, 1,200 attacked images of nine attacks) and by
 # the compute budget (full verdict <= 4x the bare robust forward: R(x), S(x) and D(x), D costing about half of R):
-# - perturbation_net carries the decision: AUROC 1.000 on every attack from 2 to 16/255 (0.998 at 2/255),
-#   TPR 99.5% at 1% FPR.  Every other detector is at 0.45-0.75 except the JPEG squeezers (below).
+# - perturbation_net carries the decision: AUROC 0.999 over the nine attacks from 2 to 16/255 (0.989 at
+#   2/255, 1.000 from 4/255), TPR 99.2% at 1% FPR.  Every other detector is at 0.45-0.75 except the JPEG
+#   squeezers (below).
 # - kl_rs and disagree come with the S forward and add nothing on those attacks (the combiner's held-out TPR
-#   is 95.7% with or without them), but they are what an attacker who evades D must also beat: fooling S
+#   is the same with or without them), but they are what an attacker who evades D must also beat: fooling S
 #   while R keeps the true label makes the models disagree.  Against the adaptive attack of worker.evaluate
-#   they raise the AUROC from 0.52 (D alone) to 0.66; neither stops it.
+#   (1,000 test images) the combined score keeps AUROC 0.60 where D's own score falls to 0.40; neither stops it.
 # - uncertainty_r (AUROC 0.50) was dropped; squeeze_median_s (0.59) no longer pays for its extra S forward.
 # - squeeze_jpeg_* stay out although they score AUROC 0.94-0.98: the data set is itself JPEG at quality 75,
 #   so re-encoding at 75 is nearly a fixed point for clean images only, and they flag 30-59% of benign
