@@ -34,7 +34,8 @@ def blur(x: torch.Tensor, _g: torch.Generator, sigma: float = 0.6) -> torch.Tens
     return quantise(gaussian_blur(x, kernel_size=3, sigma=sigma))
 
 
-def mild_noise(x: torch.Tensor, generator: torch.Generator, sigma: float = 2 / 255) -> torch.Tensor:
+def mild_noise(x: torch.Tensor, generator: torch.Generator, sigma: float | torch.Tensor = 2 / 255) -> torch.Tensor:
+    """Gaussian noise of ``sigma`` (a number, or a tensor broadcast against the batch: one per image)."""
     noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma
     return quantise(x + noise)
 

@@ -42,7 +42,7 @@ from worker.benign import BENIGN, quantise
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.combiner import fit_combiner
-from worker.engine.engine import Engine, default_detector_dir
+from worker.engine.engine import Engine, find_detector
 
 DEFAULT_HOLDOUT = 1000  # training.trainer.TrainConfig.holdout
 
@@ -310,21 +310,13 @@ def run_calibration(
         combined_clean=combined_thr,
         detector_clean={k: s_thr_clean[k] for k in detectors},
         target_fpr=target_fpr,
-        bundles=engine_bundles(engine),
+        bundles=engine.bundle_versions,
         data=data,
         evaluation=evaluation,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         combined_benign=benign_groups,
     )
     return artefact, table
-
-
-def engine_bundles(engine: Engine) -> dict[str, str]:
-    """The bundle versions a calibration for this engine is fitted for."""
-    bundles = {"robust": engine.robust.version, "standard": engine.standard.version}
-    if engine.detector is not None:
-        bundles["detector"] = engine.detector.version
-    return bundles
 
 
 def print_report(console: Console, artefact: calib.Calibration, table: dict[str, dict[str, float]]) -> None:
@@ -386,18 +378,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     measure = list(det.CATALOGUE) if args.measure == "all" else [d for d in args.measure.split(",") if d]
     measure = list(dict.fromkeys([*keep, *measure]))
     # Built without any existing calibration: this run replaces it, and must score every measured detector.
-    if args.detector is None and default_detector_dir(args.robust).is_dir():
-        args.detector = default_detector_dir(args.robust)
-    detector = load_bundle(args.detector) if args.detector else None
-    if detector is None:
-        needing = [d for d in keep if det.DETECTOR in dict(det.CATALOGUE[d].needs)]
-        if needing:
-            console.print(
-                f"[red]{', '.join(needing)} need a perturbation detector: train one with `python -m "
-                "worker.train_detector`, or leave them out of --detectors"
-            )
-            return 2
-        measure = [d for d in measure if det.DETECTOR not in dict(det.CATALOGUE[d].needs)]
+    detector = find_detector(args.robust, args.detector)
+    available = {det.ROBUST, det.STANDARD} | ({det.DETECTOR} if detector is not None else set())
+    needing = [d.name for d in det.resolve(keep) if not d.computable_with(available)]
+    if needing:
+        console.print(
+            f"[red]{', '.join(needing)} need a perturbation detector: train one with `python -m "
+            "worker.train_detector`, or leave them out of --detectors"
+        )
+        return 2
+    measure = [d.name for d in det.resolve(measure) if d.computable_with(available)]
     engine = Engine(
         load_bundle(args.robust), load_bundle(args.standard), None, device=args.device, threads=args.threads,
         max_batch=args.batch_size, detectors=measure, detector=detector,

@@ -37,7 +37,7 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
 from training.models import build_model
-from worker.benign import BENIGN, mild_noise, quantise
+from worker.benign import BENIGN, mild_noise
 from worker.calibrate import AttackSpec, attack_all, detector_images, make_progress, unseen_pool
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
@@ -46,7 +46,7 @@ from worker.engine.engine import Engine, default_detector_dir
 ARCH = "perturbation-cnn"
 METHOD = "perturbation-detector"
 
-# What the detector learns to flag: eps 4/255 and up, against both models, cross-entropy and CW-inf.
+# What the detector learns to flag: eps 4/255 and up, PGD and CW-inf against both models, Square (black box).
 TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("standard", "pgd", 4),
     AttackSpec("standard", "pgd", 6),
@@ -70,7 +70,7 @@ def benign_copies(x: torch.Tensor, seed: int) -> torch.Tensor:
     noisy = torch.arange(0, len(x), 2)
     low, high = NOISE_SIGMA_RANGE
     sigma = torch.empty(len(noisy)).uniform_(low, high, generator=generator).view(-1, 1, 1, 1)
-    out[noisy] = quantise(x[noisy] + torch.randn(x[noisy].shape, generator=generator) * sigma)
+    out[noisy] = mild_noise(x[noisy], generator, sigma)  # one strength per image
     others = [name for name in BENIGN if BENIGN[name] is not mild_noise]
     rest = torch.arange(1, len(x), 2)
     for k, name in enumerate(others):
@@ -143,7 +143,7 @@ def held_out_metrics(
 ) -> dict[str, Any]:
     """AUROC and TPR at the operating point the calibration uses (no clean or benign group above target)."""
     s_clean, s_benign, s_adv = (logit_scores(model, v) for v in (clean, benign, adversarial))
-    threshold = max(calib.threshold_for_fpr(s_clean, target_fpr), calib.threshold_for_fpr(s_benign, target_fpr))
+    threshold = calib.operating_threshold(s_clean, {"benign": s_benign}, target_fpr)
     return {
         "holdout_n": len(clean),
         "holdout_auroc": calib.roc_auc(s_clean, s_adv),

@@ -27,7 +27,7 @@ artefact records the set it was fitted with, and the engine serves exactly that 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +100,10 @@ class Detector:
     needs: tuple[tuple[str, str], ...]  # (model, view) pairs
     score: Callable[[dict[tuple[str, str], torch.Tensor]], torch.Tensor]
     description: str
+
+    def computable_with(self, models: Collection[str]) -> bool:
+        """Whether every model this detector needs is among ``models`` (names: ROBUST, STANDARD, DETECTOR)."""
+        return all(model in models for model, _view in self.needs)
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -125,9 +125,9 @@ class Engine:
         self.classes = list(robust.classes)
         self.top_k = min(top_k, len(self.classes))
         if detectors is None:  # uncalibrated: the default detectors these bundles can compute
-            detectors = [d.name for d in det.resolve(det.DEFAULT_DETECTORS) if _computable(d, models)]
+            detectors = [d.name for d in det.resolve(det.DEFAULT_DETECTORS) if d.computable_with(models)]
         self.detectors = det.resolve(detectors)
-        missing = [d.name for d in self.detectors if not _computable(d, models)]
+        missing = [d.name for d in self.detectors if not d.computable_with(models)]
         if missing:
             raise EngineError(
                 f"detector(s) {', '.join(missing)} need the perturbation detector bundle; train one with "
@@ -154,9 +154,7 @@ class Engine:
         The perturbation detector is ``detector_dir`` or, by default, the robust bundle's
         ``perturbation-detector/`` folder when it exists."""
         robust, standard = load_bundle(robust_dir), load_bundle(standard_dir)
-        if detector_dir is None and default_detector_dir(robust_dir).is_dir():
-            detector_dir = default_detector_dir(robust_dir)
-        detector = load_bundle(detector_dir) if detector_dir is not None else None
+        detector = find_detector(robust_dir, detector_dir)
         calibration = None
         if calibration_path is not None:
             calibration = calib.load(calibration_path)  # checked against the bundles in __init__
@@ -168,6 +166,14 @@ class Engine:
             robust, standard, calibration, device=device, max_batch=max_batch, threads=threads, detector=detector,
             **kwargs,
         )  # fmt: skip
+
+    @property
+    def bundle_versions(self) -> dict[str, str]:
+        """The versions of the bundles served (what a calibration for this engine is fitted for)."""
+        versions = {"robust": self.robust.version, "standard": self.standard.version}
+        if self.detector is not None:
+            versions["detector"] = self.detector.version
+        return versions
 
     @property
     def model_version(self) -> str:
@@ -281,8 +287,11 @@ def default_detector_dir(robust_dir: str | Path) -> Path:
     return Path(robust_dir) / DETECTOR_FOLDER
 
 
-def _computable(detector: det.Detector, models: dict[str, Any]) -> bool:
-    return all(model in models for model, _view in detector.needs)
+def find_detector(robust_dir: str | Path, detector_dir: str | Path | None = None) -> Bundle | None:
+    """The perturbation detector bundle: ``detector_dir`` if given, else the robust bundle's own if it has one."""
+    if detector_dir is None and default_detector_dir(robust_dir).is_dir():
+        detector_dir = default_detector_dir(robust_dir)
+    return load_bundle(detector_dir) if detector_dir is not None else None
 
 
 def _check_detector(robust: Bundle, detector: Bundle) -> None:
