@@ -487,7 +487,7 @@ def flagged_report() -> dict[str, Any]:
             _query(
                 "min_score", "only verdicts with at least this combined score", {"anyOf": [{"type": "number"}, EMPTY]}
             ),
-            _query("label", "only verdicts with this predicted label", {"type": "string"}),
+            _query("label", "only verdicts with this predicted label (`none`: no confident class)", {"type": "string"}),
             _query(
                 "cursor",
                 "the next_cursor of the previous page",

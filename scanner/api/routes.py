@@ -127,6 +127,7 @@ def verdict_json(verdict: Verdict) -> dict[str, Any]:
     return {
         "label": verdict.label,
         "confidence": verdict.confidence,
+        "in_domain": verdict.in_domain,
         "top_k": verdict.top_k,
         "scores": verdict.scores,
         "score": verdict.combined,

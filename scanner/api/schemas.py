@@ -43,8 +43,9 @@ class ItemError(BaseModel):
 
 
 class VerdictOut(BaseModel):
-    label: str
+    label: str | None = Field(description="the robust model's class; null: no confident class (not one of its classes)")
     confidence: float
+    in_domain: float | None = Field(description="0-1: how sure the model is that the image shows one of its classes")
     top_k: list[tuple[str, float]]
     scores: dict[str, float]
     score: float | None = Field(description="combined detector score (higher = more likely perturbed)")
@@ -111,8 +112,9 @@ class ImageOut(BaseModel):
 
 class FlaggedRow(BaseModel):
     sha256: str
-    label: str
+    label: str | None
     confidence: float
+    in_domain: float | None
     score: float | None
     threshold: float | None
     site: str | None

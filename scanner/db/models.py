@@ -192,9 +192,10 @@ class Verdict(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     model_version: Mapped[str] = mapped_column(String(80))
     calibration_version: Mapped[str] = mapped_column(String(40))
-    label: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str | None] = mapped_column(String(100))  # None: no confident class (outside its classes)
     label_index: Mapped[int]
     confidence: Mapped[float] = mapped_column(Float)
+    in_domain: Mapped[float | None] = mapped_column(Float)  # how sure the model is the image is one of its classes
     top_k: Mapped[list[Any]]
     scores: Mapped[dict[str, Any]]
     combined: Mapped[float | None] = mapped_column(Float)

@@ -344,6 +344,7 @@ _VERDICT_FIELDS = (
     "label",
     "label_index",
     "confidence",
+    "in_domain",
     "top_k",
     "scores",
     "combined",
@@ -354,7 +355,7 @@ _VERDICT_FIELDS = (
 
 
 def _verdict_row(image_id: int, verdict: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    return {**{key: verdict[key] for key in _VERDICT_FIELDS}, "image_id": image_id, "created_at": now}
+    return {**{key: verdict.get(key) for key in _VERDICT_FIELDS}, "image_id": image_id, "created_at": now}
 
 
 def fail_image(
@@ -514,6 +515,9 @@ class FlaggedFilter:
     limit: int = 100
 
 
+NO_CONFIDENT_CLASS = "none"  # the label filter's value for verdicts without a confident class
+
+
 def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, Any]]:
     """Flagged verdicts of images this tenant saw (on ``site``, between ``since`` and ``until``), newest first,
     with the latest matching sighting of each."""
@@ -542,7 +546,9 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
     )
     if report.min_score is not None:
         query = query.where(Verdict.combined >= report.min_score)
-    if report.label:
+    if report.label == NO_CONFIDENT_CLASS:
+        query = query.where(Verdict.label.is_(None))
+    elif report.label:
         query = query.where(Verdict.label == report.label)
     if report.after_id is not None:
         query = query.where(Verdict.id < report.after_id)
@@ -553,6 +559,7 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
             "sha256": image.sha256,
             "label": verdict.label,
             "confidence": verdict.confidence,
+            "in_domain": verdict.in_domain,
             "score": verdict.combined,
             "threshold": verdict.threshold,
             "site": host,

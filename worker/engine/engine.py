@@ -46,9 +46,10 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Verdict:
-    label: str
-    label_index: int
+    label: str | None  # None: no confident class (the image is not one of the robust model's classes)
+    label_index: int  # the top class, also when it is not confident
     confidence: float
+    in_domain: float | None  # 0-1, how sure the model is that the image shows one of its classes
     top_k: list[tuple[str, float]]
     scores: dict[str, float]
     combined: float | None
@@ -267,6 +268,7 @@ class Engine:
                     label=self.classes[int(top_i[i, 0])],
                     label_index=int(top_i[i, 0]),
                     confidence=float(top_p[i, 0]),
+                    in_domain=None,
                     top_k=[(self.classes[int(j)], float(p)) for p, j in zip(top_p[i], top_i[i], strict=True)],
                     scores={k: float(v[i]) for k, v in scores.items()},
                     combined=score,
