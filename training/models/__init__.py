@@ -13,9 +13,10 @@ from torch import nn
 
 from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
+from training.models.vgg import VGG
 from training.models.wide_resnet import WideResNet
 
-ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10")  # classifiers (``python -m training train --arch``)
+ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11")  # classifiers (``python -m training train --arch``)
 DETECTOR_ARCHITECTURES = ("perturbation-cnn",)  # ``python -m worker.train_detector``
 
 
@@ -41,7 +42,7 @@ def build_model(
 ) -> Normalized:
     """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1].
 
-    ``width`` multiplies the ResNets' channels; for ``perturbation-cnn`` it is the channel count itself.
+    ``width`` multiplies the classifiers' channels; for ``perturbation-cnn`` it is the channel count itself.
     """
     in_channels = len(mean)
     if arch == "preact18":
@@ -49,6 +50,8 @@ def build_model(
     elif arch in ("wrn34-10", "wrn28-10"):
         depth = int(arch[3:5])
         net = WideResNet(depth, 10, num_classes, in_channels, width)
+    elif arch == "vgg11":
+        net = VGG(num_classes, in_channels, width)
     elif arch == "perturbation-cnn":
         net = PerturbationCNN(num_classes, in_channels, int(width))
     else:
