@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import random
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -38,11 +41,15 @@ from training.attacks import margin_objective, pgd, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
-from worker.benign import BENIGN, quantise
+from worker import delivery, web_images
+from worker.benign import quantise
+from worker.detector_data import NATURAL_ATTACKS, cap_size
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
+from worker.engine import domain
 from worker.engine.combiner import fit_combiner
-from worker.engine.engine import Engine, find_detector
+from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, find_detector
+from worker.engine.images import ImageLimits, decode_image
 
 DEFAULT_HOLDOUT = 1000  # training.trainer.TrainConfig.holdout
 
@@ -179,163 +186,307 @@ def attack_all(
     return out, [mix[int(i)].name for i in assignment], fooled
 
 
-def apply_benign(x: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """One benign change per image, round-robin over ``BENIGN``."""
-    generator = torch.Generator().manual_seed(seed)
-    names = list(BENIGN)
-    out = torch.empty_like(x)
-    assigned = [names[i % len(names)] for i in range(len(x))]
-    for name in names:
-        idx = torch.tensor([i for i, a in enumerate(assigned) if a == name], dtype=torch.long)
-        if len(idx):
-            out[idx] = BENIGN[name](x[idx], generator)
-    return out, assigned
+@dataclass
+class Scored:
+    """What the engine computed for a set of images: robust softmax (N, K) and each detector's scores (N,)."""
+
+    probs: torch.Tensor
+    scores: dict[str, torch.Tensor]
+
+    def subset(self, mask: torch.Tensor) -> Scored:
+        return Scored(self.probs[mask], {k: v[mask] for k, v in self.scores.items()})
+
+    @staticmethod
+    def concat(parts: Sequence[Scored]) -> Scored:
+        return Scored(
+            torch.cat([p.probs for p in parts]), {k: torch.cat([p.scores[k] for p in parts]) for k in parts[0].scores}
+        )
 
 
-def subset_scores(scores: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v[mask] for k, v in scores.items()}
+def score_images(engine: Engine, images: Sequence[Image.Image], progress: Progress, label: str) -> Scored:
+    """The engine's scores of decoded images as served (model input and native tiles), with a progress bar."""
+    task = progress.add_task(label, total=len(images))
+    parts = []
+    for start in range(0, len(images), engine.max_batch):
+        chunk = images[start : start + engine.max_batch]
+        parts.append(Scored(*engine.score_images(chunk)))
+        progress.advance(task, len(chunk))
+    return Scored.concat(parts)
 
 
-def run_calibration(
+def to_images(x: torch.Tensor) -> list[Image.Image]:
+    """PIL images of a float batch (B, C, H, W) in [0, 1] (8-bit, as saved)."""
+    arrays = x.mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return [delivery.from_array(a) for a in arrays]
+
+
+def delivered(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
+    """Each image through one delivery (the detector's training mix)."""
+    rng = random.Random(seed)
+    out, names = [], []
+    for image in images:
+        name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
+        out.append(delivery.DELIVERIES[name](image, rng))
+        names.append(name)
+    return out, names
+
+
+def benign_versions(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
+    """One benign change per image, round-robin over ``delivery.BENIGN``."""
+    rng = random.Random(seed)
+    kinds = list(delivery.BENIGN)
+    names = [kinds[i % len(kinds)] for i in range(len(images))]
+    return [delivery.BENIGN[k](image, rng) for k, image in zip(names, images, strict=True)], names
+
+
+def web_attacked(
+    engine: Engine, images: Sequence[Image.Image], seed: int, progress: Progress
+) -> tuple[list[Image.Image], list[str]]:
+    """Web images attacked (``detector_data.NATURAL_ATTACKS`` against both bundles, round-robin), delivered."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    models = [engine.standard.model, engine.robust.model]
+    task = progress.add_task("attacking web images", total=len(images))
+    out, names = [], []
+    for i, image in enumerate(images):
+        spec = NATURAL_ATTACKS[i % len(NATURAL_ATTACKS)]
+        model = models[(i // len(NATURAL_ATTACKS)) % len(models)]
+        image = cap_size(image)
+        attacked = delivery.from_array(spec.run(model, delivery.to_array(image), engine.input_size, engine.device))
+        name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
+        out.append(delivery.DELIVERIES[name](attacked, rng))
+        names.append(f"{spec.name}|{name}")
+        progress.advance(task)
+    return out, names
+
+
+def source_halves(records: Sequence[web_images.WebImage]) -> torch.Tensor:
+    """True for the images whose source falls in the fitting half (the rest set the threshold): no source
+    image is in both."""
+    return torch.tensor([int(hashlib.sha256(r.source.encode()).hexdigest()[:8], 16) % 2 == 0 for r in records])
+
+
+@dataclass
+class CalibrationSets:
+    """Everything the calibration scored, by role."""
+
+    cifar_clean_fit: Scored
+    cifar_clean_held: Scored
+    cifar_benign_fit: Scored
+    cifar_benign_held: Scored
+    cifar_benign_names: list[str]
+    cifar_adv: Scored
+    cifar_adv_names: list[str]
+    web_clean_fit: Scored
+    web_clean_held: Scored
+    web_outside_fit: torch.Tensor  # which fitting web images count as outside the classes (not stamps)
+    web_benign_fit: Scored
+    web_benign_held: Scored
+    web_benign_names: list[str]
+    web_adv: Scored
+    web_adv_names: list[str]
+
+
+def collect(
     engine: Engine,
     train: ArrayDataset,
     pool: torch.Tensor,
+    web: Sequence[tuple[web_images.WebImage, Image.Image]],
     *,
     n_clean: int,
     n_adv: int,
-    detectors: Sequence[str],
-    target_fpr: float = calib.DEFAULT_TARGET_FPR,
-    seed: int = 0,
-    steps: int = 10,
-    batch: int = 128,
-    benign: bool = True,
-    data_info: dict[str, Any] | None = None,
-    console: Console | None = None,
-) -> tuple[calib.Calibration, dict[str, dict[str, float]]]:
-    """Fit and threshold; returns the artefact and a table {detector: {column: value}} for display.
-
-    ``engine`` should compute every detector to be measured (the table); ``detectors`` are the ones the
-    artefact keeps.
-    """
-    console = console or Console(stderr=True)
+    n_web_adv: int,
+    seed: int,
+    steps: int,
+    batch: int,
+    console: Console,
+) -> CalibrationSets:
     if n_clean < 4 or n_adv < 2:
         raise ValueError("need at least 4 clean and 2 adversarial images")
     if n_clean + n_adv > len(pool):
         raise ValueError(f"asked for {n_clean + n_adv} images but the pool holds {len(pool)}")
     order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
     clean_idx, adv_idx = order[:n_clean], order[n_clean : n_clean + n_adv]
-    x_clean, x_src = to_float(train.images[clean_idx]), to_float(train.images[adv_idx])
-    y_src = train.labels[adv_idx]
-    fit_clean, thr_clean = x_clean[: n_clean // 2], x_clean[n_clean // 2 :]
-
+    cifar_clean, _ = delivered(to_images(to_float(train.images[clean_idx])), seed)
+    half = n_clean // 2
+    records = [r for r, _image in web]
+    web_images_ = [image for _r, image in web]
+    fit_half = source_halves(records)
     with make_progress(console) as progress:
-        x_adv, attack_names, fooled = attack_all(engine, x_src, y_src, steps, batch, seed, progress)
-        s_fit_clean = score_all(engine, fit_clean, batch, progress, "scoring clean (fit)")
-        s_thr_clean = score_all(engine, thr_clean, batch, progress, "scoring clean (held out)")
-        s_adv = score_all(engine, x_adv, batch, progress, "scoring adversarial")
-        s_fit_benign: dict[str, torch.Tensor] = {}
-        s_held_benign: dict[str, torch.Tensor] = {}
-        benign_names: list[str] = []
-        if benign:
-            s_fit_benign = score_all(engine, apply_benign(fit_clean, seed)[0], batch, progress, "scoring benign (fit)")
-            held_benign, benign_names = apply_benign(thr_clean, seed + 1)
-            s_held_benign = score_all(engine, held_benign, batch, progress, "scoring benign (held out)")
+        x_adv, adv_names, _fooled = attack_all(
+            engine, to_float(train.images[adv_idx]), train.labels[adv_idx], steps, batch, seed, progress
+        )
+        cifar_adv_images, adv_delivery = delivered(to_images(x_adv), seed + 1)
+        cifar_benign, cifar_benign_names = benign_versions(cifar_clean, seed + 2)
+        web_benign, web_benign_names = benign_versions(web_images_, seed + 3)
+        fitting_web = [image for image, fit in zip(web_images_, fit_half.tolist(), strict=True) if fit]
+        web_adv, web_adv_names = web_attacked(engine, fitting_web[:n_web_adv], seed + 4, progress)
+        cifar_all = score_images(engine, cifar_clean, progress, "scoring CIFAR-10 clean")
+        cifar_benign_all = score_images(engine, cifar_benign, progress, "scoring CIFAR-10 benign")
+        web_all = score_images(engine, web_images_, progress, "scoring web clean")
+        web_benign_all = score_images(engine, web_benign, progress, "scoring web benign")
+        cifar_adv = score_images(engine, cifar_adv_images, progress, "scoring CIFAR-10 attacked")
+        web_adv_scored = score_images(engine, web_adv, progress, "scoring web attacked")
+    first = torch.arange(n_clean) < half
+    outside = torch.tensor([r.kind != "stamp" for r in records])
+    return CalibrationSets(
+        cifar_clean_fit=cifar_all.subset(first),
+        cifar_clean_held=cifar_all.subset(~first),
+        cifar_benign_fit=cifar_benign_all.subset(first),
+        cifar_benign_held=cifar_benign_all.subset(~first),
+        cifar_benign_names=[n for n, f in zip(cifar_benign_names, first.tolist(), strict=True) if not f],
+        cifar_adv=cifar_adv,
+        cifar_adv_names=[f"{a}|{d}" for a, d in zip(adv_names, adv_delivery, strict=True)],
+        web_clean_fit=web_all.subset(fit_half),
+        web_clean_held=web_all.subset(~fit_half),
+        web_outside_fit=outside[fit_half],
+        web_benign_fit=web_benign_all.subset(fit_half),
+        web_benign_held=web_benign_all.subset(~fit_half),
+        web_benign_names=[n for n, f in zip(web_benign_names, fit_half.tolist(), strict=True) if not f],
+        web_adv=web_adv_scored,
+        web_adv_names=web_adv_names,
+    )
 
-    half = n_adv // 2
-    fit_mask = torch.zeros(n_adv, dtype=torch.bool)
-    fit_mask[:half] = True
-    negatives = {k: torch.cat([s_fit_clean[k], s_fit_benign.get(k, s_fit_clean[k][:0])]) for k in s_fit_clean}
-    combiner = fit_combiner(negatives, subset_scores(s_adv, fit_mask), detectors, seed=seed)
-    held_adv = subset_scores(s_adv, ~fit_mask)
-    held_names = [n for n, keep in zip(attack_names, ~fit_mask, strict=True) if keep]
-    combined_thr = combiner.logit(s_thr_clean)
-    combined_adv = combiner.logit(held_adv)
-    benign_groups: dict[str, torch.Tensor] = {}
-    if benign:
-        combined_benign = combiner.logit(s_held_benign)
-        for name in BENIGN:
-            benign_groups[name] = combined_benign[torch.tensor([n == name for n in benign_names])]
-    operating = calib.operating_threshold(combined_thr, benign_groups, target_fpr)
 
-    # Thresholds and measurements for every computed detector (the table); the artefact keeps the chosen.
-    all_scores_clean = {**s_thr_clean, "combined": combined_thr}
-    all_scores_adv = {**held_adv, "combined": combined_adv}
-    table: dict[str, dict[str, float]] = {}
-    for name in all_scores_clean:
-        threshold = operating if name == "combined" else calib.threshold_for_fpr(all_scores_clean[name], target_fpr)
-        row = {"auroc": calib.roc_auc(all_scores_clean[name], all_scores_adv[name])}
-        row["tpr"] = calib.flag_rate(all_scores_adv[name], threshold)
-        for spec in ATTACK_MIX:
-            mask = torch.tensor([n == spec.name for n in held_names])
+def benign_groups(sets: CalibrationSets, combiner: Any) -> dict[str, torch.Tensor]:
+    """Held-out combined scores per benign kind (CIFAR-10 and web images of that kind together)."""
+    groups: dict[str, torch.Tensor] = {}
+    for scored, names in (
+        (sets.cifar_benign_held, sets.cifar_benign_names),
+        (sets.web_benign_held, sets.web_benign_names),
+    ):
+        combined = combiner.logit(scored.scores)
+        for kind in delivery.BENIGN:
+            mask = torch.tensor([n == kind for n in names], dtype=torch.bool)
             if mask.any():
-                row[spec.name] = calib.roc_auc(all_scores_clean[name], all_scores_adv[name][mask])
-        table[name] = row
+                groups[kind] = torch.cat([groups.get(kind, combined[:0]), combined[mask]])
+    return groups
 
-    benign_rates = {name: calib.flag_rate(scores, operating) for name, scores in benign_groups.items()}
 
-    by_attack = {}
-    for spec in ATTACK_MIX:
-        mask = torch.tensor([n == spec.name for n in attack_names])
-        held = torch.tensor([n == spec.name for n in held_names])
-        by_attack[spec.name] = {
-            "n_held_out": int(held.sum()),
-            "fooled_target": float(fooled[mask].float().mean()) if mask.any() else 0.0,
-            "auroc_combined": table["combined"].get(spec.name, 0.0),
+def run_calibration(
+    engine: Engine,
+    train: ArrayDataset,
+    pool: torch.Tensor,
+    web: Sequence[tuple[web_images.WebImage, Image.Image]],
+    *,
+    n_clean: int,
+    n_adv: int,
+    detectors: Sequence[str],
+    n_web_adv: int = 160,
+    target_fpr: float = calib.DEFAULT_TARGET_FPR,
+    keep_in_domain: float = domain.DEFAULT_KEEP,
+    seed: int = 0,
+    steps: int = 10,
+    batch: int = 128,
+    data_info: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> tuple[calib.Calibration, dict[str, dict[str, float]]]:
+    """Fit the combiner and the domain model and set the threshold; returns the artefact and a table
+    {detector: {column: value}} for display."""
+    console = console or Console(stderr=True)
+    sets = collect(
+        engine, train, pool, web, n_clean=n_clean, n_adv=n_adv, n_web_adv=n_web_adv, seed=seed, steps=steps,
+        batch=batch, console=console,
+    )  # fmt: skip
+    half_adv = torch.arange(len(sets.cifar_adv.probs)) < len(sets.cifar_adv.probs) // 2
+    negatives = Scored.concat([sets.cifar_clean_fit, sets.cifar_benign_fit, sets.web_clean_fit, sets.web_benign_fit])
+    positives = Scored.concat([sets.cifar_adv.subset(half_adv), sets.web_adv])
+    combiner = fit_combiner(negatives.scores, positives.scores, detectors, seed=seed)
+    groups = {"web-clean": combiner.logit(sets.web_clean_held.scores), **benign_groups(sets, combiner)}
+    combined_clean = combiner.logit(sets.cifar_clean_held.scores)
+    operating = calib.operating_threshold(combined_clean, groups, target_fpr)
+
+    domain_model = domain.fit_domain(
+        (sets.cifar_clean_fit.probs, sets.cifar_clean_fit.scores),
+        (sets.web_clean_fit.probs[sets.web_outside_fit], subset(sets.web_clean_fit.scores, sets.web_outside_fit)),
+        (sets.cifar_clean_held.probs, sets.cifar_clean_held.scores),
+        keep=keep_in_domain,
+        seed=seed,
+    )
+    held_adv = sets.cifar_adv.subset(~half_adv)
+    table: dict[str, dict[str, float]] = {}
+    for name in [*held_adv.scores, "combined"]:
+
+        def values(scored: Scored, name: str = name) -> torch.Tensor:
+            return combiner.logit(scored.scores) if name == "combined" else scored.scores[name]
+
+        threshold = (
+            operating if name == "combined" else calib.threshold_for_fpr(values(sets.cifar_clean_held), target_fpr)
+        )
+        table[name] = {
+            "auroc_cifar": calib.roc_auc(values(sets.cifar_clean_held), values(held_adv)),
+            "auroc_web": calib.roc_auc(values(sets.web_clean_held), values(sets.web_adv)),
+            "tpr_cifar": calib.flag_rate(values(held_adv), threshold),
+            "web_clean_flagged": calib.flag_rate(values(sets.web_clean_held), threshold),
         }
+    web_outside_held = (
+        domain_model.logit(sets.web_clean_held.probs, sets.web_clean_held.scores) < domain_model.threshold
+    )
     evaluation = {
-        "split": "held-out part of the calibration pool (training split)",
-        "n_clean": len(thr_clean),
-        "n_adversarial": int((~fit_mask).sum()),
-        "auroc": {k: v["auroc"] for k, v in table.items()},
-        "tpr_at_target_fpr": {k: v["tpr"] for k, v in table.items()},
-        "by_attack": by_attack,
-        "benign_flag_rate": benign_rates,
+        "split": "held-out part of the calibration pool (CIFAR-10 training split; web-image calibration split)",
+        "n_clean": len(combined_clean),
+        "n_web_clean": len(sets.web_clean_held.probs),
+        "auroc": {k: v["auroc_cifar"] for k, v in table.items()},
+        "auroc_web_fitting_attacks": {k: v["auroc_web"] for k, v in table.items()},
+        "benign_flag_rate": {k: calib.flag_rate(v, operating) for k, v in groups.items()},
+        "web_without_confident_class": float(web_outside_held.double().mean()),
+        "cifar_keeping_label": domain_model.keep,
     }
     data = {
         **(data_info or {}),
-        "split": "train",
+        "split": "train (CIFAR-10) and calibration (web images)",
         "seed": seed,
-        "n_fit_clean": len(fit_clean),
-        "n_fit_benign": len(fit_clean) if benign else 0,
-        "n_fit_adversarial": half,
-        "n_threshold_clean": len(thr_clean),
+        "n_fit_clean": len(negatives.probs),
+        "n_fit_adversarial": len(positives.probs),
+        "n_threshold_clean": len(combined_clean),
+        "threshold_groups": {k: len(v) for k, v in groups.items()},
+        "deliveries": list(delivery.DELIVERIES),
+        "benign": list(delivery.BENIGN),
         "attacks": [
             f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target}, {steps} steps)" for s in ATTACK_MIX
-        ],
+        ]
+        + [f"web {a.name} ({a.steps} steps)" for a in NATURAL_ATTACKS],
     }
     artefact = calib.build(
         detectors=detectors,
         detector_set=det.DETECTOR_SET,
         combiner=combiner,
-        combined_clean=combined_thr,
-        detector_clean={k: s_thr_clean[k] for k in detectors},
+        combined_clean=combined_clean,
+        detector_clean={k: sets.cifar_clean_held.scores[k] for k in detectors},
         target_fpr=target_fpr,
         bundles=engine.bundle_versions,
         data=data,
         evaluation=evaluation,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        combined_benign=benign_groups,
+        combined_benign=groups,
+        domain=domain_model,
     )
     return artefact, table
 
 
+def subset(scores: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[mask] for k, v in scores.items()}
+
+
 def print_report(console: Console, artefact: calib.Calibration, table: dict[str, dict[str, float]]) -> None:
-    columns = [s.name for s in ATTACK_MIX if any(s.name in row for row in table.values())]
-    result = Table(title=f"Held-out detection (training-split pool), TPR at {artefact.target_fpr:.1%} FPR")
-    result.add_column("detector")
-    result.add_column("kept", justify="center")
-    result.add_column("AUROC", justify="right")
-    result.add_column("TPR", justify="right")
-    for column in columns:
-        result.add_column(column, justify="right")
+    result = Table(title=f"Held-out detection; thresholds at {artefact.target_fpr:.1%} FPR on clean CIFAR-10")
+    for column in ("detector", "kept", "AUROC CIFAR-10", "AUROC web", "TPR CIFAR-10", "web clean flagged"):
+        result.add_column(column, justify="left" if column == "detector" else "right")
     for name, row in table.items():
         kept = "*" if name in artefact.detectors or name == "combined" else ""
-        cells = [f"{row.get(c, float('nan')):.3f}" for c in columns]
-        result.add_row(name, kept, f"{row['auroc']:.3f}", f"{row['tpr']:.3f}", *cells)
+        result.add_row(
+            name, kept, f"{row['auroc_cifar']:.3f}", f"{row['auroc_web']:.3f}", f"{row['tpr_cifar']:.3f}",
+            f"{row['web_clean_flagged']:.1%}",
+        )  # fmt: skip
     console.print(result)
-    benign = artefact.evaluation.get("benign_flag_rate", {})
-    if benign:
-        console.print("benign flag rates (held out): " + ", ".join(f"{k} {v:.1%}" for k, v in benign.items()))
+    evaluation = artefact.evaluation
+    console.print(
+        "benign flag rates (held out): " + ", ".join(f"{k} {v:.1%}" for k, v in evaluation["benign_flag_rate"].items())
+    )
+    console.print(
+        f"no confident class: {evaluation['web_without_confident_class']:.1%} of held-out web images, while "
+        f"{evaluation['cifar_keeping_label']:.1%} of held-out CIFAR-10 images keep their label"
+    )
     console.print(
         f"threshold {artefact.threshold:.4f}: measured FPR {artefact.measured_fpr:.2%} on {artefact.n_threshold} "
         f"clean images (95% upper bound {artefact.fpr_upper_95:.2%}); calibration version {artefact.version}"
@@ -349,7 +500,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
     parser.add_argument("--dataset", help="data set name (default: the robust bundle's)")
     parser.add_argument("--n-clean", type=int, default=2000, help="clean images: half fit, half set the threshold")
-    parser.add_argument("--n-adv", type=int, default=2000, help="adversarial images: half fit, half measure")
+    parser.add_argument("--n-adv", type=int, default=1200, help="adversarial images: half fit, half measure")
     parser.add_argument("--target-fpr", type=float, default=calib.DEFAULT_TARGET_FPR)
     parser.add_argument(
         "--detectors", default=",".join(det.DEFAULT_DETECTORS), help="comma-separated, kept in the artefact"
@@ -358,7 +509,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="PGD steps per attack")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-benign", action="store_true", help="do not add benign changes to the clean fit set")
+    parser.add_argument(
+        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+    )
+    parser.add_argument("--n-web-adv", type=int, default=160, help="web images attacked for the fit")
+    parser.add_argument(
+        "--keep-in-domain", type=float, default=domain.DEFAULT_KEEP,
+        help="share of in-domain images that keep their class name (the rest: no confident class)",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--cache-dir")
@@ -367,6 +525,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="artefact path (default: calibration.json in the robust bundle's folder)")
     return parser.parse_args(argv)
+
+
+def load_web_split(folder: Path, split: str, limits: ImageLimits) -> list[tuple[web_images.WebImage, Image.Image]]:
+    """A split of the web-image set, each file decoded as the engine decodes it (native resolution)."""
+    return [
+        (r, decode_image((folder / r.file).read_bytes(), limits, NATIVE_DRAFT_SIZE))
+        for r in web_images.load_manifest(folder, split)
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,14 +565,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     pool, pool_note = unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
     console.print(f"calibration pool: {pool_note}")
-    info = {"dataset": dataset, "source": splits.source, "pool": pool_note}
     try:
+        web = load_web_split(args.web_dir, "calibration", engine.limits)
+        console.print(f"web images: {len(web)} of the calibration split of {args.web_dir}")
+        info = {
+            "dataset": dataset, "source": splits.source, "pool": pool_note,
+            "web": f"{len(web)} images, calibration split of {web_images.BUILD_VERSION}",
+        }  # fmt: skip
         artefact, table = run_calibration(
-            engine, splits.train, pool, n_clean=args.n_clean, n_adv=args.n_adv, detectors=keep,
-            target_fpr=args.target_fpr, seed=args.seed, steps=args.steps, batch=args.batch_size,
-            benign=not args.no_benign, data_info=info, console=console,
+            engine, splits.train, pool, web, n_clean=args.n_clean, n_adv=args.n_adv, detectors=keep,
+            n_web_adv=args.n_web_adv, target_fpr=args.target_fpr, keep_in_domain=args.keep_in_domain,
+            seed=args.seed, steps=args.steps, batch=args.batch_size, data_info=info, console=console,
         )  # fmt: skip
-    except ValueError as err:
+    except (ValueError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")
         return 2
     out = Path(args.out) if args.out else calib.default_path(args.robust)

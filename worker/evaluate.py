@@ -44,6 +44,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import random
 import re
 import sys
 import time
@@ -55,6 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -64,12 +66,18 @@ from training.attacks import margin, margin_objective, pgd, predict, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
-from worker.benign import BENIGN, quantise
-from worker.calibrate import make_progress
+from worker import delivery, web_images
+from worker.benign import quantise
+from worker.calibrate import load_web_split, make_progress, to_images
+from worker.detector_data import cap_size
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
+from worker.engine import native
 from worker.engine.combiner import Combiner
 from worker.engine.engine import Engine, EngineError
+from worker.engine.images import to_model_input
+from worker.native_attacks import NativeAttack
+from worker.native_attacks import fooled as native_fooled
 
 FPRS = (0.01, 0.05)
 TARGETS = {  # the issue's targets: (attack, statistic, comparison, value)
@@ -191,7 +199,8 @@ NON_DIFFERENTIABLE_VIEWS = frozenset({"bits", "jpeg"})  # rounding and libjpeg; 
 
 def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each served detector's scores with gradients with respect to ``x`` (same values as ``Engine.scores``)."""
-    needs = det.needs_of(engine.detectors)
+    compared = [d for d in engine.detectors if d.name != det.NATIVE_DETECTOR]
+    needs = det.needs_of(compared)
     probs: dict[tuple[str, str], torch.Tensor] = {}
     for model_name, model in engine.views.models.items():
         views = [v for m, v in needs if m == model_name]
@@ -199,7 +208,11 @@ def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Te
             batch = torch.cat([bpda_view(engine.views, v, x) for v in views])
             out = F.softmax(model(batch).float(), dim=1).split(len(x))
             probs.update({(model_name, v): p for v, p in zip(views, out, strict=True)})
-    return det.score(engine.detectors, probs)
+    scores = det.score(compared, probs)
+    if engine.detector is not None and any(d.name == det.NATIVE_DETECTOR for d in engine.detectors):
+        # Model-space inputs (CIFAR-10 size) have no native tiles: the detector reads the model input.
+        scores[det.NATIVE_DETECTOR] = F.softplus(native.adversarial_logit(engine.detector.model, x))
+    return scores
 
 
 def differentiable_combined(combiner: Combiner, scores: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -268,26 +281,49 @@ class Scored:
     detectors: dict[str, torch.Tensor]
     robust_pred: torch.Tensor
     standard_pred: torch.Tensor
+    confident: torch.Tensor  # the verdict names a class (in domain)
+
+
+def score_images(
+    engine: Engine, images: Sequence[Image.Image], progress: Progress | None = None, label: str = ""
+) -> Scored:
+    """The engine's scores for decoded images as served (model input and native tiles), as the verdicts get them."""
+    task = progress.add_task(label, total=len(images)) if progress else None
+    parts: list[dict[str, torch.Tensor]] = []
+    robust, standard, in_domain = [], [], []
+    for start in range(0, len(images), engine.max_batch):
+        chunk = images[start : start + engine.max_batch]
+        robust_probs, scores = engine.score_images(chunk)
+        parts.append(scores)
+        robust.append(robust_probs.argmax(1))
+        x = to_model_input(chunk, engine.input_size).to(engine.device)
+        standard.append(predict(engine.standard.model, x).cpu())
+        _score, confident = engine.in_domain(robust_probs, scores)
+        in_domain.append(confident)
+        if progress is not None:
+            progress.advance(task, len(chunk))
+    detectors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    combined = engine.combined(detectors)
+    return Scored(combined.double(), detectors, torch.cat(robust), torch.cat(standard), torch.cat(in_domain))
 
 
 def score_batches(
     engine: Engine, x: torch.Tensor, batch: int, progress: Progress | None = None, label: str = ""
 ) -> Scored:
-    """The engine's scores for a model-space batch (on the 8-bit grid), chunked."""
-    task = progress.add_task(label, total=len(x)) if progress else None
-    parts: list[dict[str, torch.Tensor]] = []
-    robust, standard = [], []
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch].to(engine.device)
-        robust_probs, scores = engine.scores(chunk)
-        parts.append(scores)
-        robust.append(robust_probs.argmax(1).cpu())
-        standard.append(predict(engine.standard.model, chunk).cpu())
-        if progress is not None:
-            progress.advance(task, len(chunk))
-    detectors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    combined = engine.combined(detectors)
-    return Scored(combined.double(), detectors, torch.cat(robust), torch.cat(standard))
+    """``score_images`` of a model-space batch (32 px, on the 8-bit grid), as PNG files would serve it."""
+    return score_images(engine, to_images(x), progress, label)
+
+
+def deliver_all(images: Sequence[Image.Image], name: str, seed: int) -> list[Image.Image]:
+    rng = random.Random(seed)
+    return [delivery.DELIVERIES[name](image, rng) for image in images]
+
+
+def rate_with_interval(mask: torch.Tensor) -> dict[str, Any]:
+    """A rate with its 95% Wilson interval and count."""
+    k, n = int(mask.sum()), len(mask)
+    low, high = calib.wilson_interval(k, n)
+    return {"rate": k / n if n else None, "ci95": [low, high], "k": k, "n": n}
 
 
 # --- the run ------------------------------------------------------------------------------------------
@@ -343,6 +379,27 @@ def rate(mask: torch.Tensor) -> float | None:
     return float(mask.double().mean()) if len(mask) else None
 
 
+def delivered_stats(
+    engine: Engine,
+    images: Sequence[Image.Image],
+    clean: Scored,
+    deliveries: Sequence[str],
+    seed: int,
+    progress: Progress,
+    label: str,
+) -> dict[str, Any]:
+    """Per delivery: the flag rate at the operating point with its interval, and AUROC against ``clean``."""
+    out: dict[str, Any] = {}
+    threshold = engine.calibration.threshold
+    for name in deliveries:
+        scored = score_images(engine, deliver_all(images, name, seed), progress, f"{label} via {name}")
+        out[name] = {
+            "flagged": rate_with_interval(scored.combined > threshold),
+            "auroc": auroc(clean.combined, scored.combined),
+        }
+    return out
+
+
 def evaluate(
     engine: Engine,
     x: torch.Tensor,
@@ -353,12 +410,13 @@ def evaluate(
     transfer: Bundle | None = None,
     console: Console | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The report (JSON-ready) and the combined scores per population (for the plots)."""
+    """The CIFAR-10 part of the report (JSON-ready) and the combined scores per population (for the plots)."""
     if engine.calibration is None:
         raise EngineError("the engine has no calibration: run `python -m worker.calibrate` for these bundles first")
     console = console or Console(stderr=True)
     threshold = engine.calibration.threshold
     batch = settings["batch_size"]
+    deliveries = settings["deliveries"]
     combined_by_population: dict[str, torch.Tensor] = {}
     report: dict[str, Any] = {"attacks": {}, "benign": {}}
     with make_progress(console) as progress:
@@ -371,6 +429,8 @@ def evaluate(
             "n": len(x),
             "flag_rate": false_positives / len(x),
             "flag_rate_upper_95": calib.fpr_upper_bound(false_positives, len(x)),
+            "flagged": rate_with_interval(clean.combined > threshold),
+            "no_confident_class": rate_with_interval(~clean.confident),
             "robust_accuracy": rate(clean.robust_pred == y),
             "standard_accuracy": rate(clean.standard_pred == y),
             "transfer_source_accuracy": rate(transfer_pred == y) if transfer_pred is not None else None,
@@ -398,13 +458,19 @@ def evaluate(
                 "robust_error": rate(scored.robust_pred != y),
                 "standard_error": rate(scored.standard_pred != y),
                 **detection_stats(clean.combined, scored.combined, threshold),
+                "flagged": rate_with_interval(flagged),
                 "fooled_and_unflagged": rate(fooled & ~flagged),
                 "fooled_and_unflagged_on_correct": rate((fooled & ~flagged)[correct_before]),
+                "robust_wrong_and_unflagged": rate_with_interval((scored.robust_pred != y) & ~flagged),
             }
             flipped = correct_before & fooled  # a correct prediction of the attacked model made wrong
             successful = detection_stats(clean.combined, scored.combined[flipped], threshold)
             record["successful"] = {"n": int(flipped.sum()), **successful}
             record["detectors_auroc"] = {k: auroc(clean.detectors[k], v) for k, v in scored.detectors.items()}
+            if spec.kind != "adaptive":
+                record["delivered"] = delivered_stats(
+                    engine, to_images(x_adv), clean, deliveries, settings["seed"], progress, spec.name
+                )
             if spec.kind == "square":
                 record["queries"] = settings["square_queries"]
             if spec.kind == "adaptive":
@@ -416,49 +482,138 @@ def evaluate(
             record["seconds"] = round(time.perf_counter() - started, 1)
             report["attacks"][spec.name] = record
 
-        generator = torch.Generator().manual_seed(settings["seed"])
+        rng = random.Random(settings["seed"])
+        originals = to_images(x)
         for name in benign:
             started = time.perf_counter()
-            changed = torch.cat([BENIGN[name](x[i : i + batch], generator) for i in range(0, len(x), batch)])
-            scored = score_batches(engine, changed, batch, progress, f"benign {name}")
+            changed = [delivery.BENIGN[name](image, rng) for image in originals]
+            scored = score_images(engine, changed, progress, f"benign {name}")
             combined_by_population[f"benign:{name}"] = scored.combined
             report["benign"][name] = {
                 "n": len(x),
                 "flag_rate": calib.flag_rate(scored.combined, threshold),
+                "flagged": rate_with_interval(scored.combined > threshold),
                 "auroc_vs_clean": auroc(clean.combined, scored.combined),
                 "robust_label_changed": rate(scored.robust_pred != clean.robust_pred),
                 "seconds": round(time.perf_counter() - started, 1),
             }
-    report["targets"] = check_targets(report)
     return report, combined_by_population
 
 
+WEB_ATTACKS = (
+    NativeAttack("resize", "pgd", 8),
+    NativeAttack("resize", "cw", 8),
+    NativeAttack("resize", "pgd", 4),
+    NativeAttack("native", "pgd", 8),
+)
+NATIVE_EVAL_SIDE = 256  # native-resolution attacks run on a centre crop this large (CPU cost)
+
+
+def centre_crop(image: Image.Image, side: int) -> Image.Image:
+    if max(image.size) <= side:
+        return image
+    left, top = max(0, (image.width - side) // 2), max(0, (image.height - side) // 2)
+    return image.crop((left, top, left + min(side, image.width), top + min(side, image.height)))
+
+
+def evaluate_web(
+    engine: Engine,
+    web: Sequence[tuple[web_images.WebImage, Image.Image]],
+    target: nn.Module,
+    settings: dict[str, Any],
+    console: Console,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The web-image part: test-split images as served, per kind; benign changes; attacks against ``target``
+    (the evaluation-only family) through the resize and at native resolution, after each delivery."""
+    threshold = engine.calibration.threshold
+    records = [r for r, _ in web]
+    images = [image for _, image in web]
+    kinds = sorted({r.kind for r in records})
+    populations: dict[str, torch.Tensor] = {}
+    report: dict[str, Any] = {"n": len(web), "clean": {}, "benign": {}, "attacks": {}}
+    with make_progress(console) as progress:
+        clean = score_images(engine, images, progress, "scoring web images")
+        populations["web clean"] = clean.combined
+        report["clean"]["all"] = {
+            "flagged": rate_with_interval(clean.combined > threshold),
+            "no_confident_class": rate_with_interval(~clean.confident),
+        }
+        for kind in kinds:
+            mask = torch.tensor([r.kind == kind for r in records])
+            report["clean"][kind] = {
+                "flagged": rate_with_interval((clean.combined > threshold)[mask]),
+                "no_confident_class": rate_with_interval(~clean.confident[mask]),
+            }
+        rng = random.Random(settings["seed"])
+        for name in settings["web_benign"]:
+            changed = [delivery.BENIGN[name](image, rng) for image in images]
+            scored = score_images(engine, changed, progress, f"web benign {name}")
+            report["benign"][name] = {"flagged": rate_with_interval(scored.combined > threshold)}
+        chosen = random.Random(settings["seed"]).sample(range(len(images)), min(settings["n_web_attack"], len(images)))
+        subset = [images[i] for i in chosen]
+        subset_clean = score_images(engine, subset, progress, "scoring attacked subset (clean)")
+        torch.manual_seed(settings["seed"])
+        for spec in WEB_ATTACKS:
+            started = time.perf_counter()
+            task = progress.add_task(f"web attack {spec.name}", total=len(subset))
+            sources, attacked, fooled = [], [], []
+            for image in subset:
+                source = centre_crop(image, NATIVE_EVAL_SIDE) if spec.route == "native" else cap_size(image, 1024)
+                pixels = delivery.to_array(source)
+                adv = spec.run(target, pixels, engine.input_size, engine.device)
+                sources.append(source)
+                attacked.append(delivery.from_array(adv))
+                fooled.append(native_fooled(target, pixels, adv, engine.input_size))
+                progress.advance(task)
+            base = subset_clean if spec.route == "resize" else score_images(engine, sources, progress, "crops (clean)")
+            record = {
+                "attack": f"{spec.route} L-inf {spec.objective}, eps {spec.eps_255}/255, {spec.steps} steps, vs the "
+                "evaluation-only family"
+                + (f" on a centre crop of <= {NATIVE_EVAL_SIDE} px" if spec.route == "native" else ""),
+                "n": len(subset),
+                "fooled_target": rate_with_interval(torch.tensor(fooled)),
+                "delivered": delivered_stats(
+                    engine, attacked, base, settings["deliveries"], settings["seed"], progress, f"web {spec.name}"
+                ),  # fmt: skip
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            populations[f"web {spec.name}"] = score_images(engine, attacked).combined
+            report["attacks"][spec.name] = record
+    return report, populations
+
+
+def _flag_rate(record: dict[str, Any] | None, delivery_name: str) -> float | None:
+    if record is None or delivery_name not in record.get("delivered", {}):
+        return None
+    return record["delivered"][delivery_name]["flagged"]["rate"]
+
+
 def check_targets(report: dict[str, Any]) -> dict[str, Any]:
-    targets: dict[str, Any] = {}
-    for key, (attack, statistic, comparison, goal) in TARGETS.items():
-        record = report["attacks"].get(attack)
-        value = record[statistic] if record else None
+    """The web-image issue's targets, each with the value measured at the operating point."""
+    cifar, web = report["attacks"], report.get("web", {})
+    web_attacks = web.get("attacks", {})
+    goals: dict[str, tuple[float | None, str, float]] = {
+        "cifar transferred PGD-8, PNG": (_flag_rate(cifar.get("pgd-8-t"), "png"), ">=", 0.95),
+        "cifar transferred CW-8, PNG": (_flag_rate(cifar.get("cw-8-t"), "png"), ">=", 0.95),
+        "cifar transferred PGD-8, JPEG q90": (_flag_rate(cifar.get("pgd-8-t"), "jpeg90"), ">=", 0.90),
+        "cifar transferred PGD-4, PNG": (_flag_rate(cifar.get("pgd-4-t"), "png"), ">=", 0.85),
+        "web PGD-8 through the resize, PNG": (_flag_rate(web_attacks.get("resize-pgd-8"), "png"), ">=", 0.95),
+        "web CW-8 through the resize, PNG": (_flag_rate(web_attacks.get("resize-cw-8"), "png"), ">=", 0.95),
+        "web PGD-8 through the resize, JPEG q90": (_flag_rate(web_attacks.get("resize-pgd-8"), "jpeg90"), ">=", 0.90),
+        "web PGD-4 through the resize, PNG": (_flag_rate(web_attacks.get("resize-pgd-4"), "png"), ">=", 0.85),
+        "web PGD-8 at native resolution, PNG": (_flag_rate(web_attacks.get("native-pgd-8"), "png"), ">=", 0.90),
+    }
+    if web.get("clean"):
+        goals["web images flagged (95% upper bound)"] = (web["clean"]["all"]["flagged"]["ci95"][1], "<=", 0.01)
+    benign = {f"cifar {k}": v["flagged"]["rate"] for k, v in report["benign"].items()}
+    benign |= {f"web {k}": v["flagged"]["rate"] for k, v in web.get("benign", {}).items()}
+    if benign:
+        worst = max(benign, key=lambda k: benign[k])
+        goals[f"worst benign change ({worst})"] = (benign[worst], "<=", 0.01)
+    targets = {}
+    for name, (value, comparison, goal) in goals.items():
         met = None if value is None else (value >= goal if comparison == ">=" else value <= goal)
-        targets[key] = {
-            "attack": attack,
-            "statistic": statistic,
-            "target": f"{comparison} {goal}",
-            "value": value,
-            "at_operating_point": record["flag_rate"] if record else None,
-            "met": met,
-        }
-        if record is None:
-            targets[key]["note"] = f"not measured ({attack} not run)"
-    if report["benign"]:
-        worst = max(report["benign"], key=lambda k: report["benign"][k]["flag_rate"])
-        value = report["benign"][worst]["flag_rate"]
-        targets["benign_flag_rate"] = {
-            "statistic": "max flag rate at the operating point",
-            "worst": worst,
-            "target": f"<= {BENIGN_TARGET}",
-            "value": value,
-            "met": value <= BENIGN_TARGET,
-        }
+        targets[name] = {"target": f"{comparison} {goal}", "value": value, "met": met}
     return targets
 
 
@@ -557,6 +712,9 @@ def print_report(console: Console, document: dict[str, Any]) -> None:
             fmt(r["tpr_at_5pct_fpr"]), fmt(r["flag_rate"], ".1%"), fmt(r["fooled_and_unflagged"], ".1%"),
         )  # fmt: skip
     console.print(table)
+    print_deliveries(console, "CIFAR-10 attacks: flagged after delivery", document["attacks"])
+    if document.get("web"):
+        print_web(console, document["web"])
     if document["benign"]:
         benign = Table(title="Benign changes: flag rate at the operating point (target <= 2%)")
         for column in ("change", "flagged", "AUROC vs clean", "robust label changed"):
@@ -580,6 +738,41 @@ def print_report(console: Console, document: dict[str, Any]) -> None:
     )
 
 
+def print_deliveries(console: Console, title: str, attacks: dict[str, Any]) -> None:
+    rows = {name: r["delivered"] for name, r in attacks.items() if r.get("delivered")}
+    if not rows:
+        return
+    names = list(next(iter(rows.values())))
+    table = Table(title=title + " (operating point; 95% Wilson interval)")
+    table.add_column("attack")
+    for name in names:
+        table.add_column(name, justify="right")
+    for attack, delivered in rows.items():
+        cells = [
+            f"{d['flagged']['rate']:.1%} [{d['flagged']['ci95'][0]:.0%}-{d['flagged']['ci95'][1]:.0%}]"
+            for d in delivered.values()
+        ]
+        table.add_row(attack, *cells)
+    console.print(table)
+
+
+def print_web(console: Console, web: dict[str, Any]) -> None:
+    table = Table(title=f"Web images of the test split ({web['n']}): as served")
+    for column in ("kind", "n", "flagged", "95% interval", "no confident class"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for kind, r in web["clean"].items():
+        f = r["flagged"]
+        table.add_row(kind, str(f["n"]), f"{f['rate']:.2%}", f"{f['ci95'][0]:.2%}-{f['ci95'][1]:.2%}",
+                      f"{r['no_confident_class']['rate']:.1%}")  # fmt: skip
+    console.print(table)
+    if web["benign"]:
+        console.print(
+            "web benign changes flagged: "
+            + ", ".join(f"{k} {v['flagged']['rate']:.1%}" for k, v in web["benign"].items())
+        )
+    print_deliveries(console, "Web-image attacks (evaluation-only family): flagged after delivery", web["attacks"])
+
+
 def bundle_info(bundle: Bundle) -> dict[str, Any]:
     return {"path": str(bundle.path), "version": bundle.version, "method": bundle.metadata.get("method"),
             "arch": bundle.metadata.get("arch"), "width": bundle.metadata.get("width")}  # fmt: skip
@@ -598,7 +791,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results", help="folder for detection.json and the PNGs")
     parser.add_argument("--attacks", default="default", help=f"comma list (default: {','.join(DEFAULT_ATTACKS)})")
-    parser.add_argument("--benign", default="all", help=f"comma list of {','.join(BENIGN)}, 'all' or 'none'")
+    parser.add_argument("--benign", default="all", help=f"comma list of {','.join(delivery.BENIGN)}, 'all' or 'none'")
+    parser.add_argument(
+        "--deliveries", default="png,jpeg90,jpeg75,webp,downscale0.75",
+        help=f"how attacked images are delivered before scoring (of {','.join(delivery.DELIVERIES)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+    )
+    parser.add_argument("--no-web", action="store_true", help="CIFAR-10 only (no web-image test split)")
+    parser.add_argument("--n-web-attack", type=int, default=120, help="web test images attacked per attack")
     parser.add_argument("--steps", type=int, default=20, help="PGD / CW steps")
     parser.add_argument("--square-queries", type=int, default=1000)
     parser.add_argument("--square-target", choices=("standard", "robust", "transfer"), default="standard")
@@ -625,10 +827,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         console.print(f"[red]{err}")
         return 2
-    benign = [] if args.benign == "none" else list(BENIGN) if args.benign == "all" else args.benign.split(",")
-    unknown = [b for b in benign if b not in BENIGN]
+    catalogue = delivery.BENIGN
+    benign = [] if args.benign == "none" else list(catalogue) if args.benign == "all" else args.benign.split(",")
+    deliveries = [d for d in args.deliveries.split(",") if d]
+    unknown = [b for b in benign if b not in catalogue] + [d for d in deliveries if d not in delivery.DELIVERIES]
     if unknown:
-        console.print(f"[red]unknown benign change(s) {', '.join(unknown)}; choose from {', '.join(BENIGN)}")
+        console.print(
+            f"[red]unknown benign change(s) or deliveries {', '.join(unknown)}; choose from "
+            f"{', '.join(catalogue)} and {', '.join(delivery.DELIVERIES)}"
+        )
         return 2
     try:
         engine = Engine.from_bundles(args.robust, args.standard, args.calibration, device=args.device,
@@ -663,12 +870,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {
         "steps": args.steps, "square_queries": args.square_queries, "adaptive_steps": args.adaptive_steps,
         "adaptive_lambda": args.adaptive_lambda, "adaptive_kappa": args.adaptive_kappa,
-        "batch_size": args.batch_size, "seed": args.seed,
+        "batch_size": args.batch_size, "seed": args.seed, "deliveries": deliveries, "web_benign": benign,
+        "n_web_attack": args.n_web_attack,
     }  # fmt: skip
     console.print(f"evaluating on {len(x)} test images of {splits.source} (seed {args.seed}), "
                   f"{len(attacks)} attacks, {len(benign)} benign changes")  # fmt: skip
     started = time.perf_counter()
     report, combined = evaluate(engine, x, y, attacks, benign, settings, transfer, console)
+    if not args.no_web:
+        if transfer is None:
+            console.print("[red]the web-image attacks need --transfer-source (the evaluation-only family)")
+            return 2
+        try:
+            web = load_web_split(args.web_dir, "test", engine.limits)
+        except web_images.MissingImagery as err:
+            console.print(f"[red]{err}")
+            return 2
+        report["web"], web_populations = evaluate_web(engine, web, transfer.model, settings, console)
+        combined.update(web_populations)
+    report["targets"] = check_targets(report)
     calibration = engine.calibration
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ images are kept out of training and measured; the numbers land in the bundle's `
 from __future__ import annotations
 
 import argparse
+import random
 import shlex
 import sys
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from rich.console import Console
 from torch import nn
 
@@ -37,11 +39,14 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
 from training.models import build_model
-from worker.benign import BENIGN, mild_noise
+from worker import delivery, web_images
 from worker.calibrate import AttackSpec, attack_all, detector_images, make_progress, unseen_pool
+from worker.detector_data import NATURAL_ATTACKS, DetectorExamples, ViewSet, cifar_examples, natural_examples
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
-from worker.engine.engine import Engine, default_detector_dir
+from worker.engine import native
+from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
+from worker.engine.images import ImageLimits, decode_image
 
 ARCH = "perturbation-cnn"
 METHOD = "perturbation-detector"
@@ -60,41 +65,11 @@ TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("standard", "square", 4),
     AttackSpec("standard", "square", 8),
 )
-NOISE_SIGMA_RANGE = (1 / 255, 3 / 255)
-
-
-def benign_copies(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """One benign change per image: mild noise of random strength for every other one, the rest round-robin."""
-    generator = torch.Generator().manual_seed(seed)
-    out = torch.empty_like(x)
-    noisy = torch.arange(0, len(x), 2)
-    low, high = NOISE_SIGMA_RANGE
-    sigma = torch.empty(len(noisy)).uniform_(low, high, generator=generator).view(-1, 1, 1, 1)
-    out[noisy] = mild_noise(x[noisy], generator, sigma)  # one strength per image
-    others = [name for name in BENIGN if BENIGN[name] is not mild_noise]
-    rest = torch.arange(1, len(x), 2)
-    for k, name in enumerate(others):
-        idx = rest[k :: len(others)]
-        if len(idx):
-            out[idx] = BENIGN[name](x[idx], generator)
-    return out
-
-
-def logit_scores(model: nn.Module, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """The detector's adversarial-minus-clean logit per image (monotone in the served score)."""
-    model.eval()
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch):
-            out = model(x[start : start + batch])
-            parts.append(out[:, det.ADVERSARIAL_CLASS] - out[:, det.CLEAN_CLASS])
-    return torch.cat(parts).cpu() if parts else torch.empty(0)
 
 
 def fit(
     model: nn.Module,
-    negatives: torch.Tensor,
-    positives: torch.Tensor,
+    groups: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     epochs: int,
     lr: float,
@@ -102,28 +77,35 @@ def fit(
     seed: int,
     console: Console,
 ) -> list[float]:
-    """SGD with a one-cycle schedule and horizontal flips; both classes weigh the same.  Returns epoch losses."""
+    """SGD with a one-cycle schedule and horizontal flips on examples of several sizes (uint8 views and their
+    labels, one group per size; each batch comes from one group, batches interleaved at random).  Both
+    classes weigh the same.  Returns the epoch losses."""
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    x = torch.cat([negatives, positives])
-    y = torch.cat([torch.zeros(len(negatives)), torch.ones(len(positives))]).long()
-    class_weight = torch.tensor([len(x) / (2 * len(negatives)), len(x) / (2 * len(positives))], device=device)
-    steps_per_epoch = len(x) // batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(x)} training images")
-    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * steps_per_epoch)
+    labels = torch.cat([y for _x, y in groups])
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == len(labels):
+        raise ValueError("the detector needs clean and adversarial examples")
+    class_weight = torch.tensor([len(labels) / (2 * (len(labels) - n_pos)), len(labels) / (2 * n_pos)], device=device)
     generator = torch.Generator().manual_seed(seed)
+    plan = [g for g, (x, _y) in enumerate(groups) for _ in range(len(x) // batch_size)]
+    if not plan:
+        raise ValueError(f"batch size {batch_size} exceeds every group of training examples")
+    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * len(plan))
     losses = []
     with make_progress(console) as progress:
-        task = progress.add_task("training the detector", total=epochs * steps_per_epoch)
+        task = progress.add_task("training the detector", total=epochs * len(plan))
         for _epoch in range(epochs):
             model.train()
-            order = torch.randperm(len(x), generator=generator)
+            orders = [torch.randperm(len(x), generator=generator) for x, _y in groups]
+            taken = [0] * len(groups)
             total = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                xb, yb = x[idx].to(device), y[idx].to(device)
+            for g in torch.tensor(plan)[torch.randperm(len(plan), generator=generator)].tolist():
+                idx = orders[g][taken[g] : taken[g] + batch_size]
+                taken[g] += batch_size
+                xb = groups[g][0][idx].to(device).float().div_(255)
+                yb = groups[g][1][idx].to(device)
                 flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
                 loss = F.cross_entropy(model(xb), yb, weight=class_weight)
@@ -133,29 +115,36 @@ def fit(
                 schedule.step()
                 total += loss.item()
                 progress.advance(task)
-            losses.append(total / steps_per_epoch)
+            losses.append(total / len(plan))
     model.eval()
     return losses
 
 
 def held_out_metrics(
-    model: nn.Module, clean: torch.Tensor, benign: torch.Tensor, adversarial: torch.Tensor, target_fpr: float
+    model: nn.Module, views: dict[str, tuple[torch.Tensor, torch.Tensor]], target_fpr: float
 ) -> dict[str, Any]:
-    """AUROC and TPR at the operating point the calibration uses (no clean or benign group above target)."""
-    s_clean, s_benign, s_adv = (logit_scores(model, v) for v in (clean, benign, adversarial))
-    threshold = calib.operating_threshold(s_clean, {"benign": s_benign}, target_fpr)
-    return {
-        "holdout_n": len(clean),
-        "holdout_auroc": calib.roc_auc(s_clean, s_adv),
-        "holdout_tpr": calib.flag_rate(s_adv, threshold),
-        "holdout_clean_flag_rate": calib.flag_rate(s_clean, threshold),
-        "holdout_benign_flag_rate": calib.flag_rate(s_benign, threshold),
-        "target_fpr": target_fpr,
-    }
+    """Per view (model input, native tiles): AUROC and TPR at the target FPR on held-out examples."""
+    metrics: dict[str, Any] = {"target_fpr": target_fpr}
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for name, (x, y) in views.items():
+            if len(x) == 0 or y.min() == y.max():
+                continue
+            logits = native.adversarial_logit(model, x.to(device).float().div_(255)).cpu()
+            clean, adversarial = logits[y == 0], logits[y == 1]
+            threshold = calib.threshold_for_fpr(clean, target_fpr)
+            metrics[name] = {
+                "n_clean": len(clean),
+                "n_adversarial": len(adversarial),
+                "auroc": calib.roc_auc(clean, adversarial),
+                "tpr": calib.flag_rate(adversarial, threshold),
+            }
+    return metrics
 
 
 def metadata(
-    robust: Bundle, standard: Bundle, args: argparse.Namespace, n_train: int, info: dict[str, Any]
+    robust: Bundle, standard: Bundle, args: argparse.Namespace, counts: dict[str, Any], info: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "arch": ARCH,
@@ -163,6 +152,7 @@ def metadata(
         "num_classes": len(det.DETECTOR_CLASSES),
         "classes": list(det.DETECTOR_CLASSES),
         "input_size": robust.metadata["input_size"],
+        "tile": native.TILE,
         "mean": robust.metadata["mean"],
         "std": robust.metadata["std"],
         "method": METHOD,
@@ -173,14 +163,17 @@ def metadata(
             "kind": METHOD,
             "seed": args.seed,
             "pool_images": args.n,
-            "train_images": n_train,
             "pool": info["pool"],
+            "web_images": info["web"],
+            "examples": counts,
             "epochs": args.epochs,
             "lr": args.lr,
             "batch_size": args.batch_size,
             "attack_steps": args.steps,
             "attacks": [f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target})" for s in TRAINING_ATTACKS],
-            "benign": "half mild noise sigma 1-3/255, half " + ", ".join(n for n in BENIGN if n != "noise"),
+            "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
+            "benign": ", ".join(delivery.BENIGN),
+            "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
     }
@@ -192,9 +185,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--standard", required=True, help="standard companion bundle folder")
     parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
     parser.add_argument("--dataset", help="data set name (default: the robust bundle's)")
-    parser.add_argument("--n", type=int, default=20000, help="pool images to use (each clean, benign, attacked)")
-    parser.add_argument("--holdout", type=float, default=0.1, help="fraction of them kept out and measured")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--n", type=int, default=6000, help="CIFAR pool images to use (each clean, benign, attacked)")
+    parser.add_argument(
+        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+    )
+    parser.add_argument("--web-n", type=int, help="use at most this many web images of its train split")
+    parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--width", type=int, default=16, help="channels of the first convolutions")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -212,6 +209,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def load_web_images(folder: Path, split: str, limit: int | None, limits: ImageLimits) -> list[Image.Image]:
+    """The web-image set's ``split``, decoded as the engine decodes (at native resolution)."""
+    records = web_images.load_manifest(folder, split)
+    records = random.Random(0).sample(records, min(limit, len(records))) if limit else records
+    return [decode_image((folder / r.file).read_bytes(), limits, NATIVE_DRAFT_SIZE) for r in records]
+
+
+def split_holdout(views: ViewSet, fraction: float) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The last ``fraction`` of the examples (the last images added) held out."""
+    x, y = views.tensors()
+    n_train = len(x) - max(1, round(fraction * len(x)))
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console(stderr=True)
@@ -223,48 +234,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     if splits.train.classes != engine.classes:
         console.print(f"[red]the data set's classes {splits.train.classes} differ from the bundle's {engine.classes}")
         return 2
-    pool, pool_note = unseen_pool(len(splits.train), [robust, standard])
     try:
+        web = load_web_images(args.web_dir, "train", args.web_n, engine.limits)
+        pool, pool_note = unseen_pool(len(splits.train), [robust, standard])
         chosen = detector_images(pool, args.seed, args.n)
-    except ValueError as err:
+    except (ValueError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")
         return 2
-    console.print(f"detector images: {args.n} of the {pool_note}")
+    console.print(f"detector images: {args.n} of the {pool_note}; {len(web)} web images (train split)")
     x = to_float(splits.train.images[chosen])
     y = splits.train.labels[chosen]
 
+    examples = DetectorExamples()
     with make_progress(console) as progress:
-        adversarial, _names, fooled = attack_all(
+        adversarial, names, fooled = attack_all(
             engine, x, y, args.steps, args.batch_size, args.seed, progress, mix=TRAINING_ATTACKS
         )
-    benign = benign_copies(x, args.seed)
+        web_counts = natural_examples(
+            examples, web, [standard.model, robust.model], engine.input_size, args.seed, engine.device, progress
+        )
     # Square leaves the images its target already gets wrong untouched: those copies are clean, not positives.
     changed = (adversarial != x).flatten(1).any(1)
     console.print(
-        f"attacks fooled their target on {fooled.float().mean():.1%} of the images; {int((~changed).sum())} "
-        "copies left unchanged are not used as adversarial"
+        f"CIFAR-10 attacks fooled their target on {fooled.float().mean():.1%}; {int((~changed).sum())} unchanged "
+        "copies are not used as adversarial"
     )
+    cifar = DetectorExamples()
+    cifar_examples(cifar, x, adversarial, names, changed, args.seed, engine.input_size)
+    # CIFAR examples first, web ones after: the held-out tail of each view is whole images, never seen.
+    small = ViewSet(cifar.model_inputs.images + examples.model_inputs.images,
+                    cifar.model_inputs.labels + examples.model_inputs.labels)  # fmt: skip
+    (small_train, small_held), (tiles_train, tiles_held) = (
+        split_holdout(v, args.holdout) for v in (small, examples.tiles)
+    )
+    counts = {
+        "model_inputs": len(small.images), "tiles": len(examples.tiles.images), "web_attacks": web_counts,
+        "cifar_images": args.n, "web_images": len(web),
+    }  # fmt: skip
+    console.print(f"examples: {counts['model_inputs']} model inputs, {counts['tiles']} native tiles")
 
-    n_train = len(x) - max(1, round(args.holdout * len(x)))
     torch.manual_seed(args.seed)
     model = build_model(ARCH, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
-    negatives = torch.cat([x[:n_train], benign[:n_train]])
-    positives = adversarial[:n_train][changed[:n_train]]
     losses = fit(
-        model, negatives, positives, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        console=console,
+        model, [small_train, tiles_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        seed=args.seed, console=console,
     )  # fmt: skip
-    held_adversarial = adversarial[n_train:][changed[n_train:]]
-    held = [v.to(engine.device) for v in (x[n_train:], benign[n_train:], held_adversarial)]
-    metrics = {**held_out_metrics(model, *held, args.target_fpr), "final_loss": losses[-1]}
-    info = {"dataset": dataset, "source": splits.source, "pool": pool_note}
+    metrics = {
+        **held_out_metrics(model, {"model_input": small_held, "tiles": tiles_held}, args.target_fpr),
+        "final_loss": losses[-1],
+    }
+    info = {
+        "dataset": dataset, "source": splits.source, "pool": pool_note,
+        "web": f"{len(web)} images of the train split of {args.web_dir} ({web_images.BUILD_VERSION})",
+    }  # fmt: skip
     out = Path(args.out) if args.out else default_detector_dir(args.robust)
-    bundle_io.save(model.cpu(), {**metadata(robust, standard, args, n_train, info), "metrics": metrics}, out)
-    console.print(
-        f"held out ({metrics['holdout_n']} images): AUROC {metrics['holdout_auroc']:.4f}, TPR "
-        f"{metrics['holdout_tpr']:.3f} with clean {metrics['holdout_clean_flag_rate']:.2%} and benign "
-        f"{metrics['holdout_benign_flag_rate']:.2%} flagged"
-    )
+    bundle_io.save(model.cpu(), {**metadata(robust, standard, args, counts, info), "metrics": metrics}, out)
+    for view in ("model_input", "tiles"):
+        if view in metrics:
+            m = metrics[view]
+            console.print(
+                f"held out, {view}: AUROC {m['auroc']:.4f}, TPR {m['tpr']:.3f} at {args.target_fpr:.0%} FPR "
+                f"({m['n_clean']} clean, {m['n_adversarial']} adversarial)"
+            )
     console.print(f"wrote {out}; recalibrate with `python -m worker.calibrate` (the detector changed)")
     return 0
 

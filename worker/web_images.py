@@ -63,6 +63,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Crops per source image: large wallpapers give many distinct web images, a stamp or a page one or two.
 CROPS_PER_SOURCE = {"wallpaper": 24, "stamp": 2, "page": 3}
 RENDERED_PAGES = 240
+LIMITED_CROPS = 2
 MIN_SIDE = 32  # smaller packaged pictures (icons) are left out
 
 
@@ -164,11 +165,12 @@ def rendered_sources(count: int = RENDERED_PAGES) -> list[Source]:
 
 
 # --- rendered pages -------------------------------------------------------------------------------------------
-WORDS = (
+_SENTENCE = (
     "the quick brown fox jumps over a lazy dog while pricing plans for teams update every month and our new "
     "release brings faster search better privacy controls shipping worldwide contact support sign in today "
     "order summary total checkout subscribe newsletter learn more download report quarterly revenue growth"
-).split()
+)
+WORDS = _SENTENCE.split()
 
 
 def _fonts() -> list[Path]:
@@ -305,12 +307,12 @@ def deliver(image: Image.Image, kind: str, rng: random.Random) -> tuple[bytes, s
     return save(image, "WEBP", quality), "WEBP", history
 
 
-def images_of(source: Source, fonts: Sequence[Path]) -> Iterator[tuple[bytes, WebImage]]:
+def images_of(source: Source, fonts: Sequence[Path], crops: int | None = None) -> Iterator[tuple[bytes, WebImage]]:
     rng = random.Random(int(hashlib.sha256(f"{BUILD_VERSION}:{source.id}".encode()).hexdigest()[:12], 16))
     picture = load_source(source, fonts)
     if min(picture.size) < MIN_SIDE:
         return
-    for k in range(CROPS_PER_SOURCE[source.kind]):
+    for k in range(min(CROPS_PER_SOURCE[source.kind], crops or CROPS_PER_SOURCE[source.kind])):
         crop = random_crop(picture, rng) if source.kind != "stamp" or k else picture
         if source.kind == "stamp" and max(crop.size) > 1024:
             crop = random_crop(crop, rng)
@@ -324,7 +326,7 @@ def images_of(source: Source, fonts: Sequence[Path]) -> Iterator[tuple[bytes, We
 # --- the set ------------------------------------------------------------------------------------------------------
 def build(out: Path, *, install: bool = True, limit: int | None = None, progress: bool = True) -> Path:
     """Build the set into ``out`` (idempotent: a finished build of this version is kept).  ``limit`` caps
-    the sources per kind (tests)."""
+    the sources per kind and split, and the crops per source at ``LIMITED_CROPS`` (a small set for tests)."""
     marker = out / "BUILT"
     if marker.is_file() and marker.read_text().strip() == f"{BUILD_VERSION} limit={limit}":
         return out
@@ -336,10 +338,10 @@ def build(out: Path, *, install: bool = True, limit: int | None = None, progress
     fonts = _fonts()
     sources = packaged_sources() + rendered_sources()
     if limit is not None:
-        by_kind: dict[str, list[Source]] = {}
+        groups: dict[tuple[str, str], list[Source]] = {}
         for source in sources:
-            by_kind.setdefault(source.kind, []).append(source)
-        sources = [s for group in by_kind.values() for s in group[:limit]]
+            groups.setdefault((source.kind, source.split), []).append(source)
+        sources = [s for group in groups.values() for s in group[:limit]]
     if out.exists():
         shutil.rmtree(out)
     for split in SPLITS:
@@ -350,7 +352,7 @@ def build(out: Path, *, install: bool = True, limit: int | None = None, progress
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("building web images", total=len(sources))
         for source in sources:
-            for data, record in images_of(source, fonts):
+            for data, record in images_of(source, fonts, LIMITED_CROPS if limit is not None else None):
                 (out / record.file).write_bytes(data)
                 records.append(record)
             bar.advance(task)
@@ -381,10 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=("build", "summary"))
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="the set's folder (default: %(default)s)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing packages")
+    parser.add_argument("--limit", type=int, help="at most this many sources per kind and split (a small set)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            build(args.out, install=not args.no_install)
+            build(args.out, install=not args.no_install, limit=args.limit)
         print(json.dumps(summary(args.out), indent=2))
     except MissingImagery as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ import torch
 from scipy import stats
 
 from worker.engine.combiner import Combiner
+from worker.engine.domain import DomainModel
 
 FORMAT = "robust-scanner-calibration/1"
 DEFAULT_FILE = "calibration.json"
@@ -75,6 +76,17 @@ def fpr_upper_bound(false_positives: int, n: int, confidence: float = 0.95) -> f
     return float(stats.beta.ppf(confidence, false_positives + 1, n - false_positives))
 
 
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a rate observed as successes / n (two-sided; (0, 1) when n is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    rate = successes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def roc_auc(negatives: torch.Tensor | np.ndarray, positives: torch.Tensor | np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with ties counted half): P(score_pos > score_neg)."""
     neg = np.asarray(negatives, dtype=np.float64).reshape(-1)
@@ -100,6 +112,7 @@ class Calibration:
     bundles: dict[str, str]  # {"robust": version, "standard": version}
     data: dict[str, Any] = field(default_factory=dict)  # what it was fitted on
     evaluation: dict[str, Any] = field(default_factory=dict)  # held-out measurements
+    domain: DomainModel | None = None  # "no confident class" below its threshold (None: labels always shown)
     created: str = ""
     version: str = ""
 
@@ -119,6 +132,7 @@ class Calibration:
             "bundles": dict(self.bundles),
             "data": self.data,
             "evaluation": self.evaluation,
+            **({"domain": self.domain.to_dict()} if self.domain is not None else {}),
         }
 
     def content_hash(self) -> str:
@@ -149,6 +163,7 @@ def build(
     evaluation: Mapping[str, Any] | None = None,
     created: str = "",
     combined_benign: Mapping[str, torch.Tensor] | None = None,
+    domain: DomainModel | None = None,
 ) -> Calibration:
     """Set the combined threshold (see ``operating_threshold``) and per-detector ones on held-out scores
     and version the result."""
@@ -168,6 +183,7 @@ def build(
         bundles=dict(bundles),
         data=dict(data),
         evaluation=dict(evaluation or {}),
+        domain=domain,
         created=created,
     )
     return _with_version(calibration)
@@ -213,6 +229,7 @@ def load(path: str | Path, robust_version: str | None = None, standard_version: 
             bundles=dict(document["bundles"]),
             data=dict(document.get("data", {})),
             evaluation=dict(document.get("evaluation", {})),
+            domain=DomainModel.from_dict(document["domain"]) if "domain" in document else None,
             created=str(document.get("created", "")),
             version=str(document.get("version", "")),
         )

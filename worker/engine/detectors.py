@@ -11,8 +11,10 @@ Each detector compares class distributions ("views") of the robust model R and t
 - ``noise_*``: L1 distance between p(x) and p(x + small Gaussian noise), for the same reason.  The noise is
   one fixed pattern (seeded), so a verdict never depends on which batch an image travelled in.
 - ``uncertainty_r``: 1 - max p_R(x); attacks on R leave it unsure.
-- ``perturbation_net``: -log p_clean(x) from the perturbation detector D, a small CNN trained to tell clean
-  (and benignly changed) images from adversarial ones (``python -m worker.train_detector``).  Unlike the
+- ``perturbation_net``: -log p_clean from the perturbation detector D, a small CNN trained to tell clean
+  (and benignly changed) images from adversarial ones (``python -m worker.train_detector``), read on the
+  model input and on tiles of the image at its own resolution (``worker.engine.native``; the engine computes
+  it, since it needs the pixels as served).  Unlike the
   others it does not need the attack to have fooled anything: it sees the perturbation itself, so it
   catches attacks made on models we have never seen.  -log p_clean is monotone in D's logit and never
   negative (the combiner compresses scores with log1p).
@@ -44,7 +46,7 @@ BITS = 5
 JPEG_QUALITY = 75
 NOISE_SIGMA = 4 / 255
 NOISE_SEED = 20240601
-DETECTOR_SET = "detectors/2"  # bump when a detector's definition or a setting above changes
+DETECTOR_SET = "detectors/3"  # bump when a detector's definition or a setting above changes
 
 
 def bit_depth(x: torch.Tensor, bits: int = BITS) -> torch.Tensor:
@@ -124,6 +126,7 @@ def _squeeze_detector(model: str, view: str) -> Detector:
     )
 
 
+NATIVE_DETECTOR = "perturbation_net"  # computed by the engine from the model input and native tiles
 DETECTOR_CLASSES = ("clean", "adversarial")  # the perturbation detector's classes, in its output order
 CLEAN_CLASS, ADVERSARIAL_CLASS = 0, 1
 
@@ -149,7 +152,7 @@ def _build_catalogue() -> dict[str, Detector]:
             "perturbation_net",
             ((DETECTOR, IDENTITY),),
             lambda p: _minus_log_clean(p[DETECTOR, IDENTITY]),
-            "-log p_D(clean)",
+            "-log p_D(clean) of the model input or, when larger, of the native tiles' mean logit",
         ),
     ]
     for model in (ROBUST, STANDARD):

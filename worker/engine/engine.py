@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -34,10 +35,12 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
+from worker.engine import native
 from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
 
 log = logging.getLogger(__name__)
 DETECTOR_FOLDER = "perturbation-detector"
+NATIVE_DRAFT_SIZE = 2048
 
 
 class EngineError(RuntimeError):
@@ -134,9 +137,11 @@ class Engine:
                 f"detector(s) {', '.join(missing)} need the perturbation detector bundle; train one with "
                 "`python -m worker.train_detector` (it is looked for in the robust bundle's perturbation-detector/)"
             )
-        self.views = det.ViewComputer(models, self.input_size, self.device)
-        # JPEG's decoder may downscale by up to 8 while both sides stay at least 4x the model's input.
-        self.draft_size = 4 * max(self.input_size[1:])
+        compared = {name: model for name, model in models.items() if name != det.DETECTOR}
+        self.views = det.ViewComputer(compared, self.input_size, self.device)
+        # The perturbation detector reads pixels as served: JPEG's decoder may only downscale images whose
+        # sides both stay at least this large (a 24 Mpx photo), which keeps decoding bounded.
+        self.draft_size = NATIVE_DRAFT_SIZE
 
     @classmethod
     def from_bundles(
@@ -197,15 +202,57 @@ class Engine:
         return verdicts
 
     @torch.no_grad()
-    def scores(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Robust softmax (B, K) and each detector's scores (B,) for a model-space batch (no chunking).
+    def scores(
+        self, x: torch.Tensor, tiles: torch.Tensor | None = None, owner: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Robust softmax (B, K) and each detector's scores (B,) for a model-space batch (no chunking), with
+        the images' native tiles (``native.native_tiles``) when they have any.
 
         Calibration and evaluation call this, so they measure exactly what the engine serves.
         """
         x = x.to(self.device, torch.float32)
         robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
-        probs = self.views.probabilities(x, det.needs_of(self.detectors), {(det.ROBUST, det.IDENTITY): robust_probs})
-        return robust_probs, {k: v.cpu() for k, v in det.score(self.detectors, probs).items()}
+        return robust_probs, self._detector_scores(x, robust_probs, tiles, owner)
+
+    def _detector_scores(
+        self, x: torch.Tensor, robust_probs: torch.Tensor, tiles: torch.Tensor | None, owner: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Scores of the comparison detectors (model views of x) and of the perturbation detector (x and tiles)."""
+        compared = [d for d in self.detectors if d.name != det.NATIVE_DETECTOR]
+        probs = self.views.probabilities(x, det.needs_of(compared), {(det.ROBUST, det.IDENTITY): robust_probs})
+        scores = det.score(compared, probs)
+        if any(d.name == det.NATIVE_DETECTOR for d in self.detectors):
+            empty = torch.empty(0, *x.shape[1:2], native.TILE, native.TILE)
+            tiles, owner = (tiles, owner) if tiles is not None else (empty, torch.empty(0, dtype=torch.long))
+            logits = native.image_logits(self.detector.model, x, tiles, owner)
+            scores[det.NATIVE_DETECTOR] = F.softplus(logits)  # = -log p_clean of the deciding view
+        return {d.name: scores[d.name].cpu() for d in self.detectors}
+
+    def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``scores`` for decoded RGB images of any size, prepared as ``analyse`` prepares them (model input
+        and native tiles), in chunks of ``max_batch``."""
+        probs: list[torch.Tensor] = []
+        parts: list[dict[str, torch.Tensor]] = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = images[start : start + self.max_batch]
+            x = to_model_input(chunk, self.input_size)
+            tiles, owner = native.native_tiles([np.asarray(image) for image in chunk])
+            p, scores = self.scores(x, tiles, owner)
+            probs.append(p.cpu())
+            parts.append(scores)
+        if not parts:
+            return torch.empty(0, len(self.classes)), {d.name: torch.empty(0) for d in self.detectors}
+        return torch.cat(probs), {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+    def in_domain(
+        self, robust_probs: torch.Tensor, scores: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The in-domain score per image (None without a domain model) and whether its label is confident."""
+        domain = self.calibration.domain if self.calibration else None
+        if domain is None:
+            return None, torch.ones(len(robust_probs), dtype=torch.bool)
+        logit = domain.logit(robust_probs, scores)
+        return torch.sigmoid(logit), logit >= domain.threshold
 
     def combined(self, scores: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return self.calibration.combiner.logit(scores) if self.calibration else None
@@ -213,6 +260,7 @@ class Engine:
     # --- internals ---------------------------------------------------------------------------------------
     def _analyse_chunk(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
         inputs: list[torch.Tensor] = []
+        pixels: list[np.ndarray] = []
         decode_ms: list[float] = []
         results: list[Verdict | ImageError | None] = []
         for item in items:
@@ -224,9 +272,11 @@ class Engine:
                 results.append(err)
                 continue
             inputs.append(tensor)
+            if self.detector is not None:
+                pixels.append(np.asarray(image))
             decode_ms.append((time.perf_counter() - start) * 1000)
             results.append(None)
-        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms) if inputs else [])
+        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels) if inputs else [])
         return [r if r is not None else next(verdicts) for r in results]
 
     def _decode(self, item: bytes | Image.Image) -> Image.Image:
@@ -241,15 +291,17 @@ class Engine:
             torch.cuda.synchronize(self.device)
 
     @torch.no_grad()
-    def _verdicts(self, x: torch.Tensor, decode_ms: Sequence[float]) -> list[Verdict]:
+    def _verdicts(
+        self, x: torch.Tensor, decode_ms: Sequence[float], pixels: Sequence[np.ndarray] = ()
+    ) -> list[Verdict]:
         n = len(x)
         x = x.to(self.device, torch.float32)
         start = time.perf_counter()
         robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
         self._synchronise()
         after_inference = time.perf_counter()
-        probs = self.views.probabilities(x, det.needs_of(self.detectors), {(det.ROBUST, det.IDENTITY): robust_probs})
-        scores = {k: v.cpu() for k, v in det.score(self.detectors, probs).items()}
+        tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
+        scores = self._detector_scores(x, robust_probs, tiles, owner)
         combined = self.combined(scores)
         self._synchronise()
         end = time.perf_counter()
@@ -260,15 +312,16 @@ class Engine:
         top_p, top_i = robust_probs.topk(self.top_k, dim=1)
         threshold = self.calibration.threshold if self.calibration else None
         calibration_version = self.calibration.version if self.calibration else None
+        in_domain, confident = self.in_domain(robust_probs, scores)
         verdicts = []
         for i in range(n):
             score = float(combined[i]) if combined is not None else None
             verdicts.append(
                 Verdict(
-                    label=self.classes[int(top_i[i, 0])],
+                    label=self.classes[int(top_i[i, 0])] if confident[i] else None,
                     label_index=int(top_i[i, 0]),
                     confidence=float(top_p[i, 0]),
-                    in_domain=None,
+                    in_domain=float(in_domain[i]) if in_domain is not None else None,
                     top_k=[(self.classes[int(j)], float(p)) for p, j in zip(top_p[i], top_i[i], strict=True)],
                     scores={k: float(v[i]) for k, v in scores.items()},
                     combined=score,
