@@ -435,6 +435,7 @@ def run_calibration(
     data = {
         **(data_info or {}),
         "split": "train (CIFAR-10) and calibration (web images)",
+        "web": f"{len(web)} images of the calibration split of the web-image set ({web_images.BUILD_VERSION})",
         "seed": seed,
         "n_fit_clean": len(negatives.probs),
         "n_fit_adversarial": len(positives.probs),
@@ -568,10 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         web = load_web_split(args.web_dir, "calibration", engine.limits)
         console.print(f"web images: {len(web)} of the calibration split of {args.web_dir}")
-        info = {
-            "dataset": dataset, "source": splits.source, "pool": pool_note,
-            "web": f"{len(web)} images, calibration split of {web_images.BUILD_VERSION}",
-        }  # fmt: skip
+        info = {"dataset": dataset, "source": splits.source, "pool": pool_note}
         artefact, table = run_calibration(
             engine, splits.train, pool, web, n_clean=args.n_clean, n_adv=args.n_adv, detectors=keep,
             n_web_adv=args.n_web_adv, target_fpr=args.target_fpr, keep_in_domain=args.keep_in_domain,

@@ -13,7 +13,7 @@ import torch
 from training.bundle import Bundle
 from training.data import ArrayDataset, load_splits, split_holdout
 from worker import calibrate
-from worker.benign import BENIGN
+from worker.delivery import BENIGN
 from worker.engine import calibration as calib
 from worker.engine.engine import Engine, EngineError
 
@@ -70,38 +70,47 @@ def test_unseen_pool_excludes_exactly_what_the_trainer_trained_on():
 
 
 @pytest.fixture(scope="module")
-def fitted(bundle_dirs, tiny_tarball):
-    """A calibration of the tiny bundles on the tiny data set, with every detector measured."""
+def fitted(bundle_dirs, tiny_tarball, web_set):
+    """A calibration of the tiny bundles on the tiny data set and web images, with every detector measured."""
     robust, standard = bundle_dirs
     engine = Engine.from_bundles(robust, standard, threads=1, max_batch=32, detectors=list(calibrate.det.CATALOGUE))
     splits = load_splits("imagefolder", tiny_tarball)
     pool, _ = calibrate.unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
     keep = list(calibrate.det.DEFAULT_DETECTORS)
+    web = calibrate.load_web_split(web_set, "calibration", engine.limits)
     artefact, table = calibrate.run_calibration(
-        engine, splits.train, pool, n_clean=24, n_adv=18, detectors=keep, target_fpr=0.1, steps=2, batch=32
-    )
-    return engine, splits, pool, artefact, table
+        engine, splits.train, pool, web, n_clean=24, n_adv=18, detectors=keep, n_web_adv=2, target_fpr=0.1,
+        steps=2, batch=32,
+    )  # fmt: skip
+    return engine, splits, pool, web, artefact, table
 
 
 def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
-    engine, splits, pool, artefact, table = fitted
+    engine, splits, pool, web, artefact, table = fitted
     assert artefact.measured_fpr <= artefact.target_fpr == 0.1
-    assert artefact.n_threshold == 12 and artefact.data["n_fit_clean"] == 12
-    # Recompute the held-out clean scores from scratch and check the stored threshold against them.
+    assert artefact.n_threshold == 12
+    # Recompute the held-out clean scores from scratch (the same deliveries) and check the stored threshold.
     order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))]
-    held = splits.train.images[order[12:24]].float() / 255
-    _, scores = engine.scores(held)
+    clean, _ = calibrate.delivered(calibrate.to_images(splits.train.images[order[:24]].float() / 255), 0)
+    _, scores = engine.score_images(clean[12:])
     combined = artefact.combiner.logit(scores)
     assert calib.flag_rate(combined, artefact.threshold) == pytest.approx(artefact.measured_fpr)
     assert set(artefact.detector_thresholds) == set(artefact.detectors)
-    assert "combined" in table and all(0 <= row["auroc"] <= 1 for row in table.values())
-    # The operating point keeps every benign change at or below the target too, not only pristine images.
+    assert "combined" in table and all(0 <= row["auroc_cifar"] <= 1 for row in table.values())
+    # The operating point keeps held-out web images and every benign change at or below the target too.
     benign = artefact.evaluation["benign_flag_rate"]
-    assert set(benign) == set(BENIGN) and all(rate <= artefact.target_fpr for rate in benign.values())
+    assert set(benign) == {"web-clean", *BENIGN} and all(rate <= artefact.target_fpr for rate in benign.values())
+    # Web images set the threshold from sources the fit never saw; the artefact records the data and the
+    # domain model that decides "no confident class".
+    fit_sources = {r.source for r, _ in web if calibrate.source_halves([r])[0]}
+    held_sources = {r.source for r, _ in web} - fit_sources
+    assert fit_sources and held_sources and "calibration split" in artefact.data["web"]
+    assert artefact.domain is not None and 0 < artefact.domain.keep <= 1
 
 
 def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_path):
     engine, *_, artefact, _ = fitted
+    assert artefact.domain is not None
     path = calib.save(artefact, tmp_path / "calibration.json")
     loaded = calib.load(path)
     assert loaded == artefact and len(loaded.version) == 16
@@ -133,14 +142,16 @@ def test_calibrated_engine_flags_by_the_threshold(fitted):
         Engine(engine.robust, engine.standard, artefact, threads=1, detectors=["kl_rs"], detector=engine.detector)
 
 
-def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, tmp_path, capsys):
+def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, web_set, tmp_path, capsys):
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
-            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs"]  # fmt: skip
+            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs",
+            "--web-dir", str(web_set), "--n-web-adv", "2"]  # fmt: skip
     code = calibrate.main(args)
     assert code == 0
     artefact = calib.load(calib.default_path(robust))
-    assert artefact.data["split"] == "train" and artefact.data["n_threshold_clean"] == 10
+    assert artefact.data["split"].startswith("train") and artefact.data["n_threshold_clean"] == 10
+    assert calibrate.main([*args[:-4], "--web-dir", str(tmp_path / "nothing")]) == 2  # says how to build it
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # finds it by default
     assert engine.calibration == artefact
     assert np.isfinite(engine.analyse_tensor(torch.rand(1, 3, 8, 8))[0].combined)

@@ -64,11 +64,12 @@ def test_attack_names_are_parsed_and_checked():
 
 
 @pytest.fixture(scope="module")
-def calibrated(bundle_dirs, tiny_tarball, tmp_path_factory):
+def calibrated(bundle_dirs, tiny_tarball, web_set, tmp_path_factory):
     """A copy of the tiny robust bundle with a calibration artefact beside it (default detectors)."""
     robust = shutil.copytree(bundle_dirs[0], tmp_path_factory.mktemp("calibrated") / "robust")
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
-            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs"]  # fmt: skip
+            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs",
+            "--web-dir", str(web_set), "--n-web-adv", "2"]  # fmt: skip
     assert calibrate.main(args) == 0
     return robust, bundle_dirs[1]
 
@@ -101,21 +102,22 @@ def test_adaptive_attack_stays_on_the_grid_in_the_ball(calibrated):
     assert torch.allclose(adv * 255, (adv * 255).round(), atol=1e-4)
 
 
-def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, tmp_path):
+def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, web_set, tmp_path):
     robust, standard = calibrated
     transfer = make_bundle(tmp_path / "transfer", 3, "standard")
     out = tmp_path / "results"
     args = ["--robust", str(robust), "--standard", str(standard), "--transfer-source", str(transfer),
             "--data-dir", str(tiny_tarball), "--n", "16", "--out", str(out), "--threads", "1",
-            "--attacks", "pgd-8-s,cw-8-r,pgd-4-t,pgd-8-t,square-8,adaptive-8", "--benign", "jpeg75,resize,noise",
-            "--steps", "2", "--square-queries", "5", "--adaptive-steps", "2", "--batch-size", "8"]  # fmt: skip
+            "--attacks", "pgd-8-s,cw-8-r,pgd-4-t,pgd-8-t,square-8,adaptive-8", "--benign", "jpeg-q50-95,noise-4",
+            "--steps", "2", "--square-queries", "5", "--adaptive-steps", "2", "--batch-size", "8",
+            "--deliveries", "png,jpeg90", "--web-dir", str(web_set), "--n-web-attack", "2"]  # fmt: skip
     assert evaluate.main(args) == 0
     document = json.loads((out / "detection.json").read_text())
     assert document["n"] == 16 and document["data"]["split"] == "test"
     assert document["calibration"]["version"] == calib.load(calib.default_path(robust)).version
     assert document["models"]["transfer_source"]["version"] not in document["models"]["model_version"]
     assert set(document["attacks"]) == {"pgd-8-s", "cw-8-r", "pgd-4-t", "pgd-8-t", "square-8", "adaptive-8"}
-    assert set(document["benign"]) == {"jpeg75", "resize", "noise"}
+    assert set(document["benign"]) == {"jpeg-q50-95", "noise-4"}
     for record in document["attacks"].values():
         for key in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "flag_rate", "success_rate", "fooled_and_unflagged"):
             assert 0 <= record[key] <= 1, key
@@ -124,15 +126,29 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     assert set(document["attacks"]["adaptive-8"]["differentiable"].values()) == {"exact"}
     assert all(0 <= r["flag_rate"] <= 1 for r in document["benign"].values())
     assert 0 <= document["clean"]["flag_rate"] <= 1
+    # Every non-adaptive attack is scored again after each delivery, with a Wilson interval around the rate.
+    for name, record in document["attacks"].items():
+        if name != "adaptive-8":
+            assert set(record["delivered"]) == {"png", "jpeg90"}
+            flagged = record["delivered"]["png"]["flagged"]
+            assert flagged["n"] == 16 and flagged["ci95"][0] <= flagged["rate"] <= flagged["ci95"][1]
+    # The PNG delivery is the image as attacked: the same flag rate as the attack's own record.
+    pgd = document["attacks"]["pgd-8-s"]
+    assert pgd["delivered"]["png"]["flagged"]["rate"] == pgd["flag_rate"]
+    web = document["web"]
+    assert web["n"] == 6 and set(web["clean"]) == {"all", "page", "stamp", "wallpaper"}
+    assert set(web["attacks"]) == {a.name for a in evaluate.WEB_ATTACKS}
+    assert all(r["n"] == 2 and set(r["delivered"]) == {"png", "jpeg90"} for r in web["attacks"].values())
     targets = document["targets"]
-    assert set(targets) == {"transfer_pgd8_tpr_at_1pct_fpr", "transfer_pgd4_tpr_at_1pct_fpr", "benign_flag_rate"}
-    assert all(isinstance(t["met"], bool) for t in targets.values())
+    assert "web PGD-8 at native resolution, PNG" in targets and "web images flagged (95% upper bound)" in targets
+    assert targets["cifar transferred CW-8, PNG"]["met"] is None  # cw-8-t was not run: not measured, not failed
+    assert all(isinstance(t["met"], bool) for name, t in targets.items() if "CW-8, PNG" not in name or "web" in name)
     for name in ("detection_roc.png", "detection_scores.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_command_refuses_without_calibration_or_transfer_source(bundle_dirs, calibrated, tiny_tarball):
-    base = ["--data-dir", str(tiny_tarball), "--n", "4", "--threads", "1", "--attacks", "pgd-2-s"]
+    base = ["--data-dir", str(tiny_tarball), "--n", "4", "--threads", "1", "--no-web", "--attacks", "pgd-2-s"]
     assert evaluate.main(["--robust", str(bundle_dirs[0]), "--standard", str(bundle_dirs[1]), *base]) == 2
     robust, standard = calibrated
     without_source = [*base[:-1], "pgd-2-t"]

@@ -15,9 +15,9 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
 from worker import calibrate, train_detector
-from worker.benign import BENIGN
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
+from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
 
 
@@ -37,17 +37,29 @@ def test_calibration_pool_leaves_out_exactly_the_detectors_images():
         calibrate.unseen_pool(n, models, Bundle(None, {}, Path("d")))
 
 
-def test_benign_copies_are_on_the_grid_and_half_are_mild_noise():
-    x = torch.rand(24, 3, 8, 8, generator=torch.Generator().manual_seed(0)).mul(255).round().div(255)
-    out = train_detector.benign_copies(x, seed=1)
-    assert torch.equal(out, out.mul(255).round().div(255))  # saved to 8 bits
-    noisy = (out[0::2] - x[0::2]) * 255
-    assert noisy.abs().max() <= 15  # sigma at most 3/255: within 5 sigma
-    assert (noisy != 0).float().mean() > 0.3  # but really noisy
-    assert torch.equal(train_detector.benign_copies(x, seed=1), out)  # repeatable
-    others = [name for name in BENIGN if name != "noise"]
-    generator = torch.Generator()
-    assert torch.equal(out[1:2], BENIGN[others[0]](x[1:2], generator))  # the rest round-robin over BENIGN
+def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_that_show_them():
+    """Clean, benign and attacked CIFAR-sized images each give a model input; a large web image gives tiles
+    too, and its native-resolution attack labels only the tiles (its model input is not a positive)."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from worker import detector_data
+
+    examples = detector_data.DetectorExamples()
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    detector_data.cifar_examples(examples, x, x.flip(3), ["pgd-8-s"] * 4, torch.tensor([1, 1, 0, 1]).bool(), 0,
+                                 [3, 8, 8])  # fmt: skip
+    tags = examples.model_inputs.tags
+    assert len(tags) == 4 * 2 + 3 and examples.tiles.images == []  # 32 px: no tiles
+    assert all("|" in tag for tag in tags)  # every example records its delivery
+    assert examples.model_inputs.labels.count(1) == 3
+    big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (160, 200, 3), dtype=np.uint8))
+    web = detector_data.DetectorExamples()
+    detector_data.add_image(web, big, 1, "web|native-pgd-8", random.Random(0), [3, 8, 8], model_view_label=None)
+    assert web.model_inputs.images == [] and set(web.tiles.labels) == {1} and len(web.tiles.images) <= 2
+    assert web.tiles.images[0].shape[1:] == (64, 64) or web.tiles.images[0].shape[1:] == (48, 48)
 
 
 def test_fit_learns_to_tell_a_sign_perturbation_from_clean_images():
@@ -59,15 +71,21 @@ def test_fit_learns_to_tell_a_sign_perturbation_from_clean_images():
     perturbed = (smooth + sign * 16 / 255).clamp(0, 1)
     torch.manual_seed(0)
     model = build_model("perturbation-cnn", 2, [0.5] * 3, [0.25] * 3, width=8)
-    before = calib.roc_auc(
-        train_detector.logit_scores(model, smooth[500:]), train_detector.logit_scores(model, perturbed[500:])
-    )
-    train_detector.fit(
-        model, smooth[:500], perturbed[:500], epochs=10, lr=0.01, batch_size=50, seed=0, console=Console(quiet=True)
-    )
-    after = calib.roc_auc(
-        train_detector.logit_scores(model, smooth[500:]), train_detector.logit_scores(model, perturbed[500:])
-    )
+
+    def held_out_auroc() -> float:
+        with torch.no_grad():
+            logits = [native.adversarial_logit(model, v[500:]) for v in (smooth, perturbed)]
+        return calib.roc_auc(*logits)
+
+    before = held_out_auroc()
+    as_uint8 = [v[:500].mul(255).round().byte() for v in (smooth, perturbed)]
+    small = (torch.cat([as_uint8[0][:250], as_uint8[1][:250]]), torch.cat([torch.zeros(250), torch.ones(250)]).long())
+    # The same kind of images at another size: the fit interleaves batches of both sizes.
+    large = [F.interpolate(v[250:500], size=16, mode="nearest").mul(255).round().byte() for v in (smooth, perturbed)]
+    large_group = (torch.cat(large), torch.cat([torch.zeros(250), torch.ones(250)]).long())
+    train_detector.fit(model, [small, large_group], epochs=10, lr=0.01, batch_size=50, seed=0,
+                       console=Console(quiet=True))  # fmt: skip
+    after = held_out_auroc()
     assert after > 0.97 and after > before + 0.2
 
 
@@ -96,25 +114,30 @@ def test_engine_without_a_detector_says_how_to_get_one(engine):
         Engine(engine.robust, engine.standard, None, threads=1, detector=engine.standard)
 
 
-def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(bundle_dirs, tiny_tarball, tmp_path):
+def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
+    bundle_dirs, tiny_tarball, web_set, tmp_path
+):
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     shutil.rmtree(default_detector_dir(robust))
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
             "--n", "20", "--epochs", "2", "--width", "4", "--batch-size", "8", "--steps", "1", "--threads", "1",
-            "--seed", "5"]  # fmt: skip
+            "--seed", "5", "--web-dir", str(web_set)]  # fmt: skip
     assert train_detector.main(args) == 0
     detector = load_bundle(default_detector_dir(robust))
     assert detector.metadata["classes"] == ["clean", "adversarial"]
     assert detector.metadata["command"].startswith("python -m worker.train_detector --robust")
     assert detector.metadata["training"]["pool_images"] == 20 and detector.metadata["training"]["seed"] == 5
     assert detector.metadata["for_bundles"]["robust"] == load_bundle(robust).version
-    assert {"holdout_auroc", "holdout_tpr", "holdout_benign_flag_rate"} <= set(detector.metadata["metrics"])
+    assert "model_input" in detector.metadata["metrics"]  # tiles too, where the held-out tail has both classes
+    examples = detector.metadata["training"]["examples"]
+    assert examples["web_images"] == 6 and examples["tiles"] > 0  # the web set's train split, used whole
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # found in its default place
     assert engine.detector.version == detector.version
     # Calibration then keeps to images the detector never saw and names the detector it was fitted with.
     assert calibrate.main([
         "--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
         "--n-clean", "12", "--n-adv", "6", "--steps", "1", "--threads", "1", "--measure", "kl_rs",
+        "--web-dir", str(web_set), "--n-web-adv", "2",
     ]) == 0  # fmt: skip
     artefact = calib.load(calib.default_path(robust))
     assert artefact.bundles["detector"] == detector.version and "perturbation_net" in artefact.detectors

@@ -1,0 +1,69 @@
+"""The web-image set: real pictures from Debian packages, split by source, files as a server would send them."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+
+import pytest
+from PIL import Image
+
+from worker import web_images
+
+
+def test_every_split_holds_every_kind_and_no_source_crosses_splits(web_set):
+    records = web_images.load_manifest(web_set)
+    splits_of = defaultdict(set)
+    for record in records:
+        splits_of[record.source].add(record.split)
+    assert all(len(splits) == 1 for splits in splits_of.values())
+    for split in web_images.SPLITS:
+        kinds = {r.kind for r in records if r.split == split}
+        assert kinds == {"wallpaper", "stamp", "page"}, split
+    # The split is a property of the source name alone (stable across builds and machines).
+    source = web_images.Source("x:y", "wallpaper", "p", "l", None)
+    assert source.split == web_images.Source("x:y", "stamp", "q", "m", "/z").split
+
+
+def test_files_are_what_the_manifest_says(web_set):
+    for record in web_images.load_manifest(web_set):
+        data = (web_set / record.file).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == record.format
+            assert image.size == (record.width, record.height)
+        assert 16 <= max(record.width, record.height) <= 1024
+        assert record.licence and record.package and record.history
+        if record.kind != "page":
+            assert record.package in web_images.PACKAGES
+
+
+def test_histories_include_camera_and_web_encodings():
+    """Over many draws the delivery mixes JPEG, PNG and WebP, and photos get a camera-like first save."""
+    import random
+
+    rng = random.Random(0)
+    photo = Image.new("RGB", (64, 48), (10, 120, 200))
+    formats, camera = set(), 0
+    for _ in range(200):
+        data, fmt, history = web_images.deliver(photo, "wallpaper", rng)
+        formats.add(fmt)
+        camera += history[0].startswith("camera-jpeg")
+        with Image.open(io.BytesIO(data)) as decoded:
+            assert decoded.format == fmt
+    assert formats == {"JPEG", "PNG", "WEBP"} and 80 < camera < 160
+
+
+def test_rebuild_is_kept_and_a_missing_set_says_how_to_build_it(web_set, tmp_path):
+    manifest = (web_set / "manifest.jsonl").read_text()
+    assert web_images.build(web_set, limit=1, progress=False) == web_set  # finished build kept
+    assert (web_set / "manifest.jsonl").read_text() == manifest
+    with pytest.raises(web_images.MissingImagery, match="python -m worker.web_images build"):
+        web_images.load_manifest(tmp_path)
+    assert json.loads(json.dumps(web_images.summary(web_set)))["test"]["page"] == 2
+
+
+def test_reserved_check_images_are_never_sources():
+    """scikit-image's, matplotlib's and scikit-learn's sample images are the independent check set."""
+    for source in web_images.packaged_sources():
+        assert not any(name in (source.path or "") for name in ("skimage", "matplotlib", "sklearn"))
