@@ -15,9 +15,18 @@ What it measures
     smooth structure; either way encoded as JPEG (quality 90) at ``--image-size`` pixels (default: the
     model's input size), so decoding cost is in ``verdict`` and ``one_by_one``.
 
+    Web sizes (``--web-sizes``, default 256, 512 and 1024 px): ``--web-batch`` JPEG files (quality 85) at each
+    size, cut from the web-image set's test split (``--web-dir``) or synthetic when it is absent, measured
+    the same way:
+
+    * ``decode_resize``: what any image service does anyway: decode the file (full resolution) and resize it
+      to the model's input;
+    * ``verdict``: ``engine.analyse`` on the same files, which also reads native-resolution tiles.
+
 Targets
     full verdict at most 4x the bare forward's time per image (``verdict`` / ``bare`` <= 4);
-    batched at least 5x faster per image than one by one (``one_by_one`` time / ``verdict`` time >= 5).
+    batched at least 5x faster per image than one by one (``one_by_one`` time / ``verdict`` time >= 5);
+    a 512 px verdict at most 5x its decode and resize.
 
 Usage
     python benchmarks/engine.py [--robust models/otjr-preact18-w0.125] [--standard models/standard-preact18-w0.125]
@@ -53,6 +62,7 @@ DEFAULT_ROBUST = "models/otjr-preact18-w0.125"
 DEFAULT_STANDARD = "models/standard-preact18-w0.125"
 TARGET_FULL_OVER_BARE = 4.0
 TARGET_BATCHING_GAIN = 5.0
+TARGET_WEB_512_OVER_DECODE = 5.0
 SEED = 0
 
 
@@ -68,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="take the images from this data set's test split")
     parser.add_argument("--image-size", type=int, help="encoded image side in pixels (default: the model input)")
+    parser.add_argument("--web-sizes", default="256,512,1024", help="JPEG sides for the web-size comparison")
+    parser.add_argument("--web-batch", type=int, default=16, help="files per web size")
+    parser.add_argument("--web-dir", type=Path, help="web-image set (default: worker.web_images.DEFAULT_DIR)")
     parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
@@ -102,6 +115,61 @@ def encode(pixels: np.ndarray, size: int) -> list[bytes]:
         image.save(buffer, "JPEG", quality=90)
         out.append(buffer.getvalue())
     return out
+
+
+def web_files(size: int, n: int, web_dir: Path | None) -> tuple[list[bytes], str]:
+    """``n`` JPEG files (quality 85) of ``size`` px on the longest side, from the web-image test split (the
+    largest pictures, centre-cropped or scaled), or synthetic when the set is not built."""
+    from worker import web_images
+
+    folder = web_dir or web_images.DEFAULT_DIR
+    try:
+        records = sorted(web_images.load_manifest(folder, "test"), key=lambda r: -r.width * r.height)[:n]
+    except web_images.MissingImagery:
+        records = []
+    images: list[Image.Image] = []
+    for record in records:
+        with Image.open(folder / record.file) as image:
+            image = image.convert("RGB")
+            images.append(image.resize((size, round(size * image.height / image.width)), Image.Resampling.LANCZOS))
+    source = f"web-image test split ({folder})" if images else "synthetic"
+    images += [Image.fromarray(a) for a in synthetic_images(n - len(images), size, SEED + size)]
+    files = []
+    for image in images:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        files.append(buffer.getvalue())
+    return files, source
+
+
+def web_sizes(engine: Engine, args: argparse.Namespace) -> list[dict[str, object]]:
+    """Per size: decode-and-resize against the full verdict, interleaved, median of the repeats."""
+    rows = []
+    for size in (int(v) for v in args.web_sizes.split(",") if v):
+        files, source = web_files(size, args.web_batch, args.web_dir)
+
+        def decode_resize(files: list[bytes] = files) -> None:
+            for data in files:
+                to_model_input([decode_image(data, engine.limits)], engine.input_size)
+
+        def verdict(files: list[bytes] = files) -> None:
+            assert all(isinstance(r, Verdict) for r in engine.analyse(files))
+
+        times: dict[str, list[float]] = {"decode_resize": [], "verdict": []}
+        for repeat in range(args.warmup + args.repeats):
+            for name, run in (("decode_resize", decode_resize), ("verdict", verdict)):
+                start = time.perf_counter()
+                run()
+                if repeat >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+        median = {name: statistics.median(values) for name, values in times.items()}
+        rows.append({
+            "size": size, "images": source, "n": len(files),
+            "decode_resize_per_s": round(len(files) / median["decode_resize"], 2),
+            "verdicts_per_s": round(len(files) / median["verdict"], 2),
+            "verdict_over_decode": round(median["verdict"] / median["decode_resize"], 3),
+        })  # fmt: skip
+    return rows
 
 
 def build_engine(args: argparse.Namespace, console: Console) -> Engine | None:
@@ -191,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
         f"batching gain per image: {batching_gain:.2f}x (target >= {TARGET_BATCHING_GAIN:g}x) "
         + ("[green]met" if batching_ok else "[red]not met")
     )
+    sizes = web_sizes(engine, args) if args.web_sizes else []
+    if sizes:
+        web_table = Table(title=f"Web-sized JPEGs ({args.web_batch} per size): verdicts beside decoding them")
+        for column in ("size px", "images", "decode+resize /s", "verdicts /s", "verdict / decode"):
+            web_table.add_column(column, justify="left" if column == "images" else "right")
+        for row in sizes:
+            web_table.add_row(str(row["size"]), str(row["images"]), str(row["decode_resize_per_s"]),
+                              str(row["verdicts_per_s"]), f"{row['verdict_over_decode']:.2f}x")  # fmt: skip
+        console.print(web_table)
+    at_512 = next((r["verdict_over_decode"] for r in sizes if r["size"] == 512), None)
     summary = {
         "benchmark": "engine",
         "batch": args.batch,
@@ -211,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {
             "full_over_bare": {"target": f"<= {TARGET_FULL_OVER_BARE}", "met": verdict_ok},
             "batching_gain": {"target": f">= {TARGET_BATCHING_GAIN}", "met": batching_ok},
+            "web_512_over_decode": {
+                "target": f"<= {TARGET_WEB_512_OVER_DECODE}",
+                "met": None if at_512 is None else at_512 <= TARGET_WEB_512_OVER_DECODE,
+            },
         },
+        "web_sizes": sizes,
     }
     print(json.dumps(summary), flush=True)
     return 0

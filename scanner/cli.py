@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
     demo.add_argument("--per-page", type=int, default=5, help="images per page")
     demo.add_argument("--eps", default="8/255")
+    demo.add_argument("--photos", type=int, default=6, help="ordinary photos on the site, half of them attacked")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
 

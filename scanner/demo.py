@@ -62,6 +62,22 @@ def run_demo(data: Path, robust_dir: Path, standard_dir: Path, n: int, eps_text:
     return summary
 
 
+def _photos(args: Any, console: Console) -> list[tuple[bytes, bool]]:
+    """Ordinary photos for the demo site, from the web-image set (a small one is built on first use)."""
+    if args.photos == 0:
+        return []
+    from scanner.demo_site import demo_photos
+    from worker import web_images
+
+    folder = web_images.DEFAULT_DIR
+    if not (folder / "BUILT").is_file():
+        folder = folder.with_name("web-images-demo")
+        console.print(f"building a small set of web photos from Debian packages in {folder} (once) ...")
+        web_images.build(folder, limit=1, progress=False)
+    console.print(f"adding {args.photos} ordinary photos, every second one attacked through the resize ...")
+    return demo_photos(folder, args.standard, args.photos, args.eps, args.seed)
+
+
 def run_crawl_demo(args: Any) -> int:
     """``scanner demo``: build the demo site, serve it on loopback, crawl it in embedded mode, and score the
     verdicts against the site's ground truth.  Everything lives in a temporary folder; nothing leaves the
@@ -80,8 +96,9 @@ def run_crawl_demo(args: Any) -> int:
             f"building the demo site: {args.pages} pages x {args.per_page} CIFAR-10 test images, every "
             f"second one attacked (PGD-20, eps {args.eps}) against the standard model ..."
         )
+        photos = _photos(args, console)
         images = build_demo_site(
-            root / "site", args.data, args.standard, args.pages, args.per_page, args.eps, args.seed
+            root / "site", args.data, args.standard, args.pages, args.per_page, args.eps, args.seed, photos
         )
         settings = Settings(
             data_dir=root / "data",
@@ -127,6 +144,8 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
 
 
 def _score_against_truth(images: list[Any], outcome: Any, console: Console) -> None:
+    from scanner.demo_site import PHOTO_LABEL
+
     by_file = {}
     for found in outcome.images.values():
         if found.url:
@@ -134,31 +153,36 @@ def _score_against_truth(images: list[Any], outcome: Any, console: Console) -> N
     table = Table(title="what the crawl found, against the demo site's ground truth")
     for column in ("image", "page", "placed as", "true label", "attacked", "robust model", "score", "flagged"):
         table.add_column(column)
-    counts = {"found": 0, "attacked_flagged": 0, "clean_flagged": 0, "robust_right": 0}
+    counts = {"found": 0, "attacked_flagged": 0, "clean_flagged": 0, "robust_right": 0, "photos_unlabelled": 0}
     for image in images:
         found = by_file.get(image.file)
         counts["found"] += found is not None
         label, score, flagged = (found.label, found.score, found.flagged) if found else (None, None, None)
-        counts["robust_right"] += label == image.label
+        photo = image.label == PHOTO_LABEL
+        right = (label is None and found is not None) if photo else label == image.label
+        counts["photos_unlabelled" if photo else "robust_right"] += right
         counts["attacked_flagged" if image.perturbed else "clean_flagged"] += bool(flagged)
-        right = "green" if label == image.label else "red"
+        shown = label or ("no confident class" if found is not None else "not found")
         table.add_row(
             image.file,
             image.page,
             image.placement,
             image.label,
             "yes" if image.perturbed else "",
-            f"[{right}]{label or 'not found'}[/]",
+            f"[{'green' if right else 'red'}]{shown}[/]",
             "" if score is None else f"{score:.2f}",
             "[red]FLAGGED[/]" if flagged else "",
         )
     console.print(table)
     attacked = sum(image.perturbed for image in images)
+    photos = sum(image.label == PHOTO_LABEL for image in images)
     console.print(
         f"found {counts['found']}/{len(images)} images (img, srcset, CSS background, lazy-loaded, inserted by "
         f"JavaScript); flagged {counts['attacked_flagged']}/{attacked} attacked and "
         f"{counts['clean_flagged']}/{len(images) - attacked} clean images; the robust model named "
-        f"{counts['robust_right']}/{len(images)} correctly.\n"
-        "The shipped models are small CPU-trained ones (see results/README.md): the robust model is often wrong, "
-        "and the perturbation detector, though it catches these attacks, is evaded by an attacker who targets it."
+        f"{counts['robust_right']}/{len(images) - photos} CIFAR-10 images correctly"
+        + (f" and gave no class name to {counts['photos_unlabelled']}/{photos} photos" if photos else "")
+        + ".\nThe shipped models are small CPU-trained ones (see results/README.md): the robust model is often "
+        "wrong, and the perturbation detector, though it catches these attacks, is evaded by an attacker who "
+        "targets it."
     )

@@ -1,6 +1,7 @@
 """A local demo site for ``scanner demo``: pages of CIFAR-10 test images, some perturbed by PGD against the
 bundled *standard* model, placed the ways real sites place images (plain ``img``, ``srcset``, lazy loading far
-below the fold, CSS backgrounds, images inserted by JavaScript after load), plus robots.txt and a sitemap.
+below the fold, CSS backgrounds, images inserted by JavaScript after load), a page of ordinary photos at their
+own size (half of them attacked through the resize and served as JPEG), plus robots.txt and a sitemap.
 
 The site's ``manifest.json`` records which image is which (true label, perturbed or not), so the demo can
 score the crawl's verdicts against the truth.
@@ -42,10 +43,49 @@ def _png(pixels: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+PHOTO_LABEL = "(a photo: no CIFAR-10 class)"
+
+
+def demo_photos(web_dir: Path, standard_dir: Path, n: int, eps: str, seed: int) -> list[tuple[bytes, bool]]:
+    """``n`` ordinary photos of the web-image set's test split as served (JPEG/PNG/WebP files), every second one
+    attacked through the resize (PGD against the standard model, at the photo's own size) and re-saved as
+    JPEG quality 90, as a site would serve it."""
+    import random
+
+    from worker import delivery, web_images
+    from worker.native_attacks import NativeAttack
+
+    records = [r for r in web_images.load_manifest(web_dir, "test") if r.kind in ("wallpaper", "stamp")]
+    records = random.Random(seed).sample(records, min(n, len(records)))
+    standard = load(standard_dir)
+    attack = NativeAttack("resize", "pgd", round(parse_eps(eps) * 255), steps=10)
+    torch.manual_seed(seed)
+    photos = []
+    for i, record in enumerate(records):
+        data = (web_dir / record.file).read_bytes()
+        if i % 2 == 1:
+            with Image.open(io.BytesIO(data)) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            attacked = attack.run(standard.model, pixels, standard.metadata["input_size"], torch.device("cpu"))
+            buffer = io.BytesIO()
+            delivery.from_array(attacked).save(buffer, "JPEG", quality=90)
+            data = buffer.getvalue()
+        photos.append((data, i % 2 == 1))
+    return photos
+
+
 def build_demo_site(
-    out: Path, data: Path, standard_dir: Path, pages: int = 4, per_page: int = 5, eps: str = "8/255", seed: int = 0
+    out: Path,
+    data: Path,
+    standard_dir: Path,
+    pages: int = 4,
+    per_page: int = 5,
+    eps: str = "8/255",
+    seed: int = 0,
+    photos: list[tuple[bytes, bool]] | None = None,
 ) -> list[DemoImage]:
-    """Write the site into ``out``; every second image is perturbed (PGD-20 against the standard model)."""
+    """Write the site into ``out``; every second image is perturbed (PGD-20 against the standard model).
+    ``photos`` (bytes as served, attacked or not) go on a page of their own, ``photos.html``."""
     n = pages * per_page
     standard = load(standard_dir)
     test = seeded_subset(load_splits("cifar10", data).test, n, seed)
@@ -62,13 +102,27 @@ def build_demo_site(
         (out / name).write_bytes(_png(x[i]))
         placement = PLACEMENTS[i % per_page % len(PLACEMENTS)]
         images.append(DemoImage(name, page, standard.classes[int(y[i])], bool(perturbed[i]), placement))
+    for k, (photo, attacked) in enumerate(photos or []):
+        name = f"img/photo-{k:02d}.{_extension(photo)}"
+        (out / name).write_bytes(photo)
+        images.append(DemoImage(name, "photos.html", PHOTO_LABEL, attacked, "img"))
     _write_pages(out, images, pages)
     (out / "manifest.json").write_text(json.dumps([image.__dict__ for image in images], indent=1))
     return images
 
 
+def _extension(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        return {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[str(image.format)]
+
+
 def _write_pages(out: Path, images: list[DemoImage], pages: int) -> None:
     links = "".join(f'<li><a href="page-{p}.html">Gallery {p}</a></li>' for p in range(1, pages + 1))
+    photos = [image for image in images if image.page == "photos.html"]
+    if photos:
+        links += '<li><a href="photos.html">Photos</a></li>'
+        body = "".join(f'<figure><img src="{html.escape(p.file)}" width="320" alt=""></figure>' for p in photos)
+        (out / "photos.html").write_text(_html("Photos", '<p><a href="index.html">Home</a></p>' + body))
     (out / "index.html").write_text(_html("Demo shop", f"<p>Galleries of product photos.</p><ul>{links}</ul>"))
     for p in range(1, pages + 1):
         page = f"page-{p}.html"
@@ -77,6 +131,8 @@ def _write_pages(out: Path, images: list[DemoImage], pages: int) -> None:
         (out / page).write_text(_html(f"Gallery {p}", nav + body + _LAZY_AND_INSERT_SCRIPT))
     (out / "robots.txt").write_text("User-agent: *\nDisallow: /private/\nSitemap: /sitemap.xml\n")
     urls = "".join(f"<url><loc>/page-{p}.html</loc></url>" for p in range(1, pages + 1))
+    if photos:
+        urls += "<url><loc>/photos.html</loc></url>"
     (out / "sitemap.xml").write_text(
         f'<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}'
         "</urlset>"

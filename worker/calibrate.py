@@ -1,21 +1,23 @@
-"""Fit the detector combiner and set its threshold for a pair of bundles; writes the calibration artefact.
+"""Fit the detector combiner and the in-domain model and set the threshold; writes the calibration artefact.
 
-    python -m worker.calibrate --robust runs/cpu-otjr/best --standard runs/cpu-standard/best \
-        --data-dir ../shared/data/cifar10-jpeg.tar.gz --n-clean 2000 --n-adv 2000
+    python -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
-Everything comes from the TRAINING split (the test split is kept for ``worker.evaluate``), and from the part
-of it that neither model nor the perturbation detector (``worker.train_detector``; found in the robust
-bundle's ``perturbation-detector/`` folder) was trained on, as their training records say: a model is more
-confident on images it has seen, so clean scores of seen images would set the threshold too low and the
-served false-positive rate would exceed the target.  Clean and adversarial images come from the same
-pool for the same reason (otherwise the combiner could learn "seen or not" instead of "perturbed or not").
+What the service will see is what the threshold is set on: CIFAR-10 images of the TRAINING split that
+neither model nor the perturbation detector trained on (their training records say which), and the
+CALIBRATION split of the web-image set (``worker.web_images``; the test splits are kept for
+``worker.evaluate``).  Every image goes through a delivery (``worker.delivery``: PNG, JPEG 70-95, WebP, a
+0.75x downscale), so compression says nothing about the label.
 
-The pool is split, with a fixed seed, into: clean images for fitting the combiner (plus one benign change of
-each, so that re-compression or resizing is learned as clean); adversarial images for fitting it (PGD L-inf
-at 2-16/255 and CW-inf against the standard model, PGD against the robust model, all saved to 8 bits as a
-real adversarial image would be); held-out clean images, and one benign change of each, that set the
-threshold (``calibration.operating_threshold``: at most the target rate of the clean images and of each kind
-of benign change is flagged); held-out adversarial images on which the AUROC table is measured.
+- Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images, one
+  benign change of each, the web images of half of the sources and one benign change of each, against
+  attacked CIFAR-10 images (PGD and CW-inf at 2-16/255 against both bundles) and web images attacked through
+  the resize and at native resolution.
+- Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
+  the web images of the other half of the sources, and each kind of benign change at or below the target
+  rate.
+- In-domain model (``worker.engine.domain``): CIFAR-10 images against web photos and pages; its threshold
+  keeps ``--keep-in-domain`` of held-out CIFAR-10 images labelled, and the rest get "no confident class".
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
 from worker import delivery, web_images
-from worker.benign import quantise
+from worker.delivery import quantise
 from worker.detector_data import NATURAL_ATTACKS, cap_size
 from worker.engine import calibration as calib
 from worker.engine import detectors as det

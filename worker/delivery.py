@@ -20,9 +20,15 @@ import random
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
 Transform = Callable[[Image.Image, random.Random], Image.Image]
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """A float batch in [0, 1] rounded to the 8-bit grid, as a saved image is."""
+    return x.clamp(0, 1).mul(255).round_().div_(255)
 
 
 def encode_decode(image: Image.Image, fmt: str, quality: int) -> Image.Image:

@@ -1,41 +1,42 @@
-"""Detection on test images the detector never saw: attacks, benign changes, and one adaptive attack.
+"""Detection on test images nothing was fitted on: CIFAR-10 and web images, attacks after delivery, benign changes.
 
-    python -m worker.evaluate --robust runs/cpu-otjr/best --standard runs/cpu-standard/best \
-        --transfer-source runs/std-seed1/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 --out results
+    python -m worker.evaluate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+        --transfer-source runs/vgg11-w0.25-std/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 \
+        --out results
 
 What is measured
-    A seeded subset of the TEST split (``worker.calibrate`` uses only the training split, so neither the
-    combiner nor its threshold ever saw these images).  Every image is scored by the engine itself
-    (``Engine.scores`` and the calibration's combiner), so the numbers are those of the served verdicts.
-    Clean images come from 8-bit files; every adversarial or benign image is saved back to the 8-bit grid
-    before scoring, as a real image on the web would be.
+    A seeded random subset of the CIFAR-10 TEST split, and the whole TEST split of the web-image set
+    (``worker.web_images``: photos, stamps and rendered pages whose source images never appear in the
+    training or calibration splits).  Every image is scored by the engine itself (``Engine.score_images``:
+    the model input and the native-resolution tiles, then the calibration's combiner), so the numbers are
+    those of the served verdicts.  Every attacked or changed image is 8-bit, as a file on the web is.
 
-    Attacks (all L-inf, every image attacked whether or not the attacked model classified it correctly; the
-    success rate is reported beside the detection numbers):
+    CIFAR-10 attacks (all L-inf; every image attacked; success rates are reported beside detection):
 
-    - ``pgd-E-X``: PGD on the cross-entropy; ``cw-E-X``: PGD on the Carlini-Wagner margin (CW-inf).  E is eps
-      in 1/255; X is the model attacked white-box: ``s`` the engine's standard companion, ``r`` the robust
-      model, ``t`` a separately trained model (``--transfer-source``) whose images are then TRANSFERRED to
-      the engine: the realistic case of an adversarial image made for some other classifier on the web.
-    - ``square-E``: Square (Andriushchenko et al. 2020, torchattacks), black-box with a query budget
-      (``--square-queries``), by default against the engine's standard companion (``--square-target``).
-    - ``adaptive-E``: white-box against models AND detector.  PGD maximising
-      ``min(margin(x'), kappa) - lambda * max(combined(x') - threshold, -kappa)``, where margin is the
-      attacked model's CW margin and combined is the detector's combined score computed differentiably
-      (every default detector is differentiable: KL, disagreement, uncertainty and the perturbation
-      detector's -log p_clean are plain network outputs, the 2x2 median is a min/max network; the
-      non-differentiable squeezers, bit depth and JPEG, would get BPDA, i.e. the identity on the backward
-      pass).  The hinges make it push on whichever goal is still unmet; iterates
-      stay on the 8-bit grid, and per image it keeps the first iterate that is misclassified AND unflagged.
+    - ``pgd-E-X`` / ``cw-E-X``: PGD on the cross-entropy / on the Carlini-Wagner margin.  E is eps in 1/255;
+      X is the model attacked: ``s`` the engine's standard companion, ``r`` the robust model, ``t`` the
+      ``--transfer-source``, a model of another family (VGG-11) that nothing in training or calibration ever
+      attacked: the realistic case of an adversarial image made for some other classifier.
+    - ``square-E``: Square (black box, torchattacks) with ``--square-queries`` queries.
+    - ``adaptive-E``: white box against models AND detector (PGD on ``min(margin, kappa) - lambda *
+      max(combined - threshold, -kappa)`` through the differentiable detectors, on the 8-bit grid; the
+      first misclassified-and-unflagged iterate is kept).  Reported beside the robust model's own AutoAttack
+      error: "robust_wrong_and_unflagged" is the rate an attacker who knows everything achieves.
 
-    Per attack: AUROC of the combined score (adversarial against clean test images), TPR at 1% and 5% FPR
-    (thresholds set on the same clean test scores), the flag rate at the calibrated operating point, the
-    same on the successful adversarial images only, the per-detector AUROCs and the rate of images that
-    fool the attacked model and are not flagged.  Per benign change (``worker.benign``): the flag rate at
-    the operating point.
+    Web-image attacks (``WEB_ATTACKS``), against the transfer source on ``--n-web-attack`` test images:
+    through the service's resize (the perturbation on the full image, the model seeing it at 32 px) and at
+    native resolution (the fully convolutional model attacked on a centre crop of up to 256 px).
+
+    Every non-adaptive attack is then DELIVERED (``--deliveries``: PNG, JPEG 90 and 75, WebP, a 0.75x
+    downscale) and scored again: re-saving as a JPEG must not be a way to evade the detector.
+
+    Per population: the flag rate at the calibrated operating point with its 95% Wilson interval; AUROC and
+    TPR at 1% and 5% FPR against the clean images.  Web images as served are reported per kind, with the
+    share that gets "no confident class".  Benign changes (``worker.delivery.BENIGN``) are applied to the
+    CIFAR-10 and to the web test images.
 
 Outputs: ``detection.json``, ``detection_roc.png`` (ROC curves of the main attacks) and
-``detection_scores.png`` (combined-score histograms with the threshold) in ``--out``; a table on stderr.
+``detection_scores.png`` (combined-score histograms with the threshold) in ``--out``; tables on stderr.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
 from worker import delivery, web_images
-from worker.benign import quantise
 from worker.calibrate import load_web_split, make_progress, to_images
+from worker.delivery import quantise
 from worker.detector_data import cap_size
 from worker.engine import calibration as calib
 from worker.engine import detectors as det

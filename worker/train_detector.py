@@ -3,19 +3,20 @@
     python -m worker.train_detector --robust models/otjr-preact18-w0.125 \
         --standard models/standard-preact18-w0.125 --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
-The detector (``training.models.perturbation_cnn``) learns "clean or benignly changed" against "adversarial"
-from images of the TRAINING split that neither model trained on.  Each chosen image appears three times: as
-it is, after one benign change (half of them mild Gaussian noise of 1-3/255, the nearest benign look-alike of
-a small perturbation; the rest JPEG re-compression, resizing or blur), and attacked (PGD or CW-inf at
-4-16/255 against the standard or the robust model, or the black-box Square at 4 and 8/255 against the
-standard one, whose sparse square patches look nothing like PGD's dense noise; saved to 8 bits).  Pairing
-the three copies of one image makes the perturbation, not the picture, the only thing that separates the
-classes.  Attacks at 2/255 are left out on purpose: they are as strong as the mild noise the detector must
-let through.
+The detector (``training.models.perturbation_cnn``, fully convolutional) learns "clean or benignly changed"
+against "adversarial" in the two views the engine gives it (``worker.engine.native``): the 32 px model
+input and 64 px tiles of the image at its own resolution.  Its examples (``worker.detector_data``):
 
-The images it trains on are recorded (seed and count) in the bundle, and ``worker.calibrate`` leaves them
-out, so the threshold is set on images the detector has never seen.  The last ``--holdout`` of the chosen
-images are kept out of training and measured; the numbers land in the bundle's ``metrics``.
+- CIFAR-10 images of the TRAINING split that neither model trained on, each as it is, after one benign
+  change (``worker.delivery.BENIGN``) and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square
+  at 4 and 8/255); 2/255 attacks are left out, as strong as the sensor noise that must not be flagged;
+- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed, and attacked
+  through the resize or at native resolution against both bundles;
+
+and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) before its views are cut, so the
+detector cannot learn a compression signature for "clean".  The images it trains on are recorded (seed and
+count) in the bundle, and ``worker.calibrate`` leaves them out.  The last ``--holdout`` of the examples
+(whole images) is kept out of training and measured; the numbers land in the bundle's ``metrics``.
 """
 
 from __future__ import annotations

@@ -65,14 +65,15 @@ def test_demo_crawls_its_site_and_scores_against_the_truth(tiny_tarball: Path, t
     standard = _tiny_bundle(tmp_path / "standard", "standard")
     done = subprocess.run(
         [str(SCANNER), "demo", "--data", str(tiny_tarball), "--robust", str(robust), "--standard", str(standard),
-         "--pages", "2", "--per-page", "5"],
+         "--pages", "2", "--per-page", "5", "--photos", "2"],
         capture_output=True,
         text=True,
         timeout=900,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "found 10/10 images" in done.stdout  # img, srcset, background, lazy and inserted, on both pages
+    assert "found 12/12 images" in done.stdout  # img, srcset, background, lazy and inserted, and the photos
+    assert "photo-00" in done.stdout and "photo-01" in done.stdout and "/2 photos" in done.stdout
     for placement in ("srcset", "background", "lazy", "inserted"):
         assert placement in done.stdout
     assert "not found" not in done.stdout
