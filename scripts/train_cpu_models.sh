@@ -27,13 +27,18 @@ done
 wait
 evals=(); for method in "${methods[@]}"; do evals+=(--eval "runs/eval-$method/eval.json"); done
 $py scripts/collect_results.py "${evals[@]}" --results results --ship otjr --ship standard --models models
-# The perturbation detector and the detector calibration shipped beside the OTJR bundle (1% false-positive
-# rate), then the detection report (results/detection.json) against a separately trained transfer source.
+# The web-image set (Debian packages: wallpapers, photo stamps, fonts), then the perturbation detector and the
+# detector calibration shipped beside the OTJR bundle (1% false-positive rate), then the detection report
+# (results/detection.json) against an evaluation-only model family (VGG-11, never attacked in training).
+$py -m worker.web_images build
 $py -m worker.train_detector --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
-  --data-dir "$data" --n 24000 --epochs 12 --threads 2
+  --data-dir "$data" --n 6000 --web-n 900 --epochs 12 --threads 2 --examples runs/detector-examples.pt
 $py -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
-  --data-dir "$data" --n-clean 4000 --n-adv 1200 --threads 2
-$py -m training train --method standard "${common[@]}" --seed 1 --out runs/std-seed1 > runs/train-std-seed1.log 2>&1
+  --data-dir "$data" --n-clean 3000 --n-adv 1200 --n-web-adv 160 --measure kl_rs,disagree,perturbation_net \
+  --threads 2
+$py -m training train --method standard --arch vgg11 --width 0.25 --dataset cifar10 --data-dir "$data" \
+  --epochs 4 --schedule onecycle --lr 0.1 --batch-size 128 --seed 3 --holdout 1000 --holdout-eval 500 \
+  --threads 1 --out runs/vgg11-w0.25-std > runs/train-vgg11.log 2>&1
 $py -m worker.evaluate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
-  --transfer-source runs/std-seed1/best --data-dir "$data" --n 1000 --steps 10 --adaptive-steps 40 \
-  --square-queries 500 --threads 2 --out results
+  --transfer-source runs/vgg11-w0.25-std/best --data-dir "$data" --n 1000 --steps 10 --adaptive-steps 40 \
+  --square-queries 500 --n-web-attack 120 --threads 2 --out results

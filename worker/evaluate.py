@@ -508,6 +508,7 @@ WEB_ATTACKS = (
     NativeAttack("native", "pgd", 8),
 )
 NATIVE_EVAL_SIDE = 256  # native-resolution attacks run on a centre crop this large (CPU cost)
+RESIZE_EVAL_SIDE = 512  # attacks through the resize see larger images scaled down to this first (CPU cost)
 
 
 def centre_crop(image: Image.Image, side: int) -> Image.Image:
@@ -552,21 +553,21 @@ def evaluate_web(
             report["benign"][name] = {"flagged": rate_with_interval(scored.combined > threshold)}
         chosen = random.Random(settings["seed"]).sample(range(len(images)), min(settings["n_web_attack"], len(images)))
         subset = [images[i] for i in chosen]
-        subset_clean = score_images(engine, subset, progress, "scoring attacked subset (clean)")
         torch.manual_seed(settings["seed"])
         for spec in WEB_ATTACKS:
             started = time.perf_counter()
             task = progress.add_task(f"web attack {spec.name}", total=len(subset))
             sources, attacked, fooled = [], [], []
             for image in subset:
-                source = centre_crop(image, NATIVE_EVAL_SIDE) if spec.route == "native" else cap_size(image, 1024)
+                native_route = spec.route == "native"
+                source = centre_crop(image, NATIVE_EVAL_SIDE) if native_route else cap_size(image, RESIZE_EVAL_SIDE)
                 pixels = delivery.to_array(source)
                 adv = spec.run(target, pixels, engine.input_size, engine.device)
                 sources.append(source)
                 attacked.append(delivery.from_array(adv))
                 fooled.append(native_fooled(target, pixels, adv, engine.input_size))
                 progress.advance(task)
-            base = subset_clean if spec.route == "resize" else score_images(engine, sources, progress, "crops (clean)")
+            base = score_images(engine, sources, progress, f"web {spec.name} sources (clean)")
             record = {
                 "attack": f"{spec.route} L-inf {spec.objective}, eps {spec.eps_255}/255, {spec.steps} steps, vs the "
                 "evaluation-only family"
