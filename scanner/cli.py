@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", help="default: SCANNER_HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: SCANNER_PORT (8080)")
+    serve.add_argument(
+        "--audit-tick", type=float, default=5.0, help="embedded mode: seconds between checks of the audit schedule"
+    )
 
     worker = sub.add_parser("worker", help="run a Celery analysis worker")
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads the models)")
@@ -228,15 +231,32 @@ def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Setting
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
-    mode = "embedded (in-process analysis)" if settings.embedded else f"distributed (broker {settings.broker_url})"
+    app = create_app(settings)
+    if settings.embedded:
+        from scanner.audits.local_beat import scheduler_context
+
+        # No broker, so no beat: this process runs the audit schedule (see scanner.audits.local_beat).
+        app.cleanup_ctx.append(scheduler_context(settings, args.audit_tick))
+        mode = "embedded (in-process analysis, audits scheduled here)"
+    else:
+        mode = f"distributed (broker {settings.broker_url}; audits run by `scanner worker --beat`)"
     print(f"scanner API on http://{host}:{port} - {mode}, database {settings.db_url}", flush=True)
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
+    print(f"dashboard: http://{host}:{port}/dashboard", flush=True)
+    try:
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
+    except OSError as err:  # the usual one: the port is taken by another server
+        print(f"error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
     if settings.embedded:
-        print("error: set SCANNER_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", file=sys.stderr)
+        print(
+            "error: a worker needs SCANNER_BROKER_URL (e.g. redis://127.0.0.1:6379/0); without a broker, "
+            "`scanner serve` analyses images and runs the audit schedule itself",
+            file=sys.stderr,
+        )
         return 2
     from scanner.db import migrate
     from worker.celery_app import QUEUE

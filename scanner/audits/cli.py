@@ -144,7 +144,18 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         now = utcnow()
         audit = store.create_audit(session, tenant.id, spec, schedule.parse(spec.schedule).next_after(now))
         print(f"audit {audit.id}: {spec.start_url} {spec.schedule}, next run {audit.next_run_at:%Y-%m-%d %H:%M:%S} UTC")
+    print(where_runs_happen(settings, audit.id))
     return 0
+
+
+def where_runs_happen(settings: Settings, audit_id: int) -> str:
+    """One line for `audit add`: a schedule nobody ticks is the silent failure people hit first."""
+    if settings.embedded:
+        return (
+            f"runs happen while `scanner serve` runs with this database ({settings.db_url}); "
+            f"`scanner audit run {audit_id}` runs it now"
+        )
+    return f"runs happen in the worker started with `scanner worker --beat` (broker {settings.broker_url})"
 
 
 def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
