@@ -157,59 +157,107 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _crawl(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
+    from scanner import crawl_command
+
+    try:
+        site = crawl_command.site_url(args.site)
+        crawl_command.check_outputs(args.json, args.csv)
+        config = _crawl_config(args, settings, site)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    outcome = _run_crawl(args, settings, config)
+    if isinstance(outcome, int):
+        return outcome
+    from rich.console import Console
+
+    crawl_command.print_report(outcome, Console())
+    try:
+        if args.json:
+            crawl_command.write_json(outcome, args.json)
+        if args.csv:
+            crawl_command.write_csv(outcome, args.csv)
+    except OSError as err:
+        print(f"error: cannot write the report: {err}", file=sys.stderr)
+        return 2
+    reason = crawl_command.failure(outcome)
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+    return 3 if args.fail_on_flagged and outcome.flagged else 0
+
+
+def _crawl_config(args: argparse.Namespace, settings, site: str):  # noqa: ANN001, ANN202
+    from scanner import crawl_command
+    from scanner.crawl import CrawlConfig
+
+    # The options' own names in messages: people typed --max-pages, not max_pages.
+    if args.max_pages < 1 or args.concurrency < 1 or args.per_host < 1:
+        raise ValueError("--max-pages, --concurrency and --per-host must be at least 1")
+    if args.max_depth < 0 or args.min_size < 0 or args.delay < 0 or args.timeout <= 0:
+        raise ValueError("--max-depth, --min-size and --delay must not be negative, --timeout must be positive")
+    for pattern in (*args.include, *args.exclude):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"--include/--exclude {pattern!r} is not a regular expression: {err}") from err
+    return CrawlConfig(
+        start_url=site,
+        max_pages=args.max_pages,
+        max_depth=args.max_depth,
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        allow_subdomains=args.subdomains,
+        concurrency=args.concurrency,
+        per_host_concurrency=args.per_host,
+        delay_s=args.delay,
+        page_timeout_s=args.timeout,
+        respect_robots=not args.ignore_robots,
+        use_sitemaps=not args.no_sitemaps,
+        min_image_size=args.min_size,
+        max_image_bytes=settings.max_image_bytes,
+        browser_path=args.browser,
+        state_path=crawl_command.default_state_path(settings, site),
+    )
+
+
+def _run_crawl(args: argparse.Namespace, settings, config):  # noqa: ANN001, ANN202 - the outcome, or an exit status
     import asyncio
 
     from rich.console import Console
 
     from scanner import crawl_command
     from scanner.client import ApiError, ScannerClient
-    from scanner.crawl import BrowserNotFoundError, CrawlConfig, StateLockedError
-
-    site = args.site if "://" in args.site else f"https://{args.site}"
-    try:
-        config = CrawlConfig(
-            start_url=site,
-            max_pages=args.max_pages,
-            max_depth=args.max_depth,
-            include=tuple(args.include),
-            exclude=tuple(args.exclude),
-            allow_subdomains=args.subdomains,
-            concurrency=args.concurrency,
-            per_host_concurrency=args.per_host,
-            delay_s=args.delay,
-            page_timeout_s=args.timeout,
-            respect_robots=not args.ignore_robots,
-            use_sitemaps=not args.no_sitemaps,
-            min_image_size=args.min_size,
-            max_image_bytes=settings.max_image_bytes,
-            browser_path=args.browser,
-            state_path=crawl_command.default_state_path(settings, site),
-        )
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    console = Console(stderr=True)
+    from scanner.crawl import BrowserNotFoundError, StateLockedError
 
     async def run() -> crawl_command.CrawlOutcome:
         async with (
             crawl_command.service_for(settings, args.api, args.key) as (base, key),
             ScannerClient(base, key) as client,
         ):
-            outcome = await crawl_command.crawl_and_scan(config, client, args.resume, console)
+            outcome = await crawl_command.crawl_and_scan(config, client, args.resume, Console(stderr=True))
             outcome.mode = f"server {args.api}" if args.api else "embedded"
             return outcome
 
     try:
-        outcome = asyncio.run(run())
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        _quiet_after_interrupt()
+        print(f"interrupted; `scanner crawl {args.site} --resume` continues where it stopped", file=sys.stderr)
+        return 130
     except (BrowserNotFoundError, StateLockedError, ValueError, ApiError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    crawl_command.print_report(outcome, Console())
-    if args.json:
-        crawl_command.write_json(outcome, args.json)
-    if args.csv:
-        crawl_command.write_csv(outcome, args.csv)
-    return 3 if args.fail_on_flagged and outcome.flagged else 0
+    except OSError as err:  # e.g. the server of --api is not there
+        print(f"error: {err.strerror or err}", file=sys.stderr)
+        return 2
+
+
+def _quiet_after_interrupt() -> None:
+    """After Ctrl-C the browser and its driver die with the terminal's signal; what they leave behind (tasks
+    whose exceptions nobody reads any more) is noise, not news, for the person who pressed it."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda _: None
 
 
 def _report(args: argparse.Namespace, settings) -> int:  # noqa: ANN001

@@ -95,10 +95,14 @@ def test_resume_continues_without_recrawling(site: tuple[str, list], tmp_path: P
     assert first.returncode == 0, first.stderr
     second = scanner(tmp_path, "crawl", url, "--resume", "--json", str(tmp_path / "b.json"))
     assert second.returncode == 0, second.stderr
-    pages_a = {page["url"] for page in json.loads((tmp_path / "a.json").read_text())["pages"]}
-    pages_b = {page["url"] for page in json.loads((tmp_path / "b.json").read_text())["pages"]}
-    assert len(pages_a) == 2 and not pages_a & pages_b
-    assert {url + "page-1.html", url + "page-2.html"} <= pages_a | pages_b
+    report_a, report_b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    pages_a = [page["url"] for page in report_a["pages"]]
+    pages_b = [page["url"] for page in report_b["pages"]]
+    # The resumed crawl fetched no page twice, and its summary is the whole crawl's, not only its last part.
+    assert len(pages_a) == 2 and len(pages_b) == len(set(pages_b)) and set(pages_a) < set(pages_b)
+    assert {url + "page-1.html", url + "page-2.html"} <= set(pages_b)
+    assert report_b["counts"]["images"] == len(images) == report_b["counts"]["analysed"]
+    assert report_b["counts"]["pages"] == len(pages_b)
 
 
 def test_crawl_and_report_against_a_running_server(site: tuple[str, list], tmp_path: Path) -> None:
