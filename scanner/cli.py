@@ -27,6 +27,11 @@ from pydantic import ValidationError
 from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
 
 MODELS_DIR = BUNDLED_ROBUST.parent
+FALSE_FLAG_CHOICES = ("show", "hide", "only")
+REPORT_HELP = (
+    "Flagged images from the local database (or --api). Score S > threshold T: the perturbation detectors find "
+    "the image unlike ordinary images; label = the robust model's class, or 'no confident class'."
+)
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
@@ -66,17 +71,25 @@ def _parser() -> argparse.ArgumentParser:
     crawl.add_argument("--csv", type=Path, help="write one row per image as CSV")
     crawl.add_argument("--fail-on-flagged", action="store_true", help="exit with status 3 if any image is flagged")
 
-    report = sub.add_parser("report", help="flagged images, newest first", formatter_class=defaults)
-    report.add_argument("--site", help="host name, e.g. shop.example")
-    report.add_argument("--since", help="ISO time, e.g. 2026-11-01")
-    report.add_argument("--until", help="ISO time")
-    report.add_argument("--min-score", type=float)
-    report.add_argument("--label")
-    report.add_argument("--limit", type=int, default=100)
+    report = sub.add_parser(
+        "report", help="flagged images, newest first", formatter_class=defaults, description=REPORT_HELP
+    )
+    report.add_argument("--site", help="only images seen on this host, e.g. shop.example (with its :port if any)")
+    report.add_argument("--since", help="only sightings at or after this ISO time, e.g. 2026-11-01")
+    report.add_argument("--until", help="only sightings before this ISO time")
+    report.add_argument("--min-score", type=float, help="only verdicts whose combined score is at least this")
+    report.add_argument("--label", help="only this label of the robust model, e.g. cat; none: no confident class")
+    report.add_argument(
+        "--false-flags",
+        choices=list(FALSE_FLAG_CHOICES),
+        default="show",
+        help="images someone called a false flag: show them (marked), hide them, or show only them",
+    )
+    report.add_argument("--limit", type=int, default=100, help="at most this many rows")
     report.add_argument("--tenant", default="default", help="embedded database: whose report")
     report.add_argument("--api", help="read from this scanner server instead of the local database")
-    report.add_argument("--key", help="API key for --api")
-    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    report.add_argument("--key", help="API key for --api (scope reports:read)")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
 
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", help="default: SCANNER_HOST (127.0.0.1)")

@@ -87,10 +87,15 @@ def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[st
         scan = queries.scan_of(session, tenant_id, scan_id)
         if scan is None:
             raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
-        return _scan_json(scan, queries.scan_items(session, scan))
+        rows = queries.scan_items(session, scan)
+        # The tenant's own "this is a false flag" travels with the verdict, so a reload shows it as such.
+        false_flags = queries.false_flagged(session, tenant_id, [image.id for _, image, _ in rows if image])
+        return _scan_json(scan, rows, false_flags)
 
 
-def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]]) -> dict[str, Any]:
+def _scan_json(
+    scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]], false_flags: set[int]
+) -> dict[str, Any]:
     items = []
     counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0, "flagged": 0}
     for item, image, verdict in rows:
@@ -106,6 +111,7 @@ def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]])
                 "state": item.state,
                 "error": error,
                 "verdict": verdict_json(verdict) if verdict is not None and item.state == "done" else None,
+                "false_flag": image is not None and image.id in false_flags,
             }
         )
     status = "done" if counts["pending"] == 0 else ("running" if counts["pending"] < counts["total"] else "queued")
@@ -272,6 +278,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         until=_time_param(query, "until"),
         min_score=_float_param(query, "min_score"),
         label=query.get("label") or None,
+        false_flag=_bool_param(query, "false_flag"),
         after_id=_decode_cursor(query["cursor"]) if query.get("cursor") else None,
         limit=_limit_param(query),
     )
@@ -314,6 +321,14 @@ def _time_param(query: Any, name: str) -> dt.datetime | None:
         return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
     except (ValueError, OverflowError) as err:  # not a time, or one that leaves the calendar once in UTC
         raise Problem(422, "invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-25T12:00:00Z") from err
+
+
+def _bool_param(query: Any, name: str) -> bool | None:
+    if name not in query:
+        return None
+    if query[name] not in ("true", "false"):
+        raise Problem(422, "invalid_parameter", f"{name} must be true or false")
+    return query[name] == "true"
 
 
 def _float_param(query: Any, name: str) -> float | None:
