@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from scanner.cli import DEFAULT_DATA, MODELS_DIR
 from scanner.demo_site import build_demo_site
 from scanner.settings import Settings
+from tests.people import serving
 from tests.service.conftest import RunningApi, start_api
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
@@ -143,3 +145,41 @@ def _index(root: Path):  # noqa: ANN202 - an aiohttp handler
         return web.FileResponse(root / "index.html")
 
     return index
+
+
+def test_report_explains_verdicts_and_marks_confirmed_false_flags(site: tuple[str, list], tmp_path: Path) -> None:
+    url, _ = site
+    crawled = scanner(tmp_path, "crawl", url, "--json", str(tmp_path / "r.json"))
+    assert crawled.returncode == 0, crawled.stderr
+    flagged = [image for image in json.loads((tmp_path / "r.json").read_text())["images"] if image["flagged"]]
+    assert flagged, "the shipped detector should catch some white-box attacks on the standard model"
+    # The crawl's own table names images by URL and says what the numbers mean.
+    assert flagged[0]["url"] in crawled.stdout.replace("\n", "") and "threshold" in crawled.stdout
+    assert "perturbation detectors find this image unlike ordinary images" in crawled.stdout.replace("\n", " ")
+
+    key = json.loads(scanner(tmp_path, "keys", "create", "--name", "me", "--json").stdout)["key"]
+    with serving(tmp_path) as served:
+        _post_json(f"{served.base}/v1/images/{flagged[0]['sha256']}/feedback", key, {"kind": "false_flag"})
+    table = scanner(tmp_path, "report")
+    assert table.returncode == 0, table.stderr
+    text = table.stdout.replace("\n", " ")
+    assert "confirmed false flag" in text and flagged[0]["url"] in table.stdout.replace("\n", "")
+    assert "label = robust model's class, or no confident class" in text
+    shown = json.loads(scanner(tmp_path, "report", "--format", "json").stdout)
+    hidden = json.loads(scanner(tmp_path, "report", "--format", "json", "--false-flags", "hide").stdout)
+    only = json.loads(scanner(tmp_path, "report", "--format", "json", "--false-flags", "only").stdout)
+    assert [row["sha256"] for row in only] == [flagged[0]["sha256"]] and only[0]["false_flag"] is True
+    assert {row["sha256"] for row in hidden} == {row["sha256"] for row in shown} - {flagged[0]["sha256"]}
+    for option in ("--min-score", "--label", "--limit", "--format", "--false-flags"):
+        assert option in scanner(tmp_path, "report", "--help").stdout
+
+
+def _post_json(url: str, key: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.load(reply)
