@@ -35,22 +35,38 @@ REPORT_HELP = (
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Prints a default once, and only a real one: not None, [] or False, nor one the help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == []:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanner", description="Find adversarial images; serve robust models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="crawl a local demo site whose images are partly attacked, end to end")
+    defaults = HelpFormatter
+    demo = sub.add_parser(
+        "demo", help="crawl a local demo site whose images are partly attacked, end to end", formatter_class=defaults
+    )
     demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder tarball or tree")
-    demo.add_argument("--robust", type=Path, default=BUNDLED_ROBUST)
-    demo.add_argument("--standard", type=Path, default=BUNDLED_STANDARD)
+    demo.add_argument("--robust", type=Path, default=BUNDLED_ROBUST, help="the robust model bundle that judges")
+    demo.add_argument(
+        "--standard", type=Path, default=BUNDLED_STANDARD, help="the standard model bundle the attacks target"
+    )
     demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
     demo.add_argument("--per-page", type=int, default=5, help="images per page")
-    demo.add_argument("--eps", default="8/255")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--eps", default="8/255", help="L-inf size of the PGD attacks, in pixel units")
+    demo.add_argument("--seed", type=int, default=0, help="which test images are drawn and attacked")
     demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
 
-    defaults = argparse.ArgumentDefaultsHelpFormatter
     crawl = sub.add_parser("crawl", help="crawl a site and scan every image a visitor sees", formatter_class=defaults)
-    crawl.add_argument("site", help="start URL, e.g. https://shop.example/ (a bare host gets https://)")
+    crawl.add_argument(
+        "site", help="start URL, e.g. https://shop.example/ (a bare host gets https://, a bare 127.0.0.1:8000 http://)"
+    )
     crawl.add_argument("--max-pages", type=int, default=100, help="stop after this many pages")
     crawl.add_argument("--max-depth", type=int, default=5, help="links followed from the start page")
     crawl.add_argument("--include", action="append", default=[], help="regex a URL must match (repeatable)")
@@ -62,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     crawl.add_argument("--timeout", type=float, default=30.0, help="seconds per page")
     crawl.add_argument("--min-size", type=int, default=50, help="skip images smaller than this (pixels)")
     crawl.add_argument("--ignore-robots", action="store_true", help="do not honour robots.txt (your own site only)")
-    crawl.add_argument("--no-sitemaps", action="store_true")
+    crawl.add_argument("--no-sitemaps", action="store_true", help="do not read sitemap.xml for more pages")
     crawl.add_argument("--resume", action="store_true", help="continue an interrupted crawl of this site")
     crawl.add_argument("--browser", help="Chromium executable (default: Playwright's, else Debian's chromium)")
     crawl.add_argument("--api", help="submit to this scanner server instead of the embedded one")
@@ -91,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--key", help="API key for --api (scope reports:read)")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
 
-    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve = sub.add_parser("serve", help="run the HTTP API, the dashboard and (embedded) the audit schedule")
     serve.add_argument("--host", help="default: SCANNER_HOST (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: SCANNER_PORT (8080)")
     serve.add_argument(
@@ -100,8 +116,10 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a Celery analysis worker")
     worker.add_argument("--concurrency", type=int, default=1, help="worker processes (each loads the models)")
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery's execution pool"
+    )
+    worker.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     from scanner.audits.cli import add_parser as add_audit_parser
     from scanner.audits.cli import add_worker_options
 
@@ -110,21 +128,27 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema (Alembic migrations)")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="migrate to the newest schema").add_argument(
-        "revision", nargs="?", default="head"
+        "revision", nargs="?", default="head", help="target revision (default: head, the newest)"
     )
-    db_sub.add_parser("downgrade", help="migrate back to a revision").add_argument("revision")
+    db_sub.add_parser("downgrade", help="migrate back to a revision").add_argument(
+        "revision", help="target revision, e.g. 0004"
+    )
     db_sub.add_parser("current", help="print the schema revision")
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it (once: only its hash is stored)")
-    create.add_argument("--name", required=True)
-    create.add_argument("--tenant", default="default")
+    create.add_argument("--name", required=True, help="what the key is for, e.g. laptop or browser")
+    create.add_argument("--tenant", default="default", help="whose images and reports the key reaches")
     create.add_argument("--scope", action="append", help="scans:write, reports:read (default: both)")
     create.add_argument("--expires-in", help="e.g. 90d, 12h (default: never)")
     create.add_argument("--json", action="store_true", help="print JSON instead of text")
-    keys_sub.add_parser("list", help="list keys (never their secrets)").add_argument("--tenant")
-    keys_sub.add_parser("revoke", help="revoke a key by its id").add_argument("key_id")
+    keys_sub.add_parser("list", help="list keys (never their secrets)").add_argument(
+        "--tenant", help="only this tenant's keys"
+    )
+    keys_sub.add_parser("revoke", help="revoke a key by its id").add_argument(
+        "key_id", help="the id `scanner keys list` shows"
+    )
     add_audit_parser(sub)
     return parser
 
@@ -416,6 +440,7 @@ def _keys(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
             query = select(ApiKey, Tenant.name).join(Tenant).order_by(ApiKey.created_at)
             if args.tenant:
                 query = query.where(Tenant.name == args.tenant)
+            print(f"{'id':<12}  {'tenant':<16} {'name':<20} {'scopes':<26} {'state':<8} expires")
             for key, tenant in session.execute(query):
                 state = "revoked" if key.revoked_at else "active"
                 print(

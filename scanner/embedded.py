@@ -17,6 +17,8 @@ from scanner.db import keys, migrate
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 
+KEY_NAME = "embedded crawl"
+
 
 @dataclass(frozen=True)
 class EmbeddedService:
@@ -32,7 +34,8 @@ async def embedded_service(settings: Settings, tenant: str = "default") -> Async
     await asyncio.to_thread(migrate.upgrade, settings.db_url)
     sessions = make_sessionmaker(make_engine(settings.db_url))
     with transaction(sessions) as session:
-        key = keys.create_key(session, "embedded crawl", tenant, expires_in=dt.timedelta(days=1))
+        keys.delete_short_lived(session, KEY_NAME)
+        key = keys.create_key(session, KEY_NAME, tenant, expires_in=dt.timedelta(hours=12))
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
     try:
@@ -43,4 +46,4 @@ async def embedded_service(settings: Settings, tenant: str = "default") -> Async
     finally:
         await runner.cleanup()
         with transaction(sessions) as session:
-            keys.revoke(session, key.id)
+            keys.delete_short_lived(session, KEY_NAME, key.id)

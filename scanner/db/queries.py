@@ -50,6 +50,16 @@ def site_for(session: Session, tenant_id: int, page_url: str | None) -> Site | N
     return session.scalar(select(Site).where(Site.tenant_id == tenant_id, Site.host == host))
 
 
+def site_host(text: str) -> str:
+    """The host a site filter means: sites are stored by host name, so ``127.0.0.1:8000`` or
+    ``http://shop.example/`` must not silently match nothing."""
+    text = text.strip().lower()
+    try:
+        return urlsplit(text if "://" in text else f"//{text}").hostname or text
+    except ValueError:
+        return text
+
+
 def record_image(session: Session, sha256: str, data: bytes, fmt: str, width: int, height: int) -> Image:
     """The image row for these bytes, created with its blob on first sight; ``last_seen`` moves on."""
     now = utcnow()
@@ -541,11 +551,8 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
     with the latest matching sighting of each."""
     seen = [Sighting.tenant_id == report.tenant_id, Sighting.image_id == Verdict.image_id]
     if report.site:
-        seen.append(
-            Sighting.site_id.in_(
-                select(Site.id).where(Site.tenant_id == report.tenant_id, Site.host == report.site.lower())
-            )
-        )
+        host = site_host(report.site)
+        seen.append(Sighting.site_id.in_(select(Site.id).where(Site.tenant_id == report.tenant_id, Site.host == host)))
     if report.since:
         seen.append(Sighting.seen_at >= report.since)
     if report.until:

@@ -81,6 +81,14 @@ def test_embedded_crawl_reports_every_image_and_exports(site: tuple[str, list], 
     listed = scanner(tmp_path, "report", "--format", "json", "--site", "127.0.0.1")
     assert listed.returncode == 0, listed.stderr
     assert {row["sha256"] for row in json.loads(listed.stdout)} == {image["sha256"] for image in flagged}
+    # A site given with its port (as the crawl was) or as a URL means the same host, not nothing.
+    for site_filter in (url.split("/")[2], url):
+        again = scanner(tmp_path, "report", "--format", "json", "--site", site_filter)
+        assert json.loads(again.stdout) == json.loads(listed.stdout), site_filter
+    # The crawl's own short-lived key is gone with the crawl: nothing piles up in `scanner keys list`.
+    keys_listed = scanner(tmp_path, "keys", "list")
+    assert keys_listed.stdout.splitlines()[0].split() == ["id", "tenant", "name", "scopes", "state", "expires"]
+    assert "embedded crawl" not in keys_listed.stdout
 
 
 def test_fail_on_flagged_exits_3_when_the_attacked_images_are_caught(site: tuple[str, list], tmp_path: Path) -> None:
