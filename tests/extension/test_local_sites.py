@@ -50,6 +50,9 @@ def test_a_local_site_gets_its_badges_from_the_bytes_the_browser_read(
     placed = wait_for(lambda: (found := badges_by_image(page)) and len(found) == len(site.flagged) and found, 10)
     assert set(placed) == {f"/img/{image.file}?dev" for image in site.flagged}
     assert all(badge["kind"] == "badge flagged" for badge in placed.values())
+    # The toolbar icon counts the tab's flagged images.
+    badge_text = configured.worker.evaluate("id => chrome.action.getBadgeText({tabId: id})", tab_id)
+    assert badge_text == str(len(site.flagged))
     # The API never fetched the loopback site: the verdicts came from the uploaded bytes.
     assert not site.server.fetched_by_api("?dev")
     page.close()
@@ -80,7 +83,12 @@ def test_an_image_neither_side_can_read_gets_a_badge_and_a_reason_in_the_popup(
     wait_for(lambda: popup.text_content("#errors") == "1", 10, what="the popup's error count")
     reasons = popup.locator("#refusals li").all_text_contents()
     assert len(reasons) == 1 and reasons[0].startswith("1 × blocked_address: ") and "HTTP 404" in reasons[0]
-    assert popup.locator("#open-dashboard").is_visible()
+    with configured.context.expect_page() as opened:
+        popup.click("#open-dashboard")
+    dashboard = opened.value
+    dashboard.wait_for_load_state()
+    assert dashboard.url == f"{api.base}/dashboard"
+    dashboard.close()
     popup.close()
     page.close()
     assert configured.page_errors == [] and configured.uncaught() == []
