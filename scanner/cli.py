@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from scanner.helpformat import HelpFormatter
 from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
 
 MODELS_DIR = BUNDLED_ROBUST.parent
@@ -33,16 +34,6 @@ REPORT_HELP = (
     "the image unlike ordinary images; label = the robust model's class, or 'no confident class'."
 )
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Prints a default once, and only a real one: not None, [] or False, nor one the help already states."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or action.default is None or action.default is False or action.default == []:
-            return text
-        return super()._get_help_string(action) or text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -264,15 +255,12 @@ def _run_crawl(args: argparse.Namespace, settings, config):  # noqa: ANN001, ANN
     from rich.console import Console
 
     from scanner import crawl_command
-    from scanner.client import ApiError, ScannerClient
+    from scanner.client import ApiError
     from scanner.crawl import BrowserNotFoundError, StateLockedError
 
     async def run() -> crawl_command.CrawlOutcome:
-        async with (
-            crawl_command.service_for(settings, args.api, args.key) as (base, key),
-            ScannerClient(base, key) as client,
-        ):
-            outcome = await crawl_command.crawl_and_scan(config, client, args.resume, Console(stderr=True))
+        async with crawl_command.submitter_for(settings, args.api, args.key) as submitter:
+            outcome = await crawl_command.crawl_and_scan(config, submitter, args.resume, Console(stderr=True))
             outcome.mode = f"server {args.api}" if args.api else "embedded"
             return outcome
 

@@ -1,8 +1,8 @@
-"""``scanner crawl <site>``: crawl with the Playwright engine (``scanner.crawl``), submit each page's images to
-the API as one scan, follow the verdicts while the crawl goes on, and report.
+"""``scanner crawl <site>``: crawl with the Playwright engine (``scanner.crawl``), hand each page's images as one
+scan to a submitter, follow the verdicts while the crawl goes on, and report.
 
-Embedded by default (the API on a loopback port in this process, SQLite and in-process analysis); with
-``--api URL --key K`` the same submissions go to a server.
+The submitter is the local intake by default (``scanner.local``: the API's own intake function called in this
+process, SQLite and in-process analysis), or with ``--api URL --key K`` a server over HTTP.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from rich.console import Console
@@ -87,9 +87,36 @@ class CrawlOutcome:
         }
 
 
+class Submitter(Protocol):
+    """What the crawl feeds: ``scanner.client.ScannerClient`` (a server) or ``scanner.local.LocalSubmitter``."""
+
+    async def whoami(self) -> dict[str, Any]: ...
+
+    async def submit(self, page_url: str | None, uploads: Sequence[Upload], source: str = ...) -> dict[str, Any]: ...
+
+    async def scan(self, scan_id: str) -> dict[str, Any]: ...
+
+
+@asynccontextmanager
+async def submitter_for(settings: Settings, api: str | None, key: str | None) -> AsyncIterator[Submitter]:
+    """The server of ``--api``, or the local intake: this process records and analyses (no loopback server)."""
+    if api:
+        if not key:
+            raise ValueError("--api needs --key (create one with `scanner keys create --name crawler`)")
+        async with ScannerClient(api, key) as client:
+            yield client
+        return
+    from scanner.local import LocalSubmitter
+
+    # The local intake analyses in this process, whatever broker the settings name.
+    async with LocalSubmitter(settings.model_copy(update={"broker_url": None, "result_backend": None})) as local:
+        yield local
+
+
 @asynccontextmanager
 async def service_for(settings: Settings, api: str | None, key: str | None) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, key) of the service the crawl submits to: ``--api`` or the embedded one."""
+    """(base URL, key) of an HTTP service: ``--api``, or the embedded API on a loopback port.  Kept only for
+    ``scanner.demo`` until it moves to ``submitter_for``; everything else submits through the local intake."""
     if api:
         if not key:
             raise ValueError("--api needs --key (create one with `scanner keys create --name crawler`)")
@@ -97,14 +124,13 @@ async def service_for(settings: Settings, api: str | None, key: str | None) -> A
         return
     from scanner.embedded import embedded_service
 
-    # A crawl submits one scan per page as fast as pages render: no rate limit against oneself.
     local = settings.model_copy(update={"rate_limit_per_minute": 10**9, "rate_limit_burst": 10**9})
     async with embedded_service(local) as service:
         yield service.base_url, service.key
 
 
 async def crawl_and_scan(
-    config: CrawlConfig, client: ScannerClient, resume: bool = False, console: Console | None = None
+    config: CrawlConfig, client: Submitter, resume: bool = False, console: Console | None = None
 ) -> CrawlOutcome:
     console = console or Console(stderr=True)
     key = await client.whoami()  # a bad key or an unreachable server stops here, before the browser starts
@@ -151,7 +177,7 @@ def _keep_outcome(config: CrawlConfig, outcome: CrawlOutcome) -> None:
 
 
 async def _crawl_pages(
-    config: CrawlConfig, client: ScannerClient, resume: bool, console: Console, outcome: CrawlOutcome
+    config: CrawlConfig, client: Submitter, resume: bool, console: Console, outcome: CrawlOutcome
 ) -> None:
     async with Crawler(config) as crawler:
         with _progress(console) as progress:
@@ -195,7 +221,7 @@ def _fields(stats: Any, outcome: CrawlOutcome) -> dict[str, int]:
     }
 
 
-async def _submit_page(client: ScannerClient, page: PageResult, outcome: CrawlOutcome) -> None:
+async def _submit_page(client: Submitter, page: PageResult, outcome: CrawlOutcome) -> None:
     outcome.pages.append(
         {"url": page.url, "status": page.status, "depth": page.depth, "images": len(page.images), "error": page.error}
     )
@@ -230,12 +256,12 @@ def _absorb(document: dict[str, Any], outcome: CrawlOutcome) -> None:
             image.threshold, image.in_domain = verdict.get("threshold"), verdict.get("in_domain")
 
 
-async def _poll_once(client: ScannerClient, outcome: CrawlOutcome) -> None:
+async def _poll_once(client: Submitter, outcome: CrawlOutcome) -> None:
     for scan_id in [scan for scan, status in outcome.scans.items() if status != "done"]:
         _absorb(await client.scan(scan_id), outcome)
 
 
-async def _poll_forever(client: ScannerClient, outcome: CrawlOutcome) -> None:
+async def _poll_forever(client: Submitter, outcome: CrawlOutcome) -> None:
     while True:
         await asyncio.sleep(POLL_S)
         with contextlib.suppress(Exception):  # the final wait reports what is still missing
@@ -243,7 +269,7 @@ async def _poll_forever(client: ScannerClient, outcome: CrawlOutcome) -> None:
 
 
 async def _wait_for_verdicts(
-    client: ScannerClient, outcome: CrawlOutcome, progress: Progress, task: Any, stats: Any, timeout_s: float = 3600
+    client: Submitter, outcome: CrawlOutcome, progress: Progress, task: Any, stats: Any, timeout_s: float = 3600
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while any(status != "done" for status in outcome.scans.values()) and time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner.audits import schedule, store, webhooks
+from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
 
 DEFAULT_TICK_S = 30.0
@@ -20,8 +21,6 @@ MAX_ROBUSTNESS_SAMPLE = 256
 
 
 def add_parser(sub: Any) -> None:
-    from scanner.cli import HelpFormatter
-
     audit = sub.add_parser("audit", help="scheduled audits of a site")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     add = audit_sub.add_parser("add", help="audit a site on a schedule", formatter_class=HelpFormatter)
@@ -117,8 +116,8 @@ def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
 
 
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    from scanner.api.intake import fetch_policy
     from scanner.fetch import FetchError
+    from scanner.intake import fetch_policy
 
     if spec.webhook_url:
         if not spec.webhook_url.lower().startswith(("http://", "https://")):
