@@ -99,3 +99,56 @@ def _badge_on(page: Page, src: str) -> dict | None:
     if found is None:
         return None
     return found.get(src) if page.evaluate(BADGES_JS) else None
+
+
+def test_an_image_outside_the_models_classes_is_badged_with_no_confident_class(
+    configured: Browser, site: Site, api: Api
+) -> None:
+    """The verdict of an image the robust model has no confident class for (label null, issue 12's contract)
+    is known to the API beforehand, as it would be after any earlier scan of the same bytes."""
+    img_dir = Path(site.server.img_dir)
+    portrait = _distinct_copy(img_dir / site.clean[0].file, img_dir / "portrait.png")
+    _known_verdict(api, portrait, label=None, score=5.0)
+    site.server.pages["portrait.html"] = (
+        '<!doctype html><html><body><img src="/img/portrait.png" width="128" height="128" alt=""></body></html>'
+    )
+    page = configured.context.new_page()
+    page.goto(site.url("portrait.html"))
+    badge = wait_for(lambda: _badge_on(page, "/img/portrait.png"), 30, what="the portrait's badge")
+    assert badge["kind"] == "badge flagged"
+    assert badge["aria"].startswith("Possibly adversarial image: label no confident class, score 5.00")
+    assert "Labelno confident class" in badge["details"] and "unlike ordinary images" in badge["details"]
+    page.close()
+
+
+def _distinct_copy(source: Path, target: Path) -> bytes:
+    """The picture with one pixel changed: new bytes, so a verdict of its own."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        image.putpixel((0, 0), (1, 2, 3))
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+    target.write_bytes(out.getvalue())
+    return out.getvalue()
+
+
+def _known_verdict(api: Api, data: bytes, label: str | None, score: float) -> None:
+    import hashlib
+
+    from scanner.db import queries
+    from scanner.db.session import make_engine, make_sessionmaker, transaction
+    from scanner.versions import served_versions
+    from tests.service.conftest import verdict_with_score
+
+    settings = api.running.settings
+    versions = served_versions(settings)
+    engine = make_engine(settings.db_url)
+    with transaction(make_sessionmaker(engine)) as session:
+        image = queries.record_image(session, hashlib.sha256(data).hexdigest(), data, "PNG", 32, 32)
+        verdict = verdict_with_score(versions.model_version, versions.calibration_version, "cat", score)
+        queries.write_verdict(session, image.id, {**verdict, "label": label})
+    engine.dispose()
