@@ -27,6 +27,10 @@ const CACHE_MAX = 500; // verdicts kept in memory and in chrome.storage.session
 const CACHE_KEY = "verdictCache";
 const MENU_ID = "scan-image";
 const SHA256 = /^[0-9a-f]{64}$/i;
+// The server refuses to fetch a URL it may not or cannot reach: a loopback, private or development site, a port
+// other than 80/443, a host only this browser resolves, an image behind the visitor's login.  The browser can
+// read the image (it is on the page, and the extension has host access), so it sends the bytes instead.
+const SEND_BYTES_ON = new Set(["blocked_address", "blocked_port", "dns_failure", "connection_failed", "http_status"]);
 
 // --- errors this worker did not catch (a test reads them; nothing should ever land here) --------------------
 
@@ -284,16 +288,32 @@ async function summary(tabId, probe) {
     else if (state === "failed") counts.errors += 1;
     else counts.pending += 1;
   }
+  const known = [...(record?.results.values() || [])];
   return {
     pageUrl,
     site: siteOf(pageUrl) || "",
     ...counts,
     flagged: record?.flagged.size || 0,
+    falseFlags: known.filter((result) => result.falseFlag).length,
+    refusals: refusalsOf(known),
     paused: current.paused,
     siteDisabled: isSiteDisabled(current, pageUrl),
     threshold: current.threshold,
     api: await currentStatus(probe),
   };
+}
+
+// Every refusal of the page, counted by reason, for the popup: "Errors 10" alone explains nothing.
+function refusalsOf(results) {
+  const byCode = new Map();
+  for (const result of results) {
+    if (result.state !== "failed") continue;
+    const code = result.error?.code || "error";
+    const entry = byCode.get(code) || { code, message: result.error?.message || "", count: 0, example: result.url };
+    entry.count += 1;
+    byCode.set(code, entry);
+  }
+  return [...byCode.values()].sort((a, b) => b.count - a.count);
 }
 
 // --- batching ---------------------------------------------------------------------------------------------------
@@ -410,8 +430,9 @@ function scanRequest(pageUrl, entries) {
   const form = new FormData();
   if (page) form.append("page_url", page);
   form.append("source", "extension");
-  // Where each uploaded file came from: nothing the server could fetch (blob:/data: URLs), hence null.
-  form.append("image_urls", JSON.stringify(entries.map(() => null)));
+  // Where each uploaded file came from: the page's URL for bytes read instead of a refused fetch; null for
+  // blob:/data: URLs, which name nothing outside this page.
+  form.append("image_urls", JSON.stringify(entries.map((entry) => (entry.fromUrl ? entry.url : null))));
   entries.forEach((entry, i) => {
     const mime = entry.mime || "application/octet-stream";
     form.append("image", new Blob([decodeBase64(entry.bytes)], { type: mime }), `image-${i}${extensionFor(mime)}`);
@@ -469,6 +490,11 @@ function settleScan(scan, entries, current) {
   (scan.items || []).forEach((item, index) => {
     const entry = entries[Number.isInteger(item.position) ? item.position : index];
     if (!entry || entry.settled || item.state === "pending") return;
+    if (item.state === "failed" && SEND_BYTES_ON.has(item.error?.code) && !entry.bytes) {
+      entry.settled = true; // this scan is done with it; the upload takes over (and settles it)
+      resendAsBytes(entry, item.error).catch(report);
+      return;
+    }
     const verdict = item.verdict
       ? {
         label: item.verdict.label,
@@ -487,9 +513,40 @@ function settleScan(scan, entries, current) {
       error: item.error || null,
       retryable: false,
       scanId: scan.id,
+      falseFlag: Boolean(item.false_flag),
     });
   });
   settle(done, results, current);
+}
+
+async function resendAsBytes(entry, refusal) {
+  let image;
+  try {
+    image = await readImage(entry.url);
+  } catch (err) {
+    const message = `${refusal.message || refusal.code}; the extension could not read the image either: ${err.message}`;
+    settle([entry], [failure(refusal.code, message, false)], await settings());
+    return;
+  }
+  const upload = { ...entry, bytes: image.bytes, mime: image.mime, fromUrl: true, settled: false };
+  inflight.set(entry.url, upload);
+  queue.push(upload);
+  if (flushTimer === null) flushTimer = setTimeout(flush, FLUSH_MS);
+}
+
+// The image as this browser gets it (with the visitor's cookies, as the page did), base64-encoded.
+async function readImage(url) {
+  const response = await fetch(url, { credentials: "include", signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const buffer = await response.arrayBuffer();
+  if (!buffer.byteLength || buffer.byteLength > MAX_IMAGE_BYTES) throw new Error("no usable image bytes");
+  return { bytes: encodeBase64(new Uint8Array(buffer)), mime: response.headers.get("Content-Type") || "" };
+}
+
+function encodeBase64(bytes) {
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(binary);
 }
 
 function settle(entries, results, current) {
@@ -511,7 +568,8 @@ function settle(entries, results, current) {
 function deliver(results, waiters, current) {
   const shaped = results.map((result) => ({
     ...result,
-    flagged: result.state === "done" && isFlagged(result.verdict, current.threshold),
+    // A flag this tenant called false is shown as such, never as a flag again.
+    flagged: result.state === "done" && !result.falseFlag && isFlagged(result.verdict, current.threshold),
     thresholdOverride: current.threshold,
   }));
   for (const { tabId, frameId } of waiters) {
@@ -529,8 +587,18 @@ function deliver(results, waiters, current) {
       }
     }
     if (tabId < 0) continue;
+    if (record) showCount(tabId, record);
     chrome.tabs.sendMessage(tabId, { type: "verdicts", results: shaped }, { frameId }).catch(() => {});
   }
+}
+
+// The toolbar icon counts the tab's flagged images (red) or, with none, its refused ones (grey).
+function showCount(tabId, record) {
+  const refused = [...record.images.values()].filter((state) => state === "failed").length;
+  const text = record.flagged.size ? String(record.flagged.size) : refused ? String(refused) : "";
+  const color = record.flagged.size ? "#b3261e" : "#5f6368";
+  chrome.action.setBadgeText({ tabId, text }).catch(() => {});
+  chrome.action.setBadgeBackgroundColor({ tabId, color }).catch(() => {});
 }
 
 // The threshold changed: every tab gets its known verdicts again, decided under the new threshold.
@@ -554,9 +622,23 @@ async function sendFeedback(sha256, pageUrl) {
       body: JSON.stringify({ kind: "false_flag", page_url: siteOf(pageUrl) ? pageUrl : null }),
     }, { retries: 2 });
     const body = await response.json();
+    await markFalseFlag(sha256.toLowerCase());
     return { ok: true, id: body.id };
   } catch (err) {
     return { ok: false, message: err.message };
+  }
+}
+
+// The cache and every tab learn the false flag at once: a reload must not bring the flag back.
+async function markFalseFlag(sha256) {
+  for (const [url, result] of cache) {
+    if (result.sha256 === sha256) cache.set(url, { ...result, falseFlag: true });
+  }
+  saveCacheSoon();
+  const current = await settings();
+  for (const [tabId, record] of tabs) {
+    const changed = [...record.results.values()].filter((result) => result.sha256 === sha256);
+    if (changed.length) deliver(changed.map((result) => ({ ...result, falseFlag: true })), [{ tabId, frameId: 0 }], current);
   }
 }
 

@@ -194,7 +194,9 @@
   function apply(img, result) {
     if (!active) return;
     if (result.state === "done" && result.flagged) showBadge(img, result, "flagged");
-    else if (explicit.has(result.url)) showBadge(img, result, result.state === "done" ? "clean" : "failed");
+    else if (result.state === "done" && result.falseFlag) showBadge(img, result, "falseflag");
+    else if (result.state === "failed") showBadge(img, result, "failed"); // a refusal is never silent
+    else if (explicit.has(result.url)) showBadge(img, result, "clean");
     else removeBadge(img);
   }
 
@@ -211,6 +213,7 @@
     }
     .badge.clean { background: #1e6b34; }
     .badge.failed { background: #5f6368; }
+    .badge.falseflag { background: #3c4043; }
     .badge:focus-visible { outline: 3px solid #1a73e8; outline-offset: 2px; }
     .details {
       position: absolute; top: calc(var(--size) + 6px); right: 0; width: 270px; max-width: 80vw;
@@ -237,13 +240,24 @@
 
   const fmt = (value) => (typeof value === "number" ? value.toFixed(2) : "n/a");
 
+  // A null label: the image is not one of the robust model's classes (rather than a wrong class name).
+  const labelText = (label) => label || "no confident class";
+  const MEANING = "Score above the threshold: the perturbation detectors find this image unlike ordinary images. "
+    + "Label: the robust model's class, or no confident class.";
+  const TITLES = {
+    flagged: "Possibly adversarial image",
+    clean: "No sign of manipulation",
+    falseflag: "Reported as a false flag",
+  };
+
   function describe(result, kind) {
     const verdict = result.verdict || {};
     if (kind === "failed") {
-      return { label: "Image could not be scanned", aria: `Image could not be scanned: ${result.error?.code || "error"}` };
+      const reason = result.error?.code || "error";
+      return { label: "Image could not be scanned", aria: `Image could not be scanned: ${reason}` };
     }
-    const title = kind === "flagged" ? "Possibly adversarial image" : "No sign of manipulation";
-    return { label: title, aria: `${title}: label ${verdict.label}, score ${fmt(verdict.score)}` };
+    const title = TITLES[kind];
+    return { label: title, aria: `${title}: label ${labelText(verdict.label)}, score ${fmt(verdict.score)}` };
   }
 
   function el(tag, props = {}, children = []) {
@@ -269,13 +283,16 @@
     }
     const threshold = result.thresholdOverride ?? verdict.threshold;
     const rows = [
-      ["Label", verdict.label ?? "n/a"],
+      ["Label", labelText(verdict.label)],
       ["Score", fmt(verdict.score)],
       ["Threshold", `${fmt(threshold)}${result.thresholdOverride != null ? " (yours)" : ""}`],
     ];
     const dl = el("dl");
     for (const [name, value] of rows) dl.append(el("dt", { text: name }), el("dd", { text: String(value) }));
-    panel.append(dl);
+    panel.append(dl, el("p", { className: "why", text: MEANING }));
+    if (kind === "falseflag") {
+      panel.append(el("p", { className: "feedback", text: "Your team reported this image as a false flag." }));
+    }
     const scores = Object.entries(verdict.scores || {}).sort((a, b) => b[1] - a[1]);
     panel.append(el("p", { className: "why", text: "Why: the detector scores (higher = more likely perturbed)" }));
     panel.append(el("ul", {}, scores.map(([name, value]) => el("li", { text: `${name}: ${fmt(value)}` }))));
@@ -316,7 +333,7 @@
       type: "button", className: `badge ${kind}`, "aria-label": aria, "aria-expanded": "false",
       "aria-controls": "details", title: aria,
     });
-    button.textContent = kind === "flagged" ? "!" : kind === "clean" ? "✓" : "?";
+    button.textContent = { flagged: "!", clean: "✓", falseflag: "✓", failed: "?" }[kind];
     const details = buildDetails(result, kind);
     const wrap = el("div", { className: "wrap" }, [button, details]);
     wrap.style.pointerEvents = "auto";

@@ -30,6 +30,8 @@ async function refresh(probe = false) {
   $("flagged").textContent = summary.flagged;
   $("errors").textContent = summary.errors;
   $("pending").textContent = summary.pending;
+  $("false-flags").textContent = summary.falseFlags;
+  showRefusals(summary.refusals || []);
   const status = $("api-status");
   const state = summary.api.state;
   status.dataset.state = state;
@@ -57,7 +59,19 @@ $("site-disabled").addEventListener("change", async (event) => {
   await refresh();
 });
 
+// Each reason an image was not scanned, with how many: the count alone explains nothing.
+function showRefusals(refusals) {
+  const list = $("refusals");
+  const lines = refusals.map((r) => `${r.count} × ${r.code}${r.message ? `: ${r.message}` : ""}`);
+  if (lines.join("\n") === [...list.children].map((li) => li.textContent).join("\n")) return;
+  list.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+}
+
 $("open-options").addEventListener("click", () => chrome.runtime.openOptionsPage());
+$("open-dashboard").addEventListener("click", async () => {
+  const { apiUrl } = await readSettings();
+  await chrome.tabs.create({ url: `${apiUrl}/dashboard` });
+});
 
 tabId = await currentTabId();
 await refresh(true);

@@ -1,8 +1,8 @@
-"""``scanner crawl <site>``: crawl with the Playwright engine (``scanner.crawl``), submit each page's images to
-the API as one scan, follow the verdicts while the crawl goes on, and report.
+"""``scanner crawl <site>``: crawl with the Playwright engine (``scanner.crawl``), hand each page's images as one
+scan to a submitter, follow the verdicts while the crawl goes on, and report.
 
-Embedded by default (the API on a loopback port in this process, SQLite and in-process analysis); with
-``--api URL --key K`` the same submissions go to a server.
+The submitter is the local intake by default (``scanner.local``: the API's own intake function called in this
+process, SQLite and in-process analysis), or with ``--api URL --key K`` a server over HTTP.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import csv
 import json
+import os
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from rich.console import Console
@@ -25,6 +27,7 @@ from rich.table import Table
 
 from scanner.client import ScannerClient, Upload
 from scanner.crawl import CrawlConfig, Crawler, PageResult
+from scanner.explain import MEANING, describe, label_text
 from scanner.settings import Settings
 
 POLL_S = 0.5
@@ -40,8 +43,10 @@ class ImageOutcome:
     label: str | None = None
     confidence: float | None = None
     score: float | None = None
+    threshold: float | None = None
     flagged: bool | None = None
     error: str | None = None
+    in_domain: float | None = None
 
 
 @dataclass
@@ -82,31 +87,82 @@ class CrawlOutcome:
         }
 
 
+class Submitter(Protocol):
+    """What the crawl feeds: ``scanner.client.ScannerClient`` (a server) or ``scanner.local.LocalSubmitter``."""
+
+    async def whoami(self) -> dict[str, Any]: ...
+
+    async def submit(self, page_url: str | None, uploads: Sequence[Upload], source: str = ...) -> dict[str, Any]: ...
+
+    async def scan(self, scan_id: str) -> dict[str, Any]: ...
+
+
 @asynccontextmanager
-async def service_for(settings: Settings, api: str | None, key: str | None) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, key) of the service the crawl submits to: ``--api`` or the embedded one."""
+async def submitter_for(settings: Settings, api: str | None, key: str | None) -> AsyncIterator[Submitter]:
+    """The server of ``--api``, or the local intake: this process records and analyses (no loopback server)."""
     if api:
         if not key:
             raise ValueError("--api needs --key (create one with `scanner keys create --name crawler`)")
-        yield api, key
+        async with ScannerClient(api, key) as client:
+            yield client
         return
-    from scanner.embedded import embedded_service
+    from scanner.local import LocalSubmitter
 
-    # A crawl submits one scan per page as fast as pages render: no rate limit against oneself.
-    local = settings.model_copy(update={"rate_limit_per_minute": 10**9, "rate_limit_burst": 10**9})
-    async with embedded_service(local) as service:
-        yield service.base_url, service.key
+    # The local intake analyses in this process, whatever broker the settings name.
+    async with LocalSubmitter(settings.model_copy(update={"broker_url": None, "result_backend": None})) as local:
+        yield local
 
 
 async def crawl_and_scan(
-    config: CrawlConfig, client: ScannerClient, resume: bool = False, console: Console | None = None
+    config: CrawlConfig, client: Submitter, resume: bool = False, console: Console | None = None
 ) -> CrawlOutcome:
     console = console or Console(stderr=True)
     key = await client.whoami()  # a bad key or an unreachable server stops here, before the browser starts
     if "scans:write" not in key["scopes"]:
         raise ValueError(f"the key {key['id']} lacks the scope scans:write")
-    outcome = CrawlOutcome(site=config.start_url, mode="")
-    started = time.monotonic()
+    outcome = _earlier_outcome(config) if resume else None
+    outcome = outcome or CrawlOutcome(site=config.start_url, mode="")
+    started = time.monotonic() - outcome.elapsed_s
+    try:
+        await _crawl_pages(config, client, resume, console, outcome)
+    finally:
+        # Kept even when interrupted: `--resume` then summarises the whole crawl, not only its last part.
+        outcome.elapsed_s = time.monotonic() - started
+        _keep_outcome(config, outcome)
+    return outcome
+
+
+def _outcome_path(config: CrawlConfig) -> Path | None:
+    return config.state_path.with_suffix(".outcome.json") if config.state_path else None
+
+
+def _earlier_outcome(config: CrawlConfig) -> CrawlOutcome | None:
+    path = _outcome_path(config)
+    if path is None or not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text())
+        outcome = CrawlOutcome(site=document["site"], mode="", elapsed_s=document["elapsed_s"])
+        outcome.pages = document["pages"]
+        outcome.images = {i["sha256"]: ImageOutcome(**i) for i in document["images"]}
+        outcome.scans = {scan: "pending" for scan in document.get("scans", [])}  # polled again for verdicts
+        outcome.submit_errors = document["submit_errors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable summary is no reason to refuse the resume: the summary starts afresh
+    return outcome
+
+
+def _keep_outcome(config: CrawlConfig, outcome: CrawlOutcome) -> None:
+    path = _outcome_path(config)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**outcome.to_json(), "scans": list(outcome.scans)}))
+
+
+async def _crawl_pages(
+    config: CrawlConfig, client: Submitter, resume: bool, console: Console, outcome: CrawlOutcome
+) -> None:
     async with Crawler(config) as crawler:
         with _progress(console) as progress:
             task = progress.add_task("crawl", total=None, **_fields(crawler.stats, outcome))
@@ -121,8 +177,6 @@ async def crawl_and_scan(
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
             await _wait_for_verdicts(client, outcome, progress, task, crawler.stats)
-    outcome.elapsed_s = time.monotonic() - started
-    return outcome
 
 
 def _progress(console: Console) -> Progress:
@@ -151,7 +205,7 @@ def _fields(stats: Any, outcome: CrawlOutcome) -> dict[str, int]:
     }
 
 
-async def _submit_page(client: ScannerClient, page: PageResult, outcome: CrawlOutcome) -> None:
+async def _submit_page(client: Submitter, page: PageResult, outcome: CrawlOutcome) -> None:
     outcome.pages.append(
         {"url": page.url, "status": page.status, "depth": page.depth, "images": len(page.images), "error": page.error}
     )
@@ -183,14 +237,15 @@ def _absorb(document: dict[str, Any], outcome: CrawlOutcome) -> None:
             verdict = item["verdict"]
             image.label, image.confidence = verdict["label"], verdict["confidence"]
             image.score, image.flagged = verdict["score"], verdict["flagged"]
+            image.threshold, image.in_domain = verdict.get("threshold"), verdict.get("in_domain")
 
 
-async def _poll_once(client: ScannerClient, outcome: CrawlOutcome) -> None:
+async def _poll_once(client: Submitter, outcome: CrawlOutcome) -> None:
     for scan_id in [scan for scan, status in outcome.scans.items() if status != "done"]:
         _absorb(await client.scan(scan_id), outcome)
 
 
-async def _poll_forever(client: ScannerClient, outcome: CrawlOutcome) -> None:
+async def _poll_forever(client: Submitter, outcome: CrawlOutcome) -> None:
     while True:
         await asyncio.sleep(POLL_S)
         with contextlib.suppress(Exception):  # the final wait reports what is still missing
@@ -198,7 +253,7 @@ async def _poll_forever(client: ScannerClient, outcome: CrawlOutcome) -> None:
 
 
 async def _wait_for_verdicts(
-    client: ScannerClient, outcome: CrawlOutcome, progress: Progress, task: Any, stats: Any, timeout_s: float = 3600
+    client: Submitter, outcome: CrawlOutcome, progress: Progress, task: Any, stats: Any, timeout_s: float = 3600
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while any(status != "done" for status in outcome.scans.values()) and time.monotonic() < deadline:
@@ -223,21 +278,59 @@ def print_report(outcome: CrawlOutcome, console: Console) -> None:
         table.add_column("page")
         table.add_column("error")
         for page in failed[:20]:
-            table.add_row(page["url"], page["error"])
+            table.add_row(page["url"], describe(page["error"]))
         console.print(table)
+    _print_refused(outcome, console)
     if outcome.flagged:
-        table = Table(title="flagged images (possibly adversarial)")
-        for column in ("sha256", "label", "score", "pages", "first seen on"):
-            table.add_column(column)
-        for image in sorted(outcome.flagged, key=lambda i: -(i.score or 0)):
-            table.add_row(
-                image.sha256[:12], image.label or "", f"{image.score:.2f}", str(len(image.pages)), image.pages[0]
-            )
-        console.print(table)
+        console.print(_flagged_table(outcome.flagged))
+        console.print(f"[dim]{MEANING}[/]", highlight=False)
     else:
         console.print("no image was flagged")
     for error in outcome.submit_errors[:10]:
         console.print(f"[red]submission failed[/] {error}")
+
+
+def _flagged_table(flagged: list[ImageOutcome]) -> Table:
+    table = Table(title="flagged images (possibly adversarial)")
+    for column in ("image", "label", "score", "threshold", "pages", "first seen on"):
+        table.add_column(column, overflow="fold")
+    for image in sorted(flagged, key=lambda i: -(i.score or 0)):
+        table.add_row(
+            _image_name(image), label_text(image.label), f"{image.score:.2f}",
+            f"{image.threshold:.2f}" if image.threshold is not None else "-", str(len(image.pages)), image.pages[0],
+        )  # fmt: skip
+    return table
+
+
+def _print_refused(outcome: CrawlOutcome, console: Console) -> None:
+    refused = [image for image in outcome.images.values() if image.state == "failed"]
+    if refused:
+        table = Table(title="images the service refused")
+        table.add_column("image", overflow="fold")
+        table.add_column("reason")
+        for image in refused[:20]:
+            table.add_row(_image_name(image), describe(image.error))
+        console.print(table)
+
+
+def _image_name(image: ImageOutcome) -> str:
+    """The image's URL (a data: URL is shortened); the sha256 only when there is no URL."""
+    if not image.url:
+        return f"sha256 {image.sha256[:12]}"
+    return image.url if not image.url.startswith("data:") else f"{image.url[:40]}... (sha256 {image.sha256[:12]})"
+
+
+def failure(outcome: CrawlOutcome) -> str | None:
+    """Why the crawl as a whole failed (no page reached, or its start page failed); None when it did not."""
+    if not outcome.pages:
+        return f"the crawl of {outcome.site} reached no page: nothing could be queued"
+    start = next((page for page in outcome.pages if page["depth"] == 0), None)
+    if all(page["error"] for page in outcome.pages):
+        first = start or outcome.pages[0]
+        return f"the crawl reached no page: {first['url']}: {describe(first['error'])}"
+    if start is not None and start["error"]:
+        return f"the start page {start['url']} failed: {describe(start['error'])}"
+    return None
 
 
 def write_json(outcome: CrawlOutcome, path: Path) -> None:
@@ -245,7 +338,9 @@ def write_json(outcome: CrawlOutcome, path: Path) -> None:
 
 
 def write_csv(outcome: CrawlOutcome, path: Path) -> None:
-    columns = ["sha256", "url", "state", "label", "confidence", "score", "flagged", "error", "pages"]
+    columns = [
+        "sha256", "url", "state", "label", "confidence", "score", "threshold", "flagged", "in_domain", "error", "pages",
+    ]  # fmt: skip
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -253,6 +348,44 @@ def write_csv(outcome: CrawlOutcome, path: Path) -> None:
             row = asdict(image)
             row["pages"] = " ".join(image.pages)
             writer.writerow(row)
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+def site_url(text: str) -> str:
+    """The start URL of ``scanner crawl SITE``: a bare host gets https://, a bare loopback host:port http://
+    (a development server rarely speaks TLS); anything else that is not an http(s) URL is refused."""
+    text = text.strip()
+    if "://" not in text:
+        host = text.split("/", 1)[0]
+        if not _HOST.match(host):
+            raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
+        loopback = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        text = f"{'http' if loopback.lower() in LOOPBACK_HOSTS else 'https'}://{text}"
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+    except ValueError as err:
+        raise ValueError(f"not a site: {text!r} ({err})") from err
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.match(parts.netloc):
+        raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
+    return text
+
+
+def check_outputs(*paths: Path | None) -> None:
+    """Refuse an output that cannot be written before the crawl starts, not after it ran for an hour."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"cannot write {path}: it is a folder")
+        folder = path.parent if str(path.parent) else Path(".")
+        if not folder.is_dir():
+            raise ValueError(f"cannot write {path}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ValueError(f"cannot write {path}: permission denied")
 
 
 def default_state_path(settings: Settings, start_url: str) -> Path:

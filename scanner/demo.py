@@ -118,9 +118,8 @@ def run_crawl_demo(args: Any) -> int:
 async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> Any:
     from aiohttp import web
 
-    from scanner.client import ScannerClient
     from scanner.crawl import CrawlConfig
-    from scanner.crawl_command import crawl_and_scan, service_for
+    from scanner.crawl_command import crawl_and_scan, submitter_for
 
     async def index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(site_dir / "index.html")
@@ -135,8 +134,8 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
     try:
         console.print(f"demo site on {url}; crawling it with Chromium, analysis in-process (embedded mode)")
         config = CrawlConfig(start_url=url, max_pages=50, concurrency=2, state_path=settings.data_dir / "crawl.sqlite")
-        async with service_for(settings, None, None) as (base, key), ScannerClient(base, key) as client:
-            outcome = await crawl_and_scan(config, client, console=console)
+        async with submitter_for(settings, None, None) as submitter:
+            outcome = await crawl_and_scan(config, submitter, console=console)
             outcome.mode = "embedded"
             return outcome
     finally:

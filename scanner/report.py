@@ -14,9 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scanner.explain import MEANING, label_text
 from scanner.settings import Settings
 
-COLUMNS = ["sha256", "label", "confidence", "score", "site", "page_url", "image_url", "seen_at", "analysed_at"]
+COLUMNS = [
+    "sha256", "label", "confidence", "in_domain", "score", "threshold", "false_flag", "site", "page_url", "image_url",
+    "seen_at", "analysed_at",
+]  # fmt: skip
+FALSE_FLAG_FILTER = {"show": None, "hide": False, "only": True}
 
 
 def fetch_report(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -36,6 +41,7 @@ async def _from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
         "until": args.until,
         "label": args.label,
         "min_score": None if args.min_score is None else str(args.min_score),
+        "false_flag": _false_flag_param(args),
         "limit": str(min(args.limit, 1000)),
     }
     rows: list[dict[str, Any]] = []
@@ -75,6 +81,7 @@ def _from_database(settings: Settings, args: argparse.Namespace) -> list[dict[st
             min_score=args.min_score,
             label=args.label,
             limit=args.limit,
+            false_flag=FALSE_FLAG_FILTER[args.false_flags],
         )
         return queries.flagged_report(session, report)
 
@@ -89,6 +96,11 @@ def _time(text: str | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _false_flag_param(args: argparse.Namespace) -> str | None:
+    wanted = FALSE_FLAG_FILTER[args.false_flags]
+    return None if wanted is None else str(wanted).lower()
+
+
 def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
     plain = [{column: _plain(row.get(column)) for column in COLUMNS} for row in rows]
     if fmt == "json":
@@ -98,20 +110,31 @@ def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
         writer.writeheader()
         writer.writerows(plain)
     else:
-        table = Table(title=f"{len(rows)} flagged image(s), newest first")
-        for column in ("sha256", "label", "score", "site", "page", "seen"):
-            table.add_column(column)
-        for row in plain:
-            score = f"{row['score']:.2f}" if row["score"] is not None else ""
-            table.add_row(
-                row["sha256"][:12],
-                row["label"],
-                score,
-                row["site"] or "",
-                row["page_url"] or "",
-                (row["seen_at"] or "")[:19],
-            )
-        Console().print(table)
+        console = Console()
+        console.print(_table(plain))
+        if plain:
+            console.print(f"[dim]{MEANING}[/]", highlight=False)
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} flagged image(s), newest first")
+    for column in ("image", "label", "score", "threshold", "feedback", "page", "seen"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["image_url"] or f"sha256 {row['sha256'][:12]}",
+            label_text(row["label"]),
+            _number(row["score"]),
+            _number(row["threshold"]),
+            "confirmed false flag" if row["false_flag"] else "",
+            row["page_url"] or row["site"] or "",
+            (row["seen_at"] or "")[:19],
+        )
+    return table
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def _plain(value: Any) -> Any:

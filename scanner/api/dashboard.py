@@ -20,6 +20,7 @@ from scanner.db.models import ImageBlob
 STATIC_DIR = Path(__file__).with_name("static") / "dashboard"
 SHA256_HEX = frozenset("0123456789abcdef")
 ASSETS = {
+    "/": ("root.html", "text/html"),  # people type the server's address: point them to the dashboard
     "/dashboard": ("index.html", "text/html"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css"),

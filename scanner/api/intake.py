@@ -1,63 +1,24 @@
-"""From a submission to stored images and a queued scan: read (multipart) or fetch (URLs, SSRF-safe), check the
-header under the pixel and format caps, hash, record, and hand the new work to the dispatcher.
-
-An image that cannot be taken (a bad URL, a private address, a decompression bomb) becomes a failed item of
-the scan with a stable error code; the rest of the scan goes on.
-"""
+"""Reading a ``POST /v1/scans`` body (JSON image URLs or multipart files) into a ``scanner.intake.Submission``,
+under the body, field and count caps; what happens to it then is ``scanner.intake.take``, the one way in for
+images that the crawler and the audits use too."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.api.problems import Problem
-from scanner.api.schemas import ScanRequest, Source
-from scanner.db import queries
-from scanner.db.session import transaction
-from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
+from scanner.api.schemas import ScanRequest
+from scanner.intake import Entry, Submission, check_entries, fetch_entries, fetch_policy, record
 from scanner.settings import Settings
-from scanner.versions import ServedVersions
-from worker.imaging import ImageError, ImageLimits, probe_image
+
+__all__ = ["Entry", "Submission", "check_entries", "fetch_entries", "fetch_policy", "read_submission", "record"]
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text field of a multipart body (page_url, source, image_urls)
-
-
-@dataclass
-class Entry:
-    """One image of a submission, before it is recorded."""
-
-    image_url: str | None = None
-    filename: str | None = None
-    data: bytes | None = None
-    error: tuple[str, str] | None = None
-    sha256: str | None = None
-    format: str = ""
-    width: int = 0
-    height: int = 0
-
-
-@dataclass
-class Submission:
-    source: Source
-    page_url: str | None
-    entries: list[Entry]
-
-
-def fetch_policy(settings: Settings) -> FetchPolicy:
-    return FetchPolicy(
-        max_bytes=settings.max_image_bytes,
-        timeout_s=settings.fetch_timeout_s,
-        max_redirects=settings.fetch_max_redirects,
-        allow_private=settings.fetch_allow_private,
-        allowed_ports=None if settings.fetch_any_port else frozenset({80, 443}),
-    )
 
 
 async def read_submission(request: web.Request, settings: Settings) -> Submission:
@@ -171,61 +132,3 @@ def _first_error(err: ValidationError) -> str:
 
 def _errors(err: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in err.errors()]
-
-
-async def fetch_entries(entries: list[Entry], policy: FetchPolicy, concurrency: int) -> None:
-    to_fetch = [entry for entry in entries if entry.image_url and entry.filename is None and entry.error is None]
-    if not to_fetch:
-        return
-    async with SafeFetcher(policy) as fetcher:
-        results = await fetcher.fetch_many([entry.image_url or "" for entry in to_fetch], concurrency)
-    for entry, result in zip(to_fetch, results, strict=True):
-        if isinstance(result, FetchError):
-            entry.error = (result.code, result.message)
-        else:
-            entry.data = result.data
-
-
-def check_entries(entries: list[Entry], limits: ImageLimits) -> None:
-    """Header checks and hashing (CPU work: the caller runs it in a thread)."""
-    for entry in entries:
-        if entry.data is None:
-            continue
-        try:
-            info = probe_image(entry.data, limits)
-        except ImageError as err:
-            entry.error, entry.data = (err.code, err.message), None
-            continue
-        entry.sha256 = hashlib.sha256(entry.data).hexdigest()
-        entry.format, entry.width, entry.height = info.format, info.width, info.height
-
-
-def record(
-    sessions: sessionmaker[Session], tenant_id: int, submission: Submission, versions: ServedVersions
-) -> tuple[str, list[int]]:
-    """Store the scan with its items in one transaction; returns its id and the image ids still to analyse."""
-    with transaction(sessions) as session:
-        scan = queries.new_scan(
-            session,
-            tenant_id,
-            submission.source,
-            submission.page_url,
-            versions.model_version,
-            versions.calibration_version,
-        )
-        items = [
-            queries.NewItem(
-                entry.sha256,
-                entry.data,
-                entry.format,
-                entry.width,
-                entry.height,
-                entry.image_url,
-                entry.filename,
-                entry.error,
-            )
-            for entry in submission.entries
-        ]
-        pending = queries.add_items(session, scan, items)
-        queries.finish_scan_if_complete(session, [scan.id])  # every image already known: done at once
-        return scan.id, pending

@@ -489,6 +489,11 @@ def flagged_report() -> dict[str, Any]:
             ),
             _query("label", "only verdicts with this predicted label (`none`: no confident class)", {"type": "string"}),
             _query(
+                "false_flag",
+                "true: only images this tenant called a false flag; false: none of them (default: all, marked)",
+                {"type": "string", "enum": ["true", "false"]},
+            ),
+            _query(
                 "cursor",
                 "the next_cursor of the previous page",
                 {"type": "string", "pattern": f"^(?:{CURSOR})?$", "maxLength": CURSOR_MAX_LENGTH},
@@ -760,6 +765,7 @@ def build_document() -> dict[str, Any]:
             "/healthz": {"get": healthz()},
             "/metrics": {"get": metrics()},
             "/openapi.json": {"get": openapi_operation()},
+            "/": {"get": dashboard_asset("getRoot", "a page linking to the dashboard and this document", "text/html")},
             "/dashboard": {"get": dashboard_asset("getDashboard", "the dashboard page", "text/html")},
             "/dashboard/dashboard.js": {
                 "get": dashboard_asset("getDashboardScript", "the dashboard's script", "text/javascript")

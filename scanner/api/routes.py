@@ -18,13 +18,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from scanner import intake as intake_path
 from scanner.api import audits, dashboard, intake
 from scanner.api.app import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.db import queries
-from scanner.db.models import Image, Scan, Tenant, Verdict
+from scanner.db.models import Tenant
 from scanner.db.session import transaction
+from scanner.intake import iso as _iso
+from scanner.intake import verdict_json
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -55,12 +58,10 @@ async def create_scan(request: web.Request) -> web.Response:
     key = require_scope(request, "scans:write")
     svc = services(request)
     submission = await intake.read_submission(request, svc.settings)
-    await intake.fetch_entries(submission.entries, intake.fetch_policy(svc.settings), svc.settings.fetch_concurrency)
-    limits = _image_limits(svc.settings)
-    await in_thread(intake.check_entries, submission.entries, limits)
-    scan_id, pending = await in_thread(intake.record, svc.sessions, key.tenant_id, submission, svc.versions)
-    assert svc.dispatcher is not None
-    await svc.dispatcher.submit(pending, svc.versions.model_version, svc.versions.calibration_version)
+    assert svc.sessions is not None and svc.dispatcher is not None
+    scan_id, pending = await intake_path.take(
+        svc.settings, svc.sessions, svc.versions, svc.dispatcher, key.tenant_id, submission
+    )
     document = await in_thread(scan_document, request, key.tenant_id, scan_id)
     counts = document["counts"]
     svc.metrics.images.labels("refused").inc(counts["failed"])
@@ -70,12 +71,6 @@ async def create_scan(request: web.Request) -> web.Response:
     return web.json_response(document, status=status, headers={"Location": f"/v1/scans/{scan_id}"})
 
 
-def _image_limits(settings: Any) -> Any:
-    from worker.imaging import ImageLimits
-
-    return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-
-
 async def get_scan(request: web.Request) -> web.Response:
     key = require_scope(request, *SCAN_SCOPES)
     document = await in_thread(scan_document, request, key.tenant_id, request.match_info["scan_id"])
@@ -83,65 +78,10 @@ async def get_scan(request: web.Request) -> web.Response:
 
 
 def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[str, Any]:
-    with services(request).sessions() as session:  # type: ignore[misc]
-        scan = queries.scan_of(session, tenant_id, scan_id)
-        if scan is None:
-            raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
-        return _scan_json(scan, queries.scan_items(session, scan))
-
-
-def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]]) -> dict[str, Any]:
-    items = []
-    counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0, "flagged": 0}
-    for item, image, verdict in rows:
-        counts[item.state] += 1
-        counts["flagged"] += bool(verdict is not None and verdict.flagged)
-        error = {"code": item.error_code, "message": item.error_message} if item.error_code else None
-        items.append(
-            {
-                "position": item.position,
-                "image_url": item.image_url,
-                "filename": item.filename,
-                "sha256": image.sha256 if image else None,
-                "state": item.state,
-                "error": error,
-                "verdict": verdict_json(verdict) if verdict is not None and item.state == "done" else None,
-            }
-        )
-    status = "done" if counts["pending"] == 0 else ("running" if counts["pending"] < counts["total"] else "queued")
-    return {
-        "id": scan.id,
-        "status": status,
-        "source": scan.source,
-        "page_url": scan.page_url,
-        "created_at": _iso(scan.created_at),
-        "finished_at": _iso(scan.finished_at) if status == "done" else None,
-        "model_version": scan.model_version,
-        "calibration_version": scan.calibration_version,
-        "counts": counts,
-        "items": items,
-    }
-
-
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
-    return {
-        "label": verdict.label,
-        "confidence": verdict.confidence,
-        "in_domain": verdict.in_domain,
-        "top_k": verdict.top_k,
-        "scores": verdict.scores,
-        "score": verdict.combined,
-        "threshold": verdict.threshold,
-        "flagged": verdict.flagged,
-        "model_version": verdict.model_version,
-        "calibration_version": verdict.calibration_version,
-        "timings_ms": verdict.timings_ms,
-        "analysed_at": _iso(verdict.created_at),
-    }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    document = intake_path.scan_document(services(request).sessions, tenant_id, scan_id)  # type: ignore[arg-type]
+    if document is None:
+        raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
+    return document
 
 
 async def scan_events(request: web.Request) -> web.StreamResponse:
@@ -272,6 +212,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         until=_time_param(query, "until"),
         min_score=_float_param(query, "min_score"),
         label=query.get("label") or None,
+        false_flag=_bool_param(query, "false_flag"),
         after_id=_decode_cursor(query["cursor"]) if query.get("cursor") else None,
         limit=_limit_param(query),
     )
@@ -314,6 +255,14 @@ def _time_param(query: Any, name: str) -> dt.datetime | None:
         return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
     except (ValueError, OverflowError) as err:  # not a time, or one that leaves the calendar once in UTC
         raise Problem(422, "invalid_parameter", f"{name} must be an ISO 8601 time, e.g. 2026-11-25T12:00:00Z") from err
+
+
+def _bool_param(query: Any, name: str) -> bool | None:
+    if name not in query:
+        return None
+    if query[name] not in ("true", "false"):
+        raise Problem(422, "invalid_parameter", f"{name} must be true or false")
+    return query[name] == "true"
 
 
 def _float_param(query: Any, name: str) -> float | None:

@@ -65,6 +65,7 @@ class ScanItemOut(BaseModel):
     state: Literal["pending", "done", "failed"]
     error: ItemError | None
     verdict: VerdictOut | None
+    false_flag: bool = Field(False, description="this tenant has called the image a false flag (feedback)")
 
 
 class Counts(BaseModel):
@@ -124,6 +125,7 @@ class FlaggedRow(BaseModel):
     analysed_at: dt.datetime
     model_version: str
     calibration_version: str
+    false_flag: bool = Field(description="this tenant has called the image a false flag")
 
 
 class FlaggedReport(BaseModel):

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner.audits import schedule, store, webhooks
+from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
 
 DEFAULT_TICK_S = 30.0
@@ -22,20 +23,25 @@ MAX_ROBUSTNESS_SAMPLE = 256
 def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="scheduled audits of a site")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    add = audit_sub.add_parser("add", help="audit a site on a schedule")
+    add = audit_sub.add_parser("add", help="audit a site on a schedule", formatter_class=HelpFormatter)
     add.add_argument("site", help="start URL (a bare host gets https://)")
     when = add.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", help="interval: 30s, 15m, 6h, 1d")
     when.add_argument("--cron", help='5-field cron expression in UTC, e.g. "0 3 * * *"')
-    add.add_argument("--max-pages", type=int, default=100)
-    add.add_argument("--max-depth", type=int, default=5)
+    add.add_argument("--max-pages", type=int, default=100, help="each run stops after this many pages")
+    add.add_argument("--max-depth", type=int, default=5, help="links followed from the start page")
     add.add_argument("--include", action="append", default=[], help="regex a URL must match (repeatable)")
     add.add_argument("--exclude", action="append", default=[], help="regex that excludes a URL (repeatable)")
     add.add_argument("--webhook", help="POST a signed summary of each run here")
     add.add_argument("--webhook-secret", help="HMAC-SHA256 key of the webhook signature")
-    add.add_argument("--tenant", default="default")
-    add.add_argument("--name")
-    add.add_argument("--missed", choices=schedule.MISSED_POLICIES, default="run-once", help="missed-run policy")
+    add.add_argument("--tenant", default="default", help="whose audit (and whose report its images join)")
+    add.add_argument("--name", help="a name for lists and the dashboard (default: the site's host)")
+    add.add_argument(
+        "--missed",
+        choices=schedule.MISSED_POLICIES,
+        default="run-once",
+        help="a slot missed while no scheduler ran: run it once at the next tick, or skip it",
+    )
     add.add_argument(
         "--robustness-sample",
         type=int,
@@ -44,12 +50,17 @@ def add_parser(sub: Any) -> None:
         help="each run attacks N of the site's images with Square (black box, eps 8/255) and reports the flips",
     )
     add.add_argument("--disabled", action="store_true", help="create it paused")
-    audit_sub.add_parser("list", help="list audits").add_argument("--tenant")
-    audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument("audit_id", type=int)
+    audit_sub.add_parser("list", help="list audits").add_argument("--tenant", help="only this tenant's audits")
+    audit_id = "the audit's id (`scanner audit list`)"
+    audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument(
+        "audit_id", type=int, help=audit_id
+    )
     history = audit_sub.add_parser("history", help="the runs of an audit, newest first")
-    history.add_argument("audit_id", type=int)
-    history.add_argument("--limit", type=int, default=20)
-    audit_sub.add_parser("remove", help="delete an audit and its runs").add_argument("audit_id", type=int)
+    history.add_argument("audit_id", type=int, help=audit_id)
+    history.add_argument("--limit", type=int, default=20, help="at most this many runs (default: 20)")
+    audit_sub.add_parser("remove", help="delete an audit and its runs").add_argument(
+        "audit_id", type=int, help=audit_id
+    )
 
 
 def add_worker_options(worker: argparse.ArgumentParser) -> None:
@@ -105,8 +116,8 @@ def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
 
 
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    from scanner.api.intake import fetch_policy
     from scanner.fetch import FetchError
+    from scanner.intake import fetch_policy
 
     if spec.webhook_url:
         if not spec.webhook_url.lower().startswith(("http://", "https://")):
@@ -123,6 +134,9 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.db import keys
     from scanner.db.models import utcnow
     from scanner.db.session import transaction
+
+    if args.max_pages < 1 or args.max_depth < 0:  # said with the options people typed, not the fields' names
+        raise ValueError("--max-pages must be at least 1 and --max-depth at least 0")
 
     spec = spec_from(
         args.site,
@@ -144,7 +158,18 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         now = utcnow()
         audit = store.create_audit(session, tenant.id, spec, schedule.parse(spec.schedule).next_after(now))
         print(f"audit {audit.id}: {spec.start_url} {spec.schedule}, next run {audit.next_run_at:%Y-%m-%d %H:%M:%S} UTC")
+    print(where_runs_happen(settings, audit.id))
     return 0
+
+
+def where_runs_happen(settings: Settings, audit_id: int) -> str:
+    """One line for `audit add`: a schedule nobody ticks is the silent failure people hit first."""
+    if settings.embedded:
+        return (
+            f"runs happen while `scanner serve` runs with this database ({settings.db_url}); "
+            f"`scanner audit run {audit_id}` runs it now"
+        )
+    return f"runs happen in the worker started with `scanner worker --beat` (broker {settings.broker_url})"
 
 
 def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
@@ -153,7 +178,8 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.db.models import Audit, Site, Tenant
 
     table = Table(title="audits")
-    for column in ("id", "tenant", "site", "start url", "schedule", "missed", "enabled", "last run", "next run"):
+    columns = ("id", "name", "tenant", "site", "start url", "schedule", "missed", "enabled", "last run", "next run")
+    for column in columns:
         table.add_column(column)
     query = select(Audit, Site.host, Tenant.name).join(Site, Site.id == Audit.site_id).join(Tenant)
     if args.tenant:
@@ -161,8 +187,9 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     with sessions() as session:
         for audit, host, tenant in session.execute(query.order_by(Audit.id)):
             table.add_row(
-                str(audit.id), tenant, host, audit.start_url, audit.schedule, audit.missed_run_policy,
-                "yes" if audit.enabled else "no", _when(audit.last_run_at), _when(audit.next_run_at),
+                str(audit.id), audit.name or host, tenant, host, audit.start_url, audit.schedule,
+                audit.missed_run_policy, "yes" if audit.enabled else "no", _when(audit.last_run_at),
+                _when(audit.next_run_at),
             )  # fmt: skip
     Console(width=200).print(table)
     return 0

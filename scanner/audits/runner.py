@@ -1,10 +1,11 @@
 """One run of an audit: crawl the site, record the snapshot and the diff, release the lock, send the webhook.
 
-Where the crawl runs: in the process that executes the run (``scanner audit run`` in the foreground, or a
-Celery worker for scheduled runs), submitting each page through the API's own code path on a loopback port
-(``scanner.embedded``) with a short-lived key of the audit's tenant, analysing in that process and writing to
-the configured database.  A worker therefore needs no API server URL nor a stored service key, and an audit's
-analysis never waits in the queue behind (or deadlocks with) the worker's own analysis tasks.
+Where the crawl runs: in the process that executes the run (``scanner audit run`` in the foreground,
+``scanner serve`` in the embedded mode, or a Celery worker for scheduled runs), submitting each page through
+the intake (``scanner.local``: the function the API's handler calls) as the audit's tenant, analysing in that
+process with its one engine and writing to the configured database.  A worker therefore needs no API server URL
+nor a stored service key, and an audit's analysis never waits in the queue behind (or deadlocks with) the
+worker's own analysis tasks.
 """
 
 from __future__ import annotations
@@ -134,18 +135,15 @@ async def _heartbeat(sessions: sessionmaker[Session], run_id: int, owner: str) -
 
 
 async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console) -> CrawlOutcome:
-    from scanner.client import ScannerClient
     from scanner.crawl_command import crawl_and_scan
-    from scanner.embedded import embedded_service
+    from scanner.local import LocalSubmitter
 
-    # The loopback API analyses in this process, whatever the settings' broker: see the module docstring.
-    local = settings.model_copy(
-        update={"broker_url": None, "result_backend": None, "rate_limit_per_minute": 10**9, "rate_limit_burst": 10**9}
-    )
+    # The local intake analyses in this process, whatever the settings' broker: see the module docstring.
+    local = settings.model_copy(update={"broker_url": None, "result_backend": None})
     with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
         config = _crawl_config(settings, audit, Path(workdir))
-        async with embedded_service(local, tenant) as service, ScannerClient(service.base_url, service.key) as client:
-            outcome = await crawl_and_scan(config, client, resume=False, console=console)
+        async with LocalSubmitter(local, tenant) as submitter:
+            outcome = await crawl_and_scan(config, submitter, resume=False, console=console)
     outcome.mode = "audit"
     if not outcome.pages or all(page["error"] for page in outcome.pages):
         raise RuntimeError(f"the crawl of {audit.start_url} reached no page")
@@ -215,7 +213,7 @@ def _payload(audit: Audit, result: RunResult) -> dict[str, Any]:
 
 
 def _webhook_policy(settings: Settings) -> webhooks.FetchPolicy:
-    from scanner.api.intake import fetch_policy
+    from scanner.intake import fetch_policy
 
     return fetch_policy(settings)
 

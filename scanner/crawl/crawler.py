@@ -43,7 +43,7 @@ from scanner.crawl.urls import Scope, looks_like_non_page, normalize_url, origin
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-RETRYABLE_ERRORS = frozenset({"timeout", "network_error", "browser_error"})
+RETRYABLE_ERRORS = frozenset({"timeout", "network_error", "browser_error", "connection_refused", "dns_error"})
 SKIP_ERRORS = frozenset({"robots_disallowed", "robots_unavailable", "already_crawled"})
 MAX_BACKOFF_S = 60.0
 SETTLE_BUDGET_S = 8.0  # rendering after load: idle wait + scrolling + late images, whatever the page does

@@ -51,6 +51,10 @@ def _error_code(exc: PlaywrightError) -> str:
         return "timeout"
     if "Download is starting" in message or "net::ERR_ABORTED" in message:
         return "not_html"
+    if "net::ERR_CONNECTION_REFUSED" in message:
+        return "connection_refused"
+    if "net::ERR_NAME_NOT_RESOLVED" in message:
+        return "dns_error"
     return "network_error"
 
 

@@ -34,6 +34,9 @@ class RobotsRules:
 
     parser: RobotFileParser | None  # None: allow everything
     unavailable: bool = False
+    # Why an unreachable site is unavailable ("connection_refused", ...): the page error people see, since
+    # "robots_unavailable" would blame robots.txt for a server that is not there at all.
+    reason: str | None = None
     sitemaps: list[str] = field(default_factory=list)
 
     def allowed(self, url: str, user_agent: str) -> bool:
@@ -65,6 +68,18 @@ def parse_robots(text: str, url: str) -> RobotsRules:
     return RobotsRules(parser, sitemaps=[urljoin(url, s) for s in parser.site_maps() or []])
 
 
+def unreachable_reason(exc: BaseException) -> str:
+    """A stable code for a server that could not be reached at all."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns_error"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection_refused"
+    return "network_error"
+
+
 class RobotsCache:
     """One RobotsRules per origin, fetched at most once (concurrent callers share the fetch)."""
 
@@ -88,7 +103,7 @@ class RobotsCache:
             return RobotsRules(None)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("robots.txt at %s unreachable (%s); nothing there is crawled", url, exc)
-            return RobotsRules(None, unavailable=True)
+            return RobotsRules(None, unavailable=True, reason=unreachable_reason(exc))
         if resp.status >= 500:
             return RobotsRules(None, unavailable=True)
         if resp.status >= 400:
@@ -101,7 +116,7 @@ class RobotsCache:
             return True, None
         rules = await self.rules(origin)
         if rules.unavailable:
-            return False, "robots_unavailable"
+            return False, rules.reason or "robots_unavailable"
         if not rules.allowed(url, self.user_agent):
             return False, "robots_disallowed"
         return True, None

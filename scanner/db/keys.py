@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from scanner.db.models import ApiKey, Tenant, utcnow
@@ -101,3 +101,11 @@ def revoke(session: Session, key_id: str) -> bool:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
     return True
+
+
+def delete_short_lived(session: Session, name: str, key_id: str | None = None) -> int:
+    """Delete the key ``key_id`` of ``name``, and every expired key of that name: a command's own short-lived
+    keys must not pile up in `scanner keys list` (one left by a killed process goes once it has expired)."""
+    stale = (ApiKey.expires_at.is_not(None)) & (ApiKey.expires_at < utcnow())
+    query = delete(ApiKey).where(ApiKey.name == name, stale | (ApiKey.id == key_id) if key_id else stale)
+    return session.execute(query).rowcount  # type: ignore[attr-defined]

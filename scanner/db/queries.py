@@ -50,6 +50,16 @@ def site_for(session: Session, tenant_id: int, page_url: str | None) -> Site | N
     return session.scalar(select(Site).where(Site.tenant_id == tenant_id, Site.host == host))
 
 
+def site_host(text: str) -> str:
+    """The host a site filter means: sites are stored by host name, so ``127.0.0.1:8000`` or
+    ``http://shop.example/`` must not silently match nothing."""
+    text = text.strip().lower()
+    try:
+        return urlsplit(text if "://" in text else f"//{text}").hostname or text
+    except ValueError:
+        return text
+
+
 def record_image(session: Session, sha256: str, data: bytes, fmt: str, width: int, height: int) -> Image:
     """The image row for these bytes, created with its blob on first sight; ``last_seen`` moves on."""
     now = utcnow()
@@ -484,6 +494,16 @@ def feedback_counts(session: Session, tenant_id: int, image_id: int) -> dict[str
     return {kind: count for kind, count in rows}
 
 
+def false_flagged(session: Session, tenant_id: int, image_ids: Sequence[int]) -> set[int]:
+    """Which of these images this tenant has called a false flag."""
+    if not image_ids:
+        return set()
+    query = select(Feedback.image_id).where(
+        Feedback.tenant_id == tenant_id, Feedback.kind == "false_flag", Feedback.image_id.in_(image_ids)
+    )
+    return set(session.scalars(query.distinct()))
+
+
 def verdicts_of(session: Session, image_id: int) -> list[Verdict]:
     return list(session.scalars(select(Verdict).where(Verdict.image_id == image_id).order_by(Verdict.id.desc())))
 
@@ -513,6 +533,14 @@ class FlaggedFilter:
     label: str | None = None
     after_id: int | None = None  # the cursor: verdict ids strictly below it (newest first)
     limit: int = 100
+    false_flag: bool | None = None  # True: only the tenant's confirmed false flags; False: none of them
+
+
+def confirmed_false_flag(tenant_id: int, image_id: Any) -> Any:
+    """True where this tenant has said "this is a false flag" about the image (an SQL expression)."""
+    return exists().where(
+        Feedback.tenant_id == tenant_id, Feedback.image_id == image_id, Feedback.kind == "false_flag"
+    )
 
 
 NO_CONFIDENT_CLASS = "none"  # the label filter's value for verdicts without a confident class
@@ -523,18 +551,16 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
     with the latest matching sighting of each."""
     seen = [Sighting.tenant_id == report.tenant_id, Sighting.image_id == Verdict.image_id]
     if report.site:
-        seen.append(
-            Sighting.site_id.in_(
-                select(Site.id).where(Site.tenant_id == report.tenant_id, Site.host == report.site.lower())
-            )
-        )
+        host = site_host(report.site)
+        seen.append(Sighting.site_id.in_(select(Site.id).where(Site.tenant_id == report.tenant_id, Site.host == host)))
     if report.since:
         seen.append(Sighting.seen_at >= report.since)
     if report.until:
         seen.append(Sighting.seen_at < report.until)
     latest = select(func.max(Sighting.id)).where(*seen).correlate(Verdict).scalar_subquery()
+    false_flag = confirmed_false_flag(report.tenant_id, Verdict.image_id)
     query: Select[Any] = (
-        select(Verdict, Image, Sighting, Site.host)
+        select(Verdict, Image, Sighting, Site.host, false_flag.label("false_flag"))
         .join(Image, Image.id == Verdict.image_id)
         .join(Sighting, Sighting.id == latest)
         .outerjoin(Site, Site.id == Sighting.site_id)
@@ -550,6 +576,8 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
         query = query.where(Verdict.label.is_(None))
     elif report.label:
         query = query.where(Verdict.label == report.label)
+    if report.false_flag is not None:
+        query = query.where(false_flag if report.false_flag else ~false_flag)
     if report.after_id is not None:
         query = query.where(Verdict.id < report.after_id)
     rows = session.execute(query.order_by(Verdict.id.desc()).limit(report.limit)).all()
@@ -569,8 +597,9 @@ def flagged_report(session: Session, report: FlaggedFilter) -> list[dict[str, An
             "analysed_at": _aware(verdict.created_at),
             "model_version": verdict.model_version,
             "calibration_version": verdict.calibration_version,
+            "false_flag": bool(is_false_flag),
         }
-        for verdict, image, sighting, host in rows
+        for verdict, image, sighting, host, is_false_flag in rows
     ]
 
 

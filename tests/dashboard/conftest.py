@@ -29,11 +29,12 @@ class Seeded:
 
     sha256: str
     data: bytes
-    label: str
+    label: str | None
     score: float
     site: str
     page_url: str
     flagged: bool
+    image_url: str = ""
 
 
 @dataclass
@@ -58,7 +59,7 @@ def png(seed: int, size: int = 24) -> bytes:
     return buffer.getvalue()
 
 
-def _verdict(versions: object, label: str, score: float) -> dict:
+def _verdict(versions: object, label: str | None, score: float) -> dict:
     return verdict_with_score(versions.model_version, versions.calibration_version, label, score)  # type: ignore[attr-defined]
 
 
@@ -72,6 +73,8 @@ PLAN = {
         ("blog.example", "cat", 2.40),
     ],
     "globex": [("globex.example", "fox", 3.10), ("globex.example", "owl", 1.70)],
+    # a portrait, say: not one of the model's classes, so no confident class (label null)
+    "initech": [("initech.example", None, 2.20), ("initech.example", "ship", 1.30), ("initech.example", "cat", 3.30)],
 }
 
 
@@ -85,12 +88,13 @@ def _seed_images(session, versions, tenant: str, tenant_id: int, offset: int) ->
             session, tenant_id, "crawl", page_url, versions.model_version, versions.calibration_version
         )
         image = queries.record_image(session, sha256, data, "PNG", 24, 24)
-        queries.add_item(session, scan, 0, image=image, image_url=f"https://{site}/img-{i}.png")
+        image_url = f"https://{site}/img-{i}.png"
+        queries.add_item(session, scan, 0, image=image, image_url=image_url)
         session.flush()
         for sighting in session.query(Sighting).filter_by(scan_id=scan.id):
             sighting.seen_at = T0 + dt.timedelta(days=offset + i)
         queries.write_verdict(session, image.id, _verdict(versions, label, score))
-        seeded.append(Seeded(sha256, data, label, score, site, page_url, score > 1.0))
+        seeded.append(Seeded(sha256, data, label, score, site, page_url, score > 1.0, image_url))
     return seeded
 
 
@@ -114,7 +118,7 @@ def dashboard_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboar
     sessions = make_sessionmaker(make_engine(settings.db_url))
     seeded = DashboardApi(running, {}, run_flagged=[2, 4])
     with transaction(sessions) as session:
-        for offset, tenant in ((0, "acme"), (10, "globex")):
+        for offset, tenant in ((0, "acme"), (10, "globex"), (20, "initech")):
             seeded.tokens[tenant] = keys.create_key(session, "dashboard", tenant).token
             tenant_id = keys.get_or_create_tenant(session, tenant).id
             seeded.images[tenant] = _seed_images(session, versions, tenant, tenant_id, offset)

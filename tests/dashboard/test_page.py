@@ -35,12 +35,12 @@ def test_signed_in_tenant_sees_its_flagged_rows_with_thumbnails(
     others = {image.sha256 for image in dashboard_api.images["globex"]}
     assert not others & set(table_shas(page))
     cells = page.locator("#rows tr").evaluate_all(
-        "rows => rows.map(row => [...row.cells].slice(1, 6).map(cell => cell.textContent))"
+        "rows => rows.map(row => [...row.cells].slice(1, 7).map(cell => cell.textContent))"
     )
     assert cells == [
-        [image.sha256[:12], image.label, f"{image.score:.3f}", image.site, image.page_url] for image in expected
+        [image.image_url, image.label, f"{image.score:.3f}", "1.000", image.site, image.page_url] for image in expected
     ]
-    assert page.locator("#rows a").first.get_attribute("href") == expected[0].page_url  # "<b>" stays text
+    assert page.locator("#rows td.page-url a").first.get_attribute("href") == expected[0].page_url  # "<b>" stays text
     assert page.locator("#rows b").count() == 0
     page.wait_for_function(
         "() => [...document.querySelectorAll('#rows img')].every(img => img.complete && img.naturalWidth > 0)"

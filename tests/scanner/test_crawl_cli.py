@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from aiohttp import web
 from scanner.cli import DEFAULT_DATA, MODELS_DIR
 from scanner.demo_site import build_demo_site
 from scanner.settings import Settings
+from tests.people import serving
 from tests.service.conftest import RunningApi, start_api
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
@@ -79,6 +81,14 @@ def test_embedded_crawl_reports_every_image_and_exports(site: tuple[str, list], 
     listed = scanner(tmp_path, "report", "--format", "json", "--site", "127.0.0.1")
     assert listed.returncode == 0, listed.stderr
     assert {row["sha256"] for row in json.loads(listed.stdout)} == {image["sha256"] for image in flagged}
+    # A site given with its port (as the crawl was) or as a URL means the same host, not nothing.
+    for site_filter in (url.split("/")[2], url):
+        again = scanner(tmp_path, "report", "--format", "json", "--site", site_filter)
+        assert json.loads(again.stdout) == json.loads(listed.stdout), site_filter
+    # The crawl's own short-lived key is gone with the crawl: nothing piles up in `scanner keys list`.
+    keys_listed = scanner(tmp_path, "keys", "list")
+    assert keys_listed.stdout.splitlines()[0].split() == ["id", "tenant", "name", "scopes", "state", "expires"]
+    assert "embedded crawl" not in keys_listed.stdout
 
 
 def test_fail_on_flagged_exits_3_when_the_attacked_images_are_caught(site: tuple[str, list], tmp_path: Path) -> None:
@@ -95,10 +105,14 @@ def test_resume_continues_without_recrawling(site: tuple[str, list], tmp_path: P
     assert first.returncode == 0, first.stderr
     second = scanner(tmp_path, "crawl", url, "--resume", "--json", str(tmp_path / "b.json"))
     assert second.returncode == 0, second.stderr
-    pages_a = {page["url"] for page in json.loads((tmp_path / "a.json").read_text())["pages"]}
-    pages_b = {page["url"] for page in json.loads((tmp_path / "b.json").read_text())["pages"]}
-    assert len(pages_a) == 2 and not pages_a & pages_b
-    assert {url + "page-1.html", url + "page-2.html"} <= pages_a | pages_b
+    report_a, report_b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    pages_a = [page["url"] for page in report_a["pages"]]
+    pages_b = [page["url"] for page in report_b["pages"]]
+    # The resumed crawl fetched no page twice, and its summary is the whole crawl's, not only its last part.
+    assert len(pages_a) == 2 and len(pages_b) == len(set(pages_b)) and set(pages_a) < set(pages_b)
+    assert {url + "page-1.html", url + "page-2.html"} <= set(pages_b)
+    assert report_b["counts"]["images"] == len(images) == report_b["counts"]["analysed"]
+    assert report_b["counts"]["pages"] == len(pages_b)
 
 
 def test_crawl_and_report_against_a_running_server(site: tuple[str, list], tmp_path: Path) -> None:
@@ -139,3 +153,41 @@ def _index(root: Path):  # noqa: ANN202 - an aiohttp handler
         return web.FileResponse(root / "index.html")
 
     return index
+
+
+def test_report_explains_verdicts_and_marks_confirmed_false_flags(site: tuple[str, list], tmp_path: Path) -> None:
+    url, _ = site
+    crawled = scanner(tmp_path, "crawl", url, "--json", str(tmp_path / "r.json"))
+    assert crawled.returncode == 0, crawled.stderr
+    flagged = [image for image in json.loads((tmp_path / "r.json").read_text())["images"] if image["flagged"]]
+    assert flagged, "the shipped detector should catch some white-box attacks on the standard model"
+    # The crawl's own table names images by URL and says what the numbers mean.
+    assert flagged[0]["url"] in crawled.stdout.replace("\n", "") and "threshold" in crawled.stdout
+    assert "perturbation detectors find this image unlike ordinary images" in crawled.stdout.replace("\n", " ")
+
+    key = json.loads(scanner(tmp_path, "keys", "create", "--name", "me", "--json").stdout)["key"]
+    with serving(tmp_path) as served:
+        _post_json(f"{served.base}/v1/images/{flagged[0]['sha256']}/feedback", key, {"kind": "false_flag"})
+    table = scanner(tmp_path, "report")
+    assert table.returncode == 0, table.stderr
+    text = table.stdout.replace("\n", " ")
+    assert "confirmed false flag" in text and flagged[0]["url"] in table.stdout.replace("\n", "")
+    assert "label = robust model's class, or no confident class" in text
+    shown = json.loads(scanner(tmp_path, "report", "--format", "json").stdout)
+    hidden = json.loads(scanner(tmp_path, "report", "--format", "json", "--false-flags", "hide").stdout)
+    only = json.loads(scanner(tmp_path, "report", "--format", "json", "--false-flags", "only").stdout)
+    assert [row["sha256"] for row in only] == [flagged[0]["sha256"]] and only[0]["false_flag"] is True
+    assert {row["sha256"] for row in hidden} == {row["sha256"] for row in shown} - {flagged[0]["sha256"]}
+    for option in ("--min-score", "--label", "--limit", "--format", "--false-flags"):
+        assert option in scanner(tmp_path, "report", "--help").stdout
+
+
+def _post_json(url: str, key: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.load(reply)

@@ -7,7 +7,12 @@
   const KEY_ITEM = "scanner.apiKey";
   const SVG_NS = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
-  const state = { cursor: null, filters: {}, objectUrls: [], rows: 0 };
+  const state = { cursor: null, filters: {}, objectUrls: [], rows: 0, shown: null };
+  const NO_CLASS = "no confident class";
+  const MEANING = "Score above the threshold: the perturbation detectors find this image unlike ordinary images. "
+    + "Label: the robust model's class, or no confident class.";
+  // A null label means the image is not one of the robust model's classes (not a wrong class name).
+  const labelText = (label) => label || NO_CLASS;
 
   // --- the API ------------------------------------------------------------------------------------------------
 
@@ -22,8 +27,9 @@
 
   const apiKey = () => sessionStorage.getItem(KEY_ITEM);
 
-  async function api(path, key = apiKey()) {
-    const response = await fetch(path, { headers: { Authorization: `Bearer ${key}` }, credentials: "omit" });
+  async function api(path, key = apiKey(), init = {}) {
+    const headers = { Authorization: `Bearer ${key}`, ...(init.headers || {}) };
+    const response = await fetch(path, { ...init, headers, credentials: "omit" });
     if (!response.ok) {
       let problem = {};
       try { problem = await response.json(); } catch (_) { /* not a problem document */ }
@@ -113,7 +119,7 @@
   function readFilters() {
     const form = $("filters");
     const filters = {};
-    for (const name of ["site", "label", "min_score"]) {
+    for (const name of ["site", "label", "min_score", "false_flag"]) {
       const value = form.elements[name].value.trim();
       if (value) filters[name] = value;
     }
@@ -147,6 +153,7 @@
     try {
       const page = await apiJson(reportUrl(extra));
       for (const row of page.items) $("rows").append(reportRow(row));
+      sortRows();
       state.rows += page.items.length;
       state.cursor = page.next_cursor;
       $("empty").hidden = state.rows > 0;
@@ -161,28 +168,53 @@
   function reportRow(row) {
     const tr = el("tr");
     tr.dataset.sha256 = row.sha256;
+    tr.dataset.score = String(row.score ?? "");
+    tr.dataset.order = String(state.rows + $("rows").children.length);
+    if (row.false_flag) tr.classList.add("false-flag");
     const thumb = el("img", null, "thumb");
     thumb.alt = `Thumbnail of image ${row.sha256.slice(0, 12)}`;
     thumb.width = 48;
     thumb.height = 48;
     loadThumbnail(thumb, row.sha256);
-    const sha = el("code", row.sha256.slice(0, 12));
-    sha.title = row.sha256;
     const details = el("button", "Details", "row-details");
     details.type = "button";
     details.setAttribute("aria-label", `Details of image ${row.sha256.slice(0, 12)}`);
     details.addEventListener("click", () => showDetails(row.sha256));
+    const label = el("span", labelText(row.label));
+    if (row.false_flag) label.append(el("span", "confirmed false flag", "tag"));
     const cells = [
-      thumb, sha, el("span", row.label), el("span", score(row.score)), el("span", row.site || "—"),
-      safeLink(row.page_url), el("span", when(row.seen_at)), details,
+      thumb, imageName(row), label, el("span", score(row.score)), el("span", score(row.threshold)),
+      el("span", row.site || "—"), safeLink(row.page_url), el("span", when(row.seen_at)), details,
     ];
-    const classes = ["", "sha", "label", "score", "site", "page-url", "seen", ""];
+    const classes = ["", "image-url", "label", "score", "threshold", "site", "page-url", "seen", ""];
     cells.forEach((child, i) => {
       const td = el("td", null, classes[i]);
       td.append(child);
       tr.append(td);
     });
     return tr;
+  }
+
+  // The image's own URL where it has one (people recognise it); its sha256 prefix otherwise.
+  function imageName(row) {
+    if (typeof row.image_url === "string" && /^https?:\/\//i.test(row.image_url)) {
+      const link = safeLink(row.image_url);
+      link.title = row.sha256;
+      return link;
+    }
+    const sha = el("code", row.sha256.slice(0, 12));
+    sha.title = row.sha256;
+    return sha;
+  }
+
+  // "Highest score first" re-orders the rows loaded so far; "newest" restores the API's order.
+  function sortRows() {
+    const byScore = $("f-sort").value === "score";
+    const rows = [...$("rows").children];
+    const key = (tr) => (byScore ? -(Number(tr.dataset.score) || 0) : Number(tr.dataset.order));
+    rows.sort((a, b) => key(a) - key(b));
+    $("rows").append(...rows);
+    $("flagged-caption").textContent = byScore ? "Flagged images, highest score first" : "Flagged images, newest sighting first";
   }
 
   async function loadThumbnail(img, sha256) {
@@ -225,26 +257,71 @@
   async function showDetails(sha256) {
     try {
       const image = await apiJson(`/v1/images/${encodeURIComponent(sha256)}`);
+      state.shown = image.sha256;
+      const verdict = image.verdicts[0] || {};
+      const imageUrls = [...new Set(image.recent_sightings.map((s) => s.image_url).filter(Boolean))];
       const facts = $("details-facts");
       facts.replaceChildren();
-      const verdict = image.verdicts[0] || {};
       for (const [name, value] of [
+        ["Image URL", imageUrls.length ? safeLink(imageUrls[0]) : "— (uploaded bytes)"],
         ["SHA-256", image.sha256], ["Format", `${image.format} ${image.width}×${image.height}`],
-        ["Label", verdict.label || "—"], ["Score", score(verdict.score)], ["Sightings", image.sightings],
-        ["First seen", when(image.first_seen)], ["Last seen", when(image.last_seen)],
-      ]) facts.append(el("dt", name), el("dd", value));
-      const pages = $("details-pages");
-      pages.replaceChildren();
-      for (const sighting of image.recent_sightings) {
-        const li = el("li");
-        li.append(safeLink(sighting.page_url), el("span", ` · ${sighting.site || "—"} · ${when(sighting.seen_at)}`, "muted"));
-        pages.append(li);
+        ["Label", labelText(verdict.label)], ["Score", score(verdict.score)], ["Threshold", score(verdict.threshold)],
+        ["In the model's classes", typeof verdict.in_domain === "number" ? score(verdict.in_domain) : "—"],
+        ["Sightings", image.sightings], ["First seen", when(image.first_seen)], ["Last seen", when(image.last_seen)],
+      ]) {
+        const dd = el("dd");
+        dd.append(value instanceof Node ? value : document.createTextNode(String(value)));
+        facts.append(el("dt", name), dd);
       }
-      if (!image.recent_sightings.length) pages.append(el("li", "No page recorded", "muted"));
+      $("details-meaning").textContent = MEANING;
+      const scores = Object.entries(verdict.scores || {}).sort((a, b) => b[1] - a[1]);
+      $("details-scores").replaceChildren(...scores.map(([name, value]) => el("li", `${name}: ${score(value)}`)));
+      showPages(image.recent_sightings);
+      showFeedback(Boolean(image.feedback && image.feedback.false_flag));
+      loadThumbnail($("details-preview"), image.sha256);
+      $("details-preview").alt = `Image ${image.sha256.slice(0, 12)}, enlarged`;
       $("details").hidden = false;
       $("details-title").focus();
     } catch (err) {
       showError($("error"), err);
+    }
+  }
+
+  function showPages(sightings) {
+    const pages = $("details-pages");
+    pages.replaceChildren();
+    for (const sighting of sightings) {
+      const li = el("li");
+      li.append(safeLink(sighting.page_url), el("span", ` · ${sighting.site || "—"} · ${when(sighting.seen_at)}`, "muted"));
+      pages.append(li);
+    }
+    if (!sightings.length) pages.append(el("li", "No page recorded", "muted"));
+  }
+
+  function showFeedback(confirmed) {
+    $("details-feedback").textContent = confirmed ? "Confirmed false flag: your team reported this image." : "";
+    $("details-false-flag").disabled = confirmed;
+  }
+
+  async function reportFalseFlag() {
+    const sha256 = state.shown;
+    if (!sha256) return;
+    $("details-false-flag").disabled = true;
+    try {
+      await api(`/v1/images/${encodeURIComponent(sha256)}/feedback`, apiKey(), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ kind: "false_flag" }),
+      });
+      showFeedback(true);
+      const row = [...$("rows").children].find((tr) => tr.dataset.sha256 === sha256);
+      if (row && !row.classList.contains("false-flag")) {
+        row.classList.add("false-flag");
+        row.querySelector("td.label").append(el("span", "confirmed false flag", "tag"));
+      }
+    } catch (err) {
+      $("details-false-flag").disabled = false;
+      showError($("details-feedback"), err);
     }
   }
 
@@ -308,11 +385,19 @@
       root.append(dot);
     });
     for (const i of runs.length > 1 ? [0, runs.length - 1] : [0]) {
-      const label = svg("text", { x: x(i), y: height - 8, "text-anchor": i === 0 && runs.length > 1 ? "start" : "end" });
-      label.textContent = new Date(times[i]).toLocaleDateString();
+      const anchor = i === 0 && runs.length > 1 ? "start" : "end";
+      const label = svg("text", { x: x(i), y: height - 8, "text-anchor": anchor, class: "time" });
+      label.textContent = axisTime(times[i], t1 - t0);
       root.append(label);
     }
     return root;
+  }
+
+  // Runs minutes apart all fall on one date: the axis shows the time of day too (and seconds when needed).
+  function axisTime(t, span) {
+    const date = new Date(t);
+    const clock = { hour: "2-digit", minute: "2-digit", ...(span < 120000 ? { second: "2-digit" } : {}) };
+    return `${date.toLocaleDateString()} ${date.toLocaleTimeString([], clock)}`;
   }
 
   function runsTable(runs) {
@@ -348,6 +433,8 @@
     $("load-more").addEventListener("click", () => loadReport(false));
     $("export").addEventListener("click", exportCsv);
     $("details-close").addEventListener("click", () => { $("details").hidden = true; });
+    $("details-false-flag").addEventListener("click", reportFalseFlag);
+    $("f-sort").addEventListener("change", sortRows);
     const key = apiKey();
     if (!key) return;
     try {
