@@ -56,6 +56,7 @@ async def create_audit(request: web.Request) -> web.Response:
     key = require_scope(request, "scans:write")
     body = await json_body(request, AuditRequest)
     spec = _spec(body, services(request).settings)
+    await check_start_url(spec.start_url, services(request).settings)
     document = await in_thread(_create, request, key.tenant_id, spec)
     return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})
 
@@ -86,6 +87,18 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
         code = "invalid_schedule" if "schedule" in str(err) or "interval" in str(err) else "invalid_body"
         raise Problem(422, code, str(err)) from err
     return spec
+
+
+async def check_start_url(start_url: str, settings: Any) -> None:
+    """Refuse a start URL the fetcher would refuse (422 with its code: bad_url, blocked_address, blocked_port):
+    the run crawls it from inside our network on the tenant's behalf."""
+    from scanner.api.intake import fetch_policy
+    from scanner.fetch import FetchError, check_target
+
+    try:
+        await check_target(start_url, fetch_policy(settings))
+    except FetchError as err:
+        raise Problem(422, err.code, f"start_url: {err.message}") from err
 
 
 def _create(request: web.Request, tenant_id: int, spec: store.AuditSpec) -> dict[str, Any]:

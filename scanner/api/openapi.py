@@ -172,7 +172,10 @@ def component_schemas() -> dict[str, Any]:
         "InvalidFeedback": (422, ["invalid_body"]),
         "RateLimited": (429, ["rate_limited"]),
         "AuditNotFound": (404, ["audit_not_found"]),
-        "InvalidAudit": (422, ["invalid_body", "invalid_schedule", "invalid_start_url"]),
+        "InvalidAudit": (
+            422,
+            ["invalid_body", "invalid_schedule", "invalid_start_url", "bad_url", "blocked_address", "blocked_port"],
+        ),
         "AlreadyRunning": (409, ["already_running"]),
     }
     for name, (status, codes) in problems.items():
@@ -616,7 +619,7 @@ def create_audit() -> dict[str, Any]:
             "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
             "422": _problem(
                 "an invalid body or webhook (invalid_body), schedule (invalid_schedule) or start URL"
-                " (invalid_start_url)",
+                " (invalid_start_url; or, as for image URLs, bad_url, blocked_address, blocked_port)",
                 "InvalidAudit",
             ),
         },

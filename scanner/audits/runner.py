@@ -153,6 +153,8 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
 
 
 def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
+    from scanner.api.intake import fetch_policy
+
     return CrawlConfig(
         start_url=audit.start_url,
         max_pages=audit.max_pages,
@@ -161,6 +163,8 @@ def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfi
         exclude=tuple(audit.exclude or ()),
         max_image_bytes=settings.max_image_bytes,
         state_path=workdir / "frontier.sqlite",
+        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules.
+        network_policy=fetch_policy(settings),
     )
 
 

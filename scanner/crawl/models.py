@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from scanner.fetch import FetchPolicy
+
 DEFAULT_USER_AGENT = "robust-image-scanner-crawler/0.1 (+https://github.com/)"
 
 
@@ -40,6 +42,9 @@ class CrawlConfig:
     max_query_variants: int = 20
     retry_backoff_s: float = 1.0
     recycle_context_after: int = 50
+    # Set for crawls made on a tenant's behalf (audits): every request of the crawl obeys the fetcher's
+    # address and port rules (scanner.crawl.guard). None: the user's own crawl, loopback sites included.
+    network_policy: FetchPolicy | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_pages", "concurrency", "per_host_concurrency", "max_query_variants", "recycle_context_after"):
