@@ -19,6 +19,7 @@ from scanner.api.dispatch import Dispatcher, make_dispatcher
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
+from scanner.api.text import check_tree, is_clean
 from scanner.db import keys, migrate
 from scanner.db.models import ApiKey, utcnow
 from scanner.db.session import make_sessionmaker
@@ -77,6 +78,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return Problem(500, "internal_error", "an unexpected error occurred; it has been logged").response()
+
+
+@web.middleware
+async def text_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query with NUL or undecodable text filters nothing we store: 422 (the report filters).  Path
+    parameters are checked by their routes, which answer their own 404."""
+    for name, value in request.query.items():
+        if not (is_clean(name) and is_clean(value)):
+            raise Problem(422, "invalid_parameter", "a query parameter contains a NUL character or invalid text")
+    return await handler(request)
 
 
 @web.middleware
@@ -179,10 +190,12 @@ async def json_body(request: web.Request, model: type[BodyModel]) -> BodyModel:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported_media_type", "send application/json")
     try:
-        return model.model_validate_json(await request.read())
+        body = model.model_validate_json(await request.read())
     except ValidationError as err:
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
         raise Problem(422, "invalid_body", detail) from err
+    check_tree(body.model_dump())
+    return body
 
 
 # --- the application ----------------------------------------------------------------------------------------
@@ -195,7 +208,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware],
+        middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware, text_middleware],
     )
     app[SERVICES] = Services(
         settings=settings,

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.api.problems import Problem
 from scanner.api.schemas import ScanRequest, Source
+from scanner.api.text import check_text, check_tree
 from scanner.db import queries
 from scanner.db.session import transaction
 from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
@@ -75,6 +76,7 @@ async def _read_json(request: web.Request, settings: Settings) -> Submission:
         body = ScanRequest.model_validate_json(await request.read())
     except ValidationError as err:
         raise Problem(422, "invalid_body", _first_error(err), errors=_errors(err)) from err
+    check_tree(body.model_dump())
     _check_count(len(body.image_urls), settings)
     _check_page_url(body.page_url)
     return Submission(body.source, body.page_url, [Entry(image_url=url) for url in body.image_urls])
@@ -87,26 +89,36 @@ async def _read_multipart(request: web.Request, settings: Settings) -> Submissio
         raise Problem(422, "invalid_body", f"malformed multipart body: {err}") from err
 
 
+class _BodyBudget:
+    """The bytes of the whole body read so far, whatever its framing: a chunked body declares no length, so
+    the cap is applied to what is read, and reading stops (413) at the first byte past it."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used > self.cap:
+            raise Problem(413, "body_too_large", f"the body exceeds {self.cap} bytes")
+
+
 async def _parse_multipart(request: web.Request, settings: Settings) -> Submission:
     fields: dict[str, str] = {}
     entries: list[Entry] = []
-    total = 0
+    budget = _BodyBudget(settings.max_body_bytes)
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise Problem(422, "invalid_body", "nested multipart bodies are not accepted")
         if part.filename is None:
-            value, too_large = await _read_capped(part, MAX_FIELD_BYTES)
+            value, too_large = await _read_capped(part, MAX_FIELD_BYTES, budget)
             if too_large:
                 raise Problem(413, "body_too_large", f"the field {part.name!r} exceeds {MAX_FIELD_BYTES} bytes")
-            fields[part.name or ""] = value.decode(errors="replace")
+            fields[part.name or ""] = _field_text(part.name, value)
             continue
         _check_count(len(entries) + 1, settings)
-        data, too_large = await _read_capped(part, settings.max_image_bytes)
-        total += len(data)
-        if total > settings.max_body_bytes:
-            raise Problem(413, "body_too_large", f"the body exceeds {settings.max_body_bytes} bytes")
-        entry = Entry(filename=part.filename[:255], data=None if too_large else data)
+        data, too_large = await _read_capped(part, settings.max_image_bytes, budget)
+        entry = Entry(filename=check_text(part.filename, "filename")[:255], data=None if too_large else data)
         if too_large:
             entry.error = ("too_many_bytes", f"the image exceeds {settings.max_image_bytes} bytes")
         entries.append(entry)
@@ -119,6 +131,13 @@ async def _parse_multipart(request: web.Request, settings: Settings) -> Submissi
     _check_page_url(page_url)
     _attach_image_urls(entries, fields.get("image_urls"))
     return Submission(source, page_url, entries)  # type: ignore[arg-type]
+
+
+def _field_text(name: str | None, value: bytes) -> str:
+    try:
+        return check_text(value.decode(), name or "field")
+    except UnicodeDecodeError as err:
+        raise Problem(422, "invalid_text", f"the field {name!r} is not UTF-8") from err
 
 
 def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
@@ -136,11 +155,13 @@ def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
         entry.image_url = url[:4096] if url else None
 
 
-async def _read_capped(part: BodyPartReader, cap: int) -> tuple[bytes, bool]:
-    """The part's bytes; past ``cap`` the rest is drained (so the next part can be read) and dropped."""
+async def _read_capped(part: BodyPartReader, cap: int, budget: _BodyBudget) -> tuple[bytes, bool]:
+    """The part's bytes; past ``cap`` the rest is drained (so the next part can be read) and dropped, but every
+    byte counts against the body's budget, which ends the request with 413 once it is spent."""
     chunks, size = [], 0
     while chunk := await part.read_chunk(256 * 1024):
         size += len(chunk)
+        budget.take(len(chunk))
         if size <= cap:
             chunks.append(chunk)
     return b"".join(chunks), size > cap

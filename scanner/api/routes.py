@@ -22,6 +22,7 @@ from scanner.api import audits, dashboard, intake
 from scanner.api.app import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
+from scanner.api.text import is_clean
 from scanner.db import queries
 from scanner.db.models import Image, Scan, Tenant, Verdict
 from scanner.db.session import transaction
@@ -84,7 +85,7 @@ async def get_scan(request: web.Request) -> web.Response:
 
 def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[str, Any]:
     with services(request).sessions() as session:  # type: ignore[misc]
-        scan = queries.scan_of(session, tenant_id, scan_id)
+        scan = queries.scan_of(session, tenant_id, scan_id) if is_clean(scan_id) else None
         if scan is None:
             raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
         return _scan_json(scan, queries.scan_items(session, scan))
