@@ -228,8 +228,11 @@ def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Setting
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
-    mode = "embedded (in-process analysis)" if settings.embedded else f"distributed (broker {settings.broker_url})"
-    print(f"scanner API on http://{host}:{port} - {mode}, database {settings.db_url}", flush=True)
+    from scanner.settings import masked_url
+
+    broker, database = masked_url(settings.broker_url), masked_url(settings.db_url)  # never print passwords
+    mode = "embedded (in-process analysis)" if settings.embedded else f"distributed (broker {broker})"
+    print(f"scanner API on http://{host}:{port} - {mode}, database {database}", flush=True)
     web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None)
     return 0
 

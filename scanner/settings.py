@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -20,6 +21,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ROBUST = REPO_ROOT / "models" / "otjr-preact18-w0.125"
 BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.125"
+
+
+def masked_url(url: str | None) -> str:
+    """``url`` with its password (and any userinfo token) replaced by ``***``: for anything printed or logged."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and not (parts.username and "@" in parts.netloc):
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username if parts.password is not None else None
+        return urlunsplit(parts._replace(netloc=f"{user or ''}:***@{host}"))
+    except ValueError:
+        return "(unparseable URL hidden)"
 
 
 def default_data_dir() -> Path:
