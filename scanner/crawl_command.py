@@ -25,6 +25,7 @@ from rich.table import Table
 
 from scanner.client import ScannerClient, Upload
 from scanner.crawl import CrawlConfig, Crawler, PageResult
+from scanner.csvsafe import safe_row
 from scanner.settings import Settings
 
 POLL_S = 0.5
@@ -252,7 +253,7 @@ def write_csv(outcome: CrawlOutcome, path: Path) -> None:
         for image in outcome.images.values():
             row = asdict(image)
             row["pages"] = " ".join(image.pages)
-            writer.writerow(row)
+            writer.writerow(safe_row(row))  # no cell a spreadsheet would run as a formula
 
 
 def default_state_path(settings: Settings, start_url: str) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scanner.csvsafe import safe_row
 from scanner.settings import Settings
 
 COLUMNS = ["sha256", "label", "confidence", "score", "site", "page_url", "image_url", "seen_at", "analysed_at"]
@@ -96,7 +97,7 @@ def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(plain)
+        writer.writerows(safe_row(row) for row in plain)  # no cell a spreadsheet would run as a formula
     else:
         table = Table(title=f"{len(rows)} flagged image(s), newest first")
         for column in ("sha256", "label", "score", "site", "page", "seen"):

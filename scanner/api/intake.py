@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.api.problems import Problem
 from scanner.api.schemas import ScanRequest, Source
-from scanner.api.text import check_text, check_tree
+from scanner.api.text import check_text, check_tree, is_clean
 from scanner.db import queries
 from scanner.db.session import transaction
 from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
@@ -28,6 +29,7 @@ from scanner.versions import ServedVersions
 from worker.imaging import ImageError, ImageLimits, probe_image
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text field of a multipart body (page_url, source, image_urls)
+USED_FIELDS = frozenset({"page_url", "source", "image_urls"})
 
 
 @dataclass
@@ -114,7 +116,8 @@ async def _parse_multipart(request: web.Request, settings: Settings) -> Submissi
             value, too_large = await _read_capped(part, MAX_FIELD_BYTES, budget)
             if too_large:
                 raise Problem(413, "body_too_large", f"the field {part.name!r} exceeds {MAX_FIELD_BYTES} bytes")
-            fields[part.name or ""] = _field_text(part.name, value)
+            if part.name in USED_FIELDS:  # other text fields are ignored, whatever they hold
+                fields[part.name] = _field_text(part.name, value)
             continue
         _check_count(len(entries) + 1, settings)
         data, too_large = await _read_capped(part, settings.max_image_bytes, budget)
@@ -152,7 +155,24 @@ def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
     if not isinstance(urls, list) or len(urls) != len(entries) or not all(isinstance(url, str | None) for url in urls):
         raise Problem(422, "invalid_body", "image_urls must list one URL (or null) per uploaded file, in order")
     for entry, url in zip(entries, urls, strict=True):
+        if url and not _is_image_url(url):
+            raise Problem(422, "invalid_body", "each of image_urls must be an absolute http(s) URL or null")
         entry.image_url = url[:4096] if url else None
+
+
+# The stand-in the crawler reports for an image given as a data: URL (scanner.crawl.images.data_url_label).
+DATA_URL_LABEL = re.compile(r"data:image/[a-z0-9.+-]{1,40};sha256=[0-9a-f]{64}")
+
+
+def _is_image_url(url: str) -> bool:
+    """An http(s) URL with a host (stored and exported as given, so nothing else: no formulas, no scripts)."""
+    if DATA_URL_LABEL.fullmatch(url):
+        return True
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and is_clean(url)
+    except ValueError:
+        return False
 
 
 async def _read_capped(part: BodyPartReader, cap: int, budget: _BodyBudget) -> tuple[bytes, bool]:

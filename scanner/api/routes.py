@@ -23,6 +23,7 @@ from scanner.api.app import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.api.text import is_clean
+from scanner.csvsafe import safe_row
 from scanner.db import queries
 from scanner.db.models import Image, Scan, Tenant, Verdict
 from scanner.db.session import transaction
@@ -292,7 +293,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(items)
+        writer.writerows(safe_row(item) for item in items)  # no cell a spreadsheet would run as a formula
         return web.Response(text=buffer.getvalue(), content_type="text/csv", headers=headers)
     return web.json_response({"items": items, "next_cursor": next_cursor}, headers=headers)
 
