@@ -23,6 +23,7 @@ from scanner.db.session import transaction
 
 BACKGROUND = web.AppKey("audit_background", set)
 AUDIT_ID = re.compile(r"^[0-9]{1,18}$")
+MAX_ROW_ID = 2**31 - 1  # ids are PostgreSQL integers: a larger one names no row (and must not reach a query)
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,7 +44,7 @@ async def _cancel_background(app: web.Application) -> None:
 
 def _audit_id(request: web.Request) -> int:
     raw = request.match_info["audit_id"]
-    if not AUDIT_ID.match(raw):
+    if not AUDIT_ID.match(raw) or int(raw) > MAX_ROW_ID:
         raise Problem(404, "audit_not_found", f"no audit {raw} for this key's tenant")
     return int(raw)
 
@@ -65,6 +66,7 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
     from scanner.api.openapi import CRON, EVERY, HTTP_URL
     from scanner.audits.cli import check_webhook, spec_from
     from scanner.audits.schedule import interval_text
+    from scanner.crawl.patterns import pattern_error
 
     if (body.every is None) == (body.cron is None):
         raise Problem(422, "invalid_schedule", "give exactly one of every and cron")
@@ -74,6 +76,9 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
         raise Problem(422, "invalid_schedule", 'cron fields are "*", "*/step" or a number, e.g. "0 3 * * *"')
     if not re.fullmatch(HTTP_URL, body.start_url):
         raise Problem(422, "invalid_start_url", "start_url must be an absolute http(s) URL")
+    for pattern in (*(body.include or ()), *(body.exclude or ())):
+        if (error := pattern_error(pattern)) is not None:
+            raise Problem(422, "invalid_pattern", f"include/exclude: {error}")
     if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
         raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from scanner.crawl.guard import GuardProxy, browser_proxy, guarded_session
 from scanner.crawl.images import ImageCollector, ResponseCapture
 from scanner.crawl.imagestore import ImageStore
 from scanner.crawl.models import CrawlConfig, CrawlStats, FoundImage, PageResult
+from scanner.crawl.patterns import compile_pattern
 from scanner.crawl.politeness import HostPacer, parse_retry_after
 from scanner.crawl.render import navigate, settle
 from scanner.crawl.robots import RobotsCache
@@ -68,8 +68,8 @@ class _LinkRules:
 
     def __init__(self, config: CrawlConfig, start_url: str) -> None:
         self.scope = Scope(start_url, config.same_site, config.allow_subdomains)
-        self.include = [re.compile(p) for p in config.include]
-        self.exclude = [re.compile(p) for p in config.exclude]
+        self.include = [compile_pattern(p) for p in config.include]  # RE2: linear time, whatever the pattern
+        self.exclude = [compile_pattern(p) for p in config.exclude]
 
     def reject_reason(self, url: str) -> str | None:
         if url not in self.scope:

@@ -53,6 +53,11 @@ class CrawlConfig:
         for name in ("max_depth", "retries", "min_image_size", "max_image_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        from scanner.crawl.patterns import pattern_error
+
+        for pattern in (*self.include, *self.exclude):
+            if (error := pattern_error(pattern)) is not None:
+                raise ValueError(error)
         if self.delay_s < 0 or self.retry_backoff_s < 0 or self.page_timeout_s <= 0:
             raise ValueError("delay_s and retry_backoff_s must not be negative, page_timeout_s must be positive")
 
