@@ -30,6 +30,7 @@ from worker.imaging import ImageError, ImageLimits, probe_image
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text field of a multipart body (page_url, source, image_urls)
 USED_FIELDS = frozenset({"page_url", "source", "image_urls"})
+MAX_HOST_LENGTH = 253  # a DNS name's longest; the page's host is stored as its site (255 characters)
 
 
 @dataclass
@@ -197,7 +198,8 @@ def _check_page_url(page_url: str | None) -> None:
         return
     try:
         parts = urlsplit(page_url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        host = parts.hostname or ""
+        valid = parts.scheme in ("http", "https") and 0 < len(host) <= MAX_HOST_LENGTH
     except ValueError:  # an unclosed IPv6 bracket, a netloc that changes under NFKC, ...
         valid = False
     if not valid:

@@ -274,7 +274,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         until=_time_param(query, "until"),
         min_score=_float_param(query, "min_score"),
         label=query.get("label") or None,
-        after_id=_decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        after_id=_after_id(query.get("cursor")),
         limit=_limit_param(query),
     )
     rows = await in_thread(_flagged_rows, request, report)
@@ -340,6 +340,13 @@ def _limit_param(query: Any) -> int:
 
 def _encode_cursor(verdict_id: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{verdict_id}".encode()).decode().rstrip("=")
+
+
+def _after_id(cursor: str | None) -> int | None:
+    """The cursor's row id; none past the largest id PostgreSQL's integer ids can have (every row comes before
+    it, and so large a number must not reach a query: PostgreSQL refuses it as out of range)."""
+    after_id = _decode_cursor(cursor) if cursor else None
+    return after_id if after_id is not None and after_id <= 2**31 - 1 else None
 
 
 def _decode_cursor(cursor: str) -> int:
