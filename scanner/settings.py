@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     max_images_per_scan: int = Field(256, ge=1)
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute (token bucket)")
     rate_limit_burst: int = Field(120, ge=1)
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="failed authentications per client address per minute before 429 (key guessing)"
+    )
+    auth_failures_burst: int = Field(20, ge=1)
+    audit_min_interval_s: int = Field(900, ge=1, description="the most frequent schedule an audit may have")
+    audits_per_tenant: int = Field(50, ge=1, description="audits a tenant may keep")
 
     # --- fetching image URLs ----------------------------------------------------------------------------------
     fetch_timeout_s: float = Field(10.0, gt=0)
@@ -88,6 +94,12 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(2.0, gt=0, description="how often unqueued work is handed to the broker")
     requeue_after_s: float = Field(
         600.0, gt=0, description="pending work handed over this long ago is handed over again (a lost message)"
+    )
+    requeue_idle_s: float = Field(
+        20.0,
+        gt=0,
+        description="with the queue empty, pending work handed over this long ago that no live worker holds is"
+        " handed over again (a worker killed with unacknowledged messages)",
     )
 
     @field_validator("data_dir", "robust_bundle", "standard_bundle", "calibration", mode="after")

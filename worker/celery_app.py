@@ -25,7 +25,12 @@ def make_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker configured (SCANNER_BROKER_URL): the embedded mode analyses in-process")
     app = Celery("scanner", broker=settings.broker_url, backend=settings.result_backend)
-    transport = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # A broker that accepts connections but never answers must not hold a publisher (or a probe) forever.
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

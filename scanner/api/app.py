@@ -38,6 +38,7 @@ class Services:
     versions: ServedVersions
     metrics: Metrics
     limiter: RateLimiter
+    auth_failures: RateLimiter  # per client address: a wrong key costs a token, so guessing meets 429s
     db: Engine | None = None
     sessions: sessionmaker[Session] | None = None
     dispatcher: Dispatcher | None = None
@@ -145,16 +146,37 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not request.path.startswith("/v1/"):
         return await handler(request)
     svc = services(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "missing_key", "send the API key as 'Authorization: Bearer <key>'", _challenge())
-    key = await in_thread(_authenticate, svc, token.strip())
+    try:
+        key = await _authenticated_key(request, svc)
+    except Problem as problem:
+        if problem.status == 401:
+            _count_failure(svc, request)
+        raise
     wait = svc.limiter.take(key.id)
     if wait > 0:
         raise Problem(429, "rate_limited", "too many requests for this key", {"Retry-After": str(int(wait) + 1)})
     request[KEY] = key
     return await handler(request)
+
+
+async def _authenticated_key(request: web.Request, svc: Services) -> ApiKey:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "missing_key", "send the API key as 'Authorization: Bearer <key>'", _challenge())
+    return await in_thread(_authenticate, svc, token.strip())
+
+
+def _count_failure(svc: Services, request: web.Request) -> None:
+    """A failed authentication costs the client address a token; without one left, 429 instead of 401."""
+    wait = svc.auth_failures.take(request.remote or "unknown")
+    if wait > 0:
+        raise Problem(
+            429,
+            "rate_limited",
+            "too many failed authentications from this address",
+            {"Retry-After": str(int(wait) + 1)},
+        )
 
 
 def _challenge() -> dict[str, str]:
@@ -215,6 +237,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
         versions=served_versions(settings),
         metrics=Metrics(),
         limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        auth_failures=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst),
     )
     routes.add_routes(app)
 
@@ -232,4 +255,3 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
-

@@ -106,10 +106,26 @@ async def check_start_url(start_url: str, settings: Any) -> None:
         raise Problem(422, err.code, f"start_url: {err.message}") from err
 
 
+def _check_frequency(schedule: str, settings: Any) -> None:
+    """Each audit crawls a site with a browser: no schedule may fire more often than the settings allow."""
+    from scanner.audits.schedule import parse
+
+    moments = [parse(schedule).next_after(utcnow())]
+    for _ in range(4):  # a cron schedule's gaps vary: the smallest of a few counts
+        moments.append(parse(schedule).next_after(moments[-1]))
+    gap = min((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False))
+    if gap < settings.audit_min_interval_s:
+        raise Problem(422, "schedule_too_frequent", f"an audit may run at most every {settings.audit_min_interval_s} s")
+
+
 def _create(request: web.Request, tenant_id: int, spec: store.AuditSpec) -> dict[str, Any]:
     from scanner.audits.schedule import parse
 
+    settings = services(request).settings
+    _check_frequency(spec.schedule, settings)
     with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        if len(store.audits_of(session, tenant_id)) >= settings.audits_per_tenant:
+            raise Problem(403, "quota_exceeded", f"a tenant may keep at most {settings.audits_per_tenant} audits")
         try:
             audit = store.create_audit(session, tenant_id, spec, parse(spec.schedule).next_after(utcnow()))
         except ValueError as err:

@@ -164,7 +164,7 @@ def component_schemas() -> dict[str, Any]:
     _audit_request(schemas["AuditRequest"])
     problems = {
         "Unauthorized": (401, ["missing_key", "invalid_key", "revoked_key", "expired_key"]),
-        "Forbidden": (403, ["insufficient_scope"]),
+        "Forbidden": (403, ["insufficient_scope", "quota_exceeded"]),
         "ScanNotFound": (404, ["scan_not_found"]),
         "ImageNotFound": (404, ["image_not_found"]),
         "BodyTooLarge": (413, ["body_too_large"]),
@@ -181,6 +181,7 @@ def component_schemas() -> dict[str, Any]:
                 "invalid_schedule",
                 "invalid_start_url",
                 "invalid_pattern",
+                "schedule_too_frequent",
                 "bad_url",
                 "blocked_address",
                 "blocked_port",
@@ -273,9 +274,13 @@ def component_responses() -> dict[str, Any]:
                 }
             },
         ),
-        "Forbidden": _problem("the key lacks the scope this operation needs (insufficient_scope)", "Forbidden"),
+        "Forbidden": _problem(
+            "the key lacks the scope this operation needs (insufficient_scope), or the tenant has as many audits"
+            " as it may keep (quota_exceeded, creating an audit)",
+            "Forbidden",
+        ),
         "RateLimited": _problem(
-            "the key's rate limit is spent (rate_limited)",
+            "the key's rate limit is spent, or the client address failed to authenticate too often (rate_limited)",
             "RateLimited",
             {
                 "Retry-After": {
@@ -630,7 +635,8 @@ def create_audit() -> dict[str, Any]:
             "422": _problem(
                 "an invalid body or webhook (invalid_body), schedule (invalid_schedule) or start URL"
                 " (invalid_start_url; or, as for image URLs, bad_url, blocked_address, blocked_port), or an"
-                " include/exclude regex that is not valid RE2 syntax (invalid_pattern)",
+                " include/exclude regex that is not valid RE2 syntax (invalid_pattern), or a schedule more frequent"
+                " than audit_min_interval_s (schedule_too_frequent)",
                 "InvalidAudit",
             ),
         },

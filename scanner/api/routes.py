@@ -62,7 +62,8 @@ async def create_scan(request: web.Request) -> web.Response:
     await in_thread(intake.check_entries, submission.entries, limits)
     scan_id, pending = await in_thread(intake.record, svc.sessions, key.tenant_id, submission, svc.versions)
     assert svc.dispatcher is not None
-    await svc.dispatcher.submit(pending, svc.versions.model_version, svc.versions.calibration_version)
+    # In the background: the work is in the database (the outbox) already, so a broker outage never holds the 202.
+    svc.dispatcher.submit_soon(pending, svc.versions.model_version, svc.versions.calibration_version)
     document = await in_thread(scan_document, request, key.tenant_id, scan_id)
     counts = document["counts"]
     svc.metrics.images.labels("refused").inc(counts["failed"])

@@ -275,7 +275,11 @@ def mark_enqueued(session: Session, image_ids: Sequence[int]) -> None:
 
 
 def oldest_pending_age_s(session: Session) -> float | None:
-    oldest = session.scalar(select(func.min(ScanItem.updated_at)).where(ScanItem.state == "pending"))
+    """How long the oldest unfinished image has waited since its scan was submitted (handing it over again
+    does not make it younger)."""
+    oldest = session.scalar(
+        select(func.min(Scan.created_at)).join(ScanItem, ScanItem.scan_id == Scan.id).where(ScanItem.state == "pending")
+    )
     return (utcnow() - oldest).total_seconds() if oldest is not None else None
 
 
