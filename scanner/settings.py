@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = in-process analysis")
     result_backend: str | None = Field(None, description="Celery result backend; default: the broker URL")
     broker_visibility_timeout_s: int = Field(3600, ge=10, description="Redis redelivery time of unacked tasks")
+
+    secret_key: SecretStr | None = Field(
+        None, description="Fernet key for secrets at rest; default: data_dir/secret.key (embedded mode)"
+    )
 
     # --- models --------------------------------------------------------------------------------------------
     robust_bundle: Path = BUNDLED_ROBUST

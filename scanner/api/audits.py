@@ -9,11 +9,13 @@ of this process in the embedded mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Any
 
 from aiohttp import web
 
+from scanner import secretbox
 from scanner.api.app import in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
@@ -123,6 +125,7 @@ def _create(request: web.Request, tenant_id: int, spec: store.AuditSpec) -> dict
 
     settings = services(request).settings
     _check_frequency(spec.schedule, settings)
+    spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))
     with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
         if len(store.audits_of(session, tenant_id)) >= settings.audits_per_tenant:
             raise Problem(403, "quota_exceeded", f"a tenant may keep at most {settings.audits_per_tenant} audits")

@@ -23,6 +23,7 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from scanner import secretbox
 from scanner.audits import store, webhooks
 from scanner.audits.diff import Seen, compare
 from scanner.crawl import CrawlConfig
@@ -74,7 +75,7 @@ async def execute_run(
                 sessions,
                 run_id,
                 audit.webhook_url,
-                audit.webhook_secret or "",
+                secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
                 payload,
                 policy,
                 backoff_s=webhook_backoff_s,
