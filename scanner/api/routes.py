@@ -90,10 +90,14 @@ def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[st
         scan = queries.scan_of(session, tenant_id, scan_id) if is_clean(scan_id) else None
         if scan is None:
             raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
-        return _scan_json(scan, queries.scan_items(session, scan))
+        rows = queries.scan_items(session, scan)
+        first_seen = queries.tenant_first_seen(session, tenant_id, [image.id for _, image, _ in rows if image])
+        return _scan_json(scan, rows, first_seen)
 
 
-def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]]) -> dict[str, Any]:
+def _scan_json(
+    scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]], first_seen: dict[int, dt.datetime]
+) -> dict[str, Any]:
     items = []
     counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0, "flagged": 0}
     for item, image, verdict in rows:
@@ -108,7 +112,11 @@ def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]])
                 "sha256": image.sha256 if image else None,
                 "state": item.state,
                 "error": error,
-                "verdict": verdict_json(verdict) if verdict is not None and item.state == "done" else None,
+                "verdict": (
+                    verdict_json(verdict, first_seen.get(verdict.image_id))
+                    if verdict is not None and item.state == "done"
+                    else None
+                ),
             }
         )
     status = "done" if counts["pending"] == 0 else ("running" if counts["pending"] < counts["total"] else "queued")
@@ -126,7 +134,10 @@ def _scan_json(scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]])
     }
 
 
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
+def verdict_json(verdict: Verdict, not_before: dt.datetime | None = None) -> dict[str, Any]:
+    """``not_before``: when the asking tenant first met the image; a verdict made earlier (for another tenant)
+    is told as made then, so its time reveals nothing of other tenants."""
+    analysed = verdict.created_at if not_before is None else max(verdict.created_at, not_before)
     return {
         "label": verdict.label,
         "confidence": verdict.confidence,
@@ -139,7 +150,7 @@ def verdict_json(verdict: Verdict) -> dict[str, Any]:
         "model_version": verdict.model_version,
         "calibration_version": verdict.calibration_version,
         "timings_ms": verdict.timings_ms,
-        "analysed_at": _iso(verdict.created_at),
+        "analysed_at": _iso(analysed),
     }
 
 
@@ -215,7 +226,7 @@ def _image_document(request: web.Request, tenant_id: int, sha256: str) -> dict[s
             "last_seen": _iso(seen["last_seen"]),
             "sightings": seen["sightings"],
             "recent_sightings": sightings,
-            "verdicts": [verdict_json(v) for v in queries.verdicts_of(session, image.id)],
+            "verdicts": [verdict_json(v, seen["first_seen"]) for v in queries.verdicts_of(session, image.id)],
             "feedback": queries.feedback_counts(session, tenant_id, image.id),
         }
 
