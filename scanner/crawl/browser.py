@@ -32,6 +32,8 @@ QUIET_FLAGS = (
     "--no-first-run",
     "--disable-gpu",
     "--headless=new",
+    # WebRTC may send UDP past the proxy an audit's crawl is confined to (scanner.crawl.guard): no UDP but proxied.
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
 VIEWPORT = {"width": 1280, "height": 800}
 

@@ -99,6 +99,19 @@ def test_a_huge_chunked_file_part_is_refused_without_reading_it_all(api: Running
     assert produced < total, "the server read the whole body before refusing it"
 
 
+def test_a_chunked_json_body_over_the_cap_is_a_413(api: RunningApi) -> None:
+    key = api.new_key()
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"image_urls": ["http://example.com/a.png"], "page_url": "http://example.com/'
+        for _ in range(3 * BODY_CAP // (64 * 1024)):
+            yield b"a" * (64 * 1024)
+        yield b'"}'
+
+    status, _ = _post_chunked(api.base + "/v1/scans", key, "application/json", chunks)
+    assert status in (413, -1)
+
+
 def test_a_non_utf8_filename_is_a_422(api: RunningApi) -> None:
     key = api.new_key()
     body, content_type = _multipart([(b'name="image"; filename="caf\xe9\xff.png"', png(2))])
