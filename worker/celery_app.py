@@ -47,5 +47,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,  # keep reconnecting through a broker restart
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
+        # A pool child loads the model in worker_process_init before it reports up; Celery's default of 4 s
+        # kills and respawns it forever on a busy machine (seen when replacing a child killed mid-batch).
+        worker_proc_alive_timeout=120,
     )
     return app

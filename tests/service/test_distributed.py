@@ -89,7 +89,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     migrate.upgrade(settings.db_url)
     db = make_sessionmaker(make_engine(postgres_url))
     worker = start_worker(settings)
-    images = [png(200 + i, (96, 96)) for i in range(48)]
+    images = [png(200 + i, (96, 96)) for i in range(12)]  # few: after a lost worker they go one at a time
     image_ids = _record_scan(settings, images)
     versions = served_versions(settings)
     make_celery(settings).send_task(
@@ -111,7 +111,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         with db() as session:
             return session.scalar(select(func.count()).where(ScanItem.state == "pending")) == 0
 
-    wait_for(all_done, 240, 0.2, "the redelivered batch to finish")
+    try:
+        wait_for(all_done, 240, 0.2, "the redelivered batch to finish")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nworker log:\n{worker.log_text()[-4000:]}") from None
     with db() as session:
         assert session.scalar(select(func.count(Verdict.id))) == len(images)  # one verdict per image
         assert session.scalar(select(func.max(Image.attempts))) == 0
