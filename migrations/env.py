@@ -34,10 +34,25 @@ def run_online() -> None:
 
 
 def _run(connection) -> None:  # noqa: ANN001 - SQLAlchemy connection
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode rebuilds a SQLite table (copy, drop, rename): with foreign keys enforced, dropping the old
+        # table would cascade-delete the rows that reference it (audit_run_images of audit_runs, ...). SQLite
+        # ignores this pragma inside a transaction, hence before it.
+        _pragma(connection, "foreign_keys=OFF")
     # Batch mode lets the same migration alter tables on SQLite (which cannot ALTER most things in place).
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if sqlite:
+            _pragma(connection, "foreign_keys=ON")
+
+
+def _pragma(connection, setting: str) -> None:  # noqa: ANN001 - SQLAlchemy connection
+    connection.exec_driver_sql(f"PRAGMA {setting}")
+    connection.commit()
 
 
 if context.is_offline_mode():

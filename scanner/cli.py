@@ -305,6 +305,8 @@ def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Setting
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    from scanner.settings import masked_url  # never print passwords
+
     app = create_app(settings)
     if settings.embedded:
         from scanner.audits.local_beat import scheduler_context
@@ -313,8 +315,8 @@ def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Setting
         app.cleanup_ctx.append(scheduler_context(settings, args.audit_tick))
         mode = "embedded (in-process analysis, audits scheduled here)"
     else:
-        mode = f"distributed (broker {settings.broker_url}; audits run by `scanner worker --beat`)"
-    print(f"scanner API on http://{host}:{port} - {mode}, database {settings.db_url}", flush=True)
+        mode = f"distributed (broker {masked_url(settings.broker_url)}; audits run by `scanner worker --beat`)"
+    print(f"scanner API on http://{host}:{port} - {mode}, database {masked_url(settings.db_url)}", flush=True)
     print(f"dashboard: http://{host}:{port}/dashboard", flush=True)
     try:
         web.run_app(app, host=host, port=port, print=None, access_log=None)

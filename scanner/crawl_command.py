@@ -27,6 +27,7 @@ from rich.table import Table
 
 from scanner.client import ScannerClient, Upload
 from scanner.crawl import CrawlConfig, Crawler, PageResult
+from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
 from scanner.settings import Settings
 
@@ -347,7 +348,7 @@ def write_csv(outcome: CrawlOutcome, path: Path) -> None:
         for image in outcome.images.values():
             row = asdict(image)
             row["pages"] = " ".join(image.pages)
-            writer.writerow(row)
+            writer.writerow(safe_row(row))  # no cell a spreadsheet would run as a formula
 
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")

@@ -257,6 +257,25 @@ def check_url(url: str, policy: FetchPolicy) -> URL:
     return parsed
 
 
+async def check_target(url: str, policy: FetchPolicy) -> None:
+    """Refuse ``url`` now (FetchError) when the fetcher would refuse it: the URL rules, then the addresses its
+    name resolves to.  For targets stored to be fetched later (an audit's start URL); the later fetches are
+    checked again at connect time, since names may resolve differently by then."""
+    hop = check_url(url, policy)
+    host = hop.raw_host or ""
+    if _literal_address(host)[0] is not None:
+        return
+    resolver = GuardedResolver(policy, ThreadedResolver())
+    try:
+        await resolver.resolve(host, hop.port or 0, socket.AF_UNSPEC)
+    except BlockedAddressError as err:
+        raise FetchError("blocked_address", str(err), url) from None
+    except DNSLookupError:
+        pass  # a name that does not resolve today may tomorrow; the crawl checks it at connect time
+    finally:
+        await resolver.close()
+
+
 # --- connector ---------------------------------------------------------------------------------------------------
 
 
@@ -278,8 +297,8 @@ class GuardedResolver(AbstractResolver):
             raise DNSLookupError(f"cannot resolve {host}: no addresses")
         allowed = [i for i in infos if is_allowed_address(i["host"], allow_private=self._policy.allow_private)]
         if not allowed:
-            refused = ", ".join(sorted({i["host"] for i in infos}))
-            raise BlockedAddressError(f"{host} resolves only to addresses that are not allowed: {refused}")
+            # The addresses are not named: an error message must not tell a tenant what internal names resolve to.
+            raise BlockedAddressError(f"{host} resolves only to addresses that are not allowed")
         return allowed
 
     async def close(self) -> None:
@@ -298,13 +317,19 @@ class GuardedConnector(aiohttp.TCPConnector):
         self._policy = policy
 
     async def connect(self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout) -> Connection:
+        # Every connection, including the redirects a caller lets aiohttp follow, obeys the URL rules (port,
+        # scheme, literal addresses); names are checked by the resolver, the peer address below.
+        try:
+            check_url(str(req.url), self._policy)
+        except FetchError as err:
+            raise BlockedAddressError(f"{err.code}: {err.message}") from None
         conn = await super().connect(req, traces, timeout)
         transport = conn.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         address = str(peer[0]) if peer else ""
         if not is_allowed_address(address, allow_private=self._policy.allow_private):
             conn.close()
-            raise BlockedAddressError(f"connected address {address or '(unknown)'} is not allowed")
+            raise BlockedAddressError("the address connected to is not allowed")  # never named, as above
         sink = _PEER.get()
         if sink is not None:
             sink.append(address)

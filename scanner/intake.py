@@ -63,6 +63,8 @@ class Handover(Protocol):
 
     async def submit(self, image_ids: Sequence[int], model_version: str, calibration_version: str) -> None: ...
 
+    def submit_soon(self, image_ids: Sequence[int], model_version: str, calibration_version: str) -> None: ...
+
 
 def image_limits(settings: Settings) -> ImageLimits:
     return ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
@@ -75,12 +77,19 @@ async def take(
     handover: Handover,
     tenant_id: int,
     submission: Submission,
+    *,
+    background: bool = False,
 ) -> tuple[str, list[int]]:
-    """Fetch, check, record and hand over one submission; the scan's id and the image ids handed over."""
+    """Fetch, check, record and hand over one submission; the scan's id and the image ids handed over.
+    ``background``: hand over without waiting (the API: the database is the outbox, so a broker outage must
+    not hold the answer; the dispatcher's relay retries)."""
     await fetch_entries(submission.entries, fetch_policy(settings), settings.fetch_concurrency)
     await asyncio.to_thread(check_entries, submission.entries, image_limits(settings))
     scan_id, pending = await asyncio.to_thread(record, sessions, tenant_id, submission, versions)
-    await handover.submit(pending, versions.model_version, versions.calibration_version)
+    if background:
+        handover.submit_soon(pending, versions.model_version, versions.calibration_version)
+    else:
+        await handover.submit(pending, versions.model_version, versions.calibration_version)
     return scan_id, pending
 
 
@@ -152,13 +161,18 @@ def scan_document(sessions: sessionmaker[Session], tenant_id: int, scan_id: str)
         if scan is None:
             return None
         rows = queries.scan_items(session, scan)
+        image_ids = [image.id for _, image, _ in rows if image]
         # The tenant's own "this is a false flag" travels with the verdict, so a reload shows it as such.
-        false_flags = queries.false_flagged(session, tenant_id, [image.id for _, image, _ in rows if image])
-        return _scan_json(scan, rows, false_flags)
+        false_flags = queries.false_flagged(session, tenant_id, image_ids)
+        first_seen = queries.tenant_first_seen(session, tenant_id, image_ids)
+        return _scan_json(scan, rows, false_flags, first_seen)
 
 
 def _scan_json(
-    scan: Scan, rows: list[tuple[Any, Image | None, Verdict | None]], false_flags: set[int]
+    scan: Scan,
+    rows: list[tuple[Any, Image | None, Verdict | None]],
+    false_flags: set[int],
+    first_seen: dict[int, dt.datetime],
 ) -> dict[str, Any]:
     items = []
     counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0, "flagged": 0}
@@ -174,7 +188,11 @@ def _scan_json(
                 "sha256": image.sha256 if image else None,
                 "state": item.state,
                 "error": error,
-                "verdict": verdict_json(verdict) if verdict is not None and item.state == "done" else None,
+                "verdict": (
+                    verdict_json(verdict, first_seen.get(verdict.image_id))
+                    if verdict is not None and item.state == "done"
+                    else None
+                ),
                 "false_flag": image is not None and image.id in false_flags,
             }
         )
@@ -193,7 +211,10 @@ def _scan_json(
     }
 
 
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
+def verdict_json(verdict: Verdict, not_before: dt.datetime | None = None) -> dict[str, Any]:
+    """``not_before``: when the asking tenant first met the image; a verdict made earlier (for another tenant)
+    is told as made then, so its time reveals nothing of other tenants."""
+    analysed = verdict.created_at if not_before is None else max(verdict.created_at, not_before)
     return {
         "label": verdict.label,
         "confidence": verdict.confidence,
@@ -206,7 +227,7 @@ def verdict_json(verdict: Verdict) -> dict[str, Any]:
         "model_version": verdict.model_version,
         "calibration_version": verdict.calibration_version,
         "timings_ms": verdict.timings_ms,
-        "analysed_at": iso(verdict.created_at),
+        "analysed_at": iso(analysed),
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, label_text
 from scanner.settings import Settings
 
@@ -108,7 +109,7 @@ def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
     elif fmt == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(plain)
+        writer.writerows(safe_row(row) for row in plain)  # no cell a spreadsheet would run as a formula
     else:
         console = Console()
         console.print(_table(plain))

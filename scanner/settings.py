@@ -13,13 +13,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ROBUST = REPO_ROOT / "models" / "otjr-preact18-w0.125"
 BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.125"
+
+
+def masked_url(url: str | None) -> str:
+    """``url`` with its password (and any userinfo token) replaced by ``***``: for anything printed or logged."""
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and not (parts.username and "@" in parts.netloc):
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username if parts.password is not None else None
+        return urlunsplit(parts._replace(netloc=f"{user or ''}:***@{host}"))
+    except ValueError:
+        return "(unparseable URL hidden)"
 
 
 def default_data_dir() -> Path:
@@ -36,6 +52,10 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = in-process analysis")
     result_backend: str | None = Field(None, description="Celery result backend; default: the broker URL")
     broker_visibility_timeout_s: int = Field(3600, ge=10, description="Redis redelivery time of unacked tasks")
+
+    secret_key: SecretStr | None = Field(
+        None, description="Fernet key for secrets at rest; default: data_dir/secret.key (embedded mode)"
+    )
 
     # --- models --------------------------------------------------------------------------------------------
     robust_bundle: Path = BUNDLED_ROBUST
@@ -57,6 +77,12 @@ class Settings(BaseSettings):
     max_images_per_scan: int = Field(256, ge=1)
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute (token bucket)")
     rate_limit_burst: int = Field(120, ge=1)
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="failed authentications per client address per minute before 429 (key guessing)"
+    )
+    auth_failures_burst: int = Field(20, ge=1)
+    audit_min_interval_s: int = Field(900, ge=1, description="the most frequent schedule an audit may have")
+    audits_per_tenant: int = Field(50, ge=1, description="audits a tenant may keep")
 
     # --- fetching image URLs ----------------------------------------------------------------------------------
     fetch_timeout_s: float = Field(10.0, gt=0)
@@ -72,6 +98,12 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(2.0, gt=0, description="how often unqueued work is handed to the broker")
     requeue_after_s: float = Field(
         600.0, gt=0, description="pending work handed over this long ago is handed over again (a lost message)"
+    )
+    requeue_idle_s: float = Field(
+        20.0,
+        gt=0,
+        description="with the queue empty, pending work handed over this long ago that no live worker holds is"
+        " handed over again (a worker killed with unacknowledged messages)",
     )
 
     @field_validator("data_dir", "robust_bundle", "standard_bundle", "calibration", mode="after")

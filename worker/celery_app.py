@@ -25,7 +25,12 @@ def make_celery(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker configured (SCANNER_BROKER_URL): the embedded mode analyses in-process")
     app = Celery("scanner", broker=settings.broker_url, backend=settings.result_backend)
-    transport = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    transport = {
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        # A broker that accepts connections but never answers must not hold a publisher (or a probe) forever.
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -42,5 +47,8 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_max_retries=None,  # keep reconnecting through a broker restart
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
+        # A pool child loads the model in worker_process_init before it reports up; Celery's default of 4 s
+        # kills and respawns it forever on a busy machine (seen when replacing a child killed mid-batch).
+        worker_proc_alive_timeout=120,
     )
     return app

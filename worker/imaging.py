@@ -78,11 +78,15 @@ class TooManyFrames(ImageError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Caps applied before decoding.  64 Mpx covers 48-50 Mpx phone photos; 1,000 frames covers nearly all
-    real animations (only the first frame is decoded, but counting frames still costs time)."""
+    """Caps applied before decoding.  64 Mpx covers 48-50 Mpx phone photos, which are JPEGs: the decoder's
+    draft mode reads them scaled down (a few MB for the analysis). Other formats decode at full size, about 8
+    bytes a pixel through the analysis (a 64 Mpx PNG cost 512 MB more), so they are capped at 24 Mpx, still
+    above any 4K/5K screenshot or web image.  1,000 frames covers nearly all real animations (only the first
+    frame is decoded, but counting frames still costs time)."""
 
     max_bytes: int = 32 * 1024 * 1024
     max_pixels: int = 64 * 1024 * 1024
+    max_pixels_full_decode: int = 24 * 1024 * 1024  # formats without a draft mode (all but JPEG)
     max_frames: int = 1000
 
 
@@ -141,8 +145,9 @@ def _check_size(image: Image.Image, limits: ImageLimits) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
         raise EmptyImage(f"the image is {width}x{height} pixels")
-    if width * height > limits.max_pixels:
-        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
+    cap = limits.max_pixels if image.format in JPEG_FORMATS else min(limits.max_pixels, limits.max_pixels_full_decode)
+    if width * height > cap:
+        raise TooManyPixels(f"the image is {width}x{height} pixels; the limit is {cap} pixels for {image.format}")
 
 
 def _open(data: bytes, limits: ImageLimits) -> Image.Image:

@@ -19,6 +19,7 @@ from scanner.api.dispatch import Dispatcher, make_dispatcher
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
+from scanner.api.text import check_tree, is_clean
 from scanner.db import keys, migrate
 from scanner.db.models import ApiKey, utcnow
 from scanner.db.session import make_sessionmaker
@@ -37,6 +38,7 @@ class Services:
     versions: ServedVersions
     metrics: Metrics
     limiter: RateLimiter
+    auth_failures: RateLimiter  # per client address: a wrong key costs a token, so guessing meets 429s
     db: Engine | None = None
     sessions: sessionmaker[Session] | None = None
     dispatcher: Dispatcher | None = None
@@ -77,6 +79,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return Problem(500, "internal_error", "an unexpected error occurred; it has been logged").response()
+
+
+@web.middleware
+async def text_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query with NUL or undecodable text filters nothing we store: 422 (the report filters).  Path
+    parameters are checked by their routes, which answer their own 404."""
+    for name, value in request.query.items():
+        if not (is_clean(name) and is_clean(value)):
+            raise Problem(422, "invalid_parameter", "a query parameter contains a NUL character or invalid text")
+    return await handler(request)
 
 
 @web.middleware
@@ -134,16 +146,37 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not request.path.startswith("/v1/"):
         return await handler(request)
     svc = services(request)
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "missing_key", "send the API key as 'Authorization: Bearer <key>'", _challenge())
-    key = await in_thread(_authenticate, svc, token.strip())
+    try:
+        key = await _authenticated_key(request, svc)
+    except Problem as problem:
+        if problem.status == 401:
+            _count_failure(svc, request)
+        raise
     wait = svc.limiter.take(key.id)
     if wait > 0:
         raise Problem(429, "rate_limited", "too many requests for this key", {"Retry-After": str(int(wait) + 1)})
     request[KEY] = key
     return await handler(request)
+
+
+async def _authenticated_key(request: web.Request, svc: Services) -> ApiKey:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Problem(401, "missing_key", "send the API key as 'Authorization: Bearer <key>'", _challenge())
+    return await in_thread(_authenticate, svc, token.strip())
+
+
+def _count_failure(svc: Services, request: web.Request) -> None:
+    """A failed authentication costs the client address a token; without one left, 429 instead of 401."""
+    wait = svc.auth_failures.take(request.remote or "unknown")
+    if wait > 0:
+        raise Problem(
+            429,
+            "rate_limited",
+            "too many failed authentications from this address",
+            {"Retry-After": str(int(wait) + 1)},
+        )
 
 
 def _challenge() -> dict[str, str]:
@@ -179,10 +212,12 @@ async def json_body(request: web.Request, model: type[BodyModel]) -> BodyModel:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported_media_type", "send application/json")
     try:
-        return model.model_validate_json(await request.read())
+        body = model.model_validate_json(await request.read())
     except ValidationError as err:
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
         raise Problem(422, "invalid_body", detail) from err
+    check_tree(body.model_dump())
+    return body
 
 
 # --- the application ----------------------------------------------------------------------------------------
@@ -195,13 +230,14 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware],
+        middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware, text_middleware],
     )
     app[SERVICES] = Services(
         settings=settings,
         versions=served_versions(settings),
         metrics=Metrics(),
         limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        auth_failures=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst),
     )
     routes.add_routes(app)
 
@@ -219,4 +255,3 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     return app
-

@@ -9,11 +9,13 @@ of this process in the embedded mode.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from typing import Any
 
 from aiohttp import web
 
+from scanner import secretbox
 from scanner.api.app import in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
@@ -23,6 +25,7 @@ from scanner.db.session import transaction
 
 BACKGROUND = web.AppKey("audit_background", set)
 AUDIT_ID = re.compile(r"^[0-9]{1,18}$")
+MAX_ROW_ID = 2**31 - 1  # ids are PostgreSQL integers: a larger one names no row (and must not reach a query)
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,7 +46,7 @@ async def _cancel_background(app: web.Application) -> None:
 
 def _audit_id(request: web.Request) -> int:
     raw = request.match_info["audit_id"]
-    if not AUDIT_ID.match(raw):
+    if not AUDIT_ID.match(raw) or int(raw) > MAX_ROW_ID:
         raise Problem(404, "audit_not_found", f"no audit {raw} for this key's tenant")
     return int(raw)
 
@@ -56,6 +59,7 @@ async def create_audit(request: web.Request) -> web.Response:
     key = require_scope(request, "scans:write")
     body = await json_body(request, AuditRequest)
     spec = _spec(body, services(request).settings)
+    await check_start_url(spec.start_url, services(request).settings)
     document = await in_thread(_create, request, key.tenant_id, spec)
     return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})
 
@@ -64,6 +68,7 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
     from scanner.api.openapi import CRON, EVERY, HTTP_URL
     from scanner.audits.cli import check_webhook, spec_from
     from scanner.audits.schedule import interval_text
+    from scanner.crawl.patterns import pattern_error
 
     if (body.every is None) == (body.cron is None):
         raise Problem(422, "invalid_schedule", "give exactly one of every and cron")
@@ -73,6 +78,9 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
         raise Problem(422, "invalid_schedule", 'cron fields are "*", "*/step" or a number, e.g. "0 3 * * *"')
     if not re.fullmatch(HTTP_URL, body.start_url):
         raise Problem(422, "invalid_start_url", "start_url must be an absolute http(s) URL")
+    for pattern in (*(body.include or ()), *(body.exclude or ())):
+        if (error := pattern_error(pattern)) is not None:
+            raise Problem(422, "invalid_pattern", f"include/exclude: {error}")
     if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
         raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
     try:
@@ -88,10 +96,39 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
     return spec
 
 
+async def check_start_url(start_url: str, settings: Any) -> None:
+    """Refuse a start URL the fetcher would refuse (422 with its code: bad_url, blocked_address, blocked_port):
+    the run crawls it from inside our network on the tenant's behalf."""
+    from scanner.api.intake import fetch_policy
+    from scanner.fetch import FetchError, check_target
+
+    try:
+        await check_target(start_url, fetch_policy(settings))
+    except FetchError as err:
+        raise Problem(422, err.code, f"start_url: {err.message}") from err
+
+
+def _check_frequency(schedule: str, settings: Any) -> None:
+    """Each audit crawls a site with a browser: no schedule may fire more often than the settings allow."""
+    from scanner.audits.schedule import parse
+
+    moments = [parse(schedule).next_after(utcnow())]
+    for _ in range(4):  # a cron schedule's gaps vary: the smallest of a few counts
+        moments.append(parse(schedule).next_after(moments[-1]))
+    gap = min((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:], strict=False))
+    if gap < settings.audit_min_interval_s:
+        raise Problem(422, "schedule_too_frequent", f"an audit may run at most every {settings.audit_min_interval_s} s")
+
+
 def _create(request: web.Request, tenant_id: int, spec: store.AuditSpec) -> dict[str, Any]:
     from scanner.audits.schedule import parse
 
+    settings = services(request).settings
+    _check_frequency(spec.schedule, settings)
+    spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))
     with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        if len(store.audits_of(session, tenant_id)) >= settings.audits_per_tenant:
+            raise Problem(403, "quota_exceeded", f"a tenant may keep at most {settings.audits_per_tenant} audits")
         try:
             audit = store.create_audit(session, tenant_id, spec, parse(spec.schedule).next_after(utcnow()))
         except ValueError as err:

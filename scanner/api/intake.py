@@ -5,6 +5,7 @@ images that the crawler and the audits use too."""
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlsplit
 
 from aiohttp import BodyPartReader, web
@@ -13,12 +14,15 @@ from pydantic import ValidationError
 
 from scanner.api.problems import Problem
 from scanner.api.schemas import ScanRequest
+from scanner.api.text import check_text, check_tree, is_clean
 from scanner.intake import Entry, Submission, check_entries, fetch_entries, fetch_policy, record
 from scanner.settings import Settings
 
 __all__ = ["Entry", "Submission", "check_entries", "fetch_entries", "fetch_policy", "read_submission", "record"]
 
 MAX_FIELD_BYTES = 1024 * 1024  # a text field of a multipart body (page_url, source, image_urls)
+USED_FIELDS = frozenset({"page_url", "source", "image_urls"})
+MAX_HOST_LENGTH = 253  # a DNS name's longest; the page's host is stored as its site (255 characters)
 
 
 async def read_submission(request: web.Request, settings: Settings) -> Submission:
@@ -36,6 +40,7 @@ async def _read_json(request: web.Request, settings: Settings) -> Submission:
         body = ScanRequest.model_validate_json(await request.read())
     except ValidationError as err:
         raise Problem(422, "invalid_body", _first_error(err), errors=_errors(err)) from err
+    check_tree(body.model_dump())
     _check_count(len(body.image_urls), settings)
     _check_page_url(body.page_url)
     return Submission(body.source, body.page_url, [Entry(image_url=url) for url in body.image_urls])
@@ -48,26 +53,37 @@ async def _read_multipart(request: web.Request, settings: Settings) -> Submissio
         raise Problem(422, "invalid_body", f"malformed multipart body: {err}") from err
 
 
+class _BodyBudget:
+    """The bytes of the whole body read so far, whatever its framing: a chunked body declares no length, so
+    the cap is applied to what is read, and reading stops (413) at the first byte past it."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+
+    def take(self, size: int) -> None:
+        self.used += size
+        if self.used > self.cap:
+            raise Problem(413, "body_too_large", f"the body exceeds {self.cap} bytes")
+
+
 async def _parse_multipart(request: web.Request, settings: Settings) -> Submission:
     fields: dict[str, str] = {}
     entries: list[Entry] = []
-    total = 0
+    budget = _BodyBudget(settings.max_body_bytes)
     reader = await request.multipart()
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader):
             raise Problem(422, "invalid_body", "nested multipart bodies are not accepted")
         if part.filename is None:
-            value, too_large = await _read_capped(part, MAX_FIELD_BYTES)
+            value, too_large = await _read_capped(part, MAX_FIELD_BYTES, budget)
             if too_large:
                 raise Problem(413, "body_too_large", f"the field {part.name!r} exceeds {MAX_FIELD_BYTES} bytes")
-            fields[part.name or ""] = value.decode(errors="replace")
+            if part.name in USED_FIELDS:  # other text fields are ignored, whatever they hold
+                fields[part.name] = _field_text(part.name, value)
             continue
         _check_count(len(entries) + 1, settings)
-        data, too_large = await _read_capped(part, settings.max_image_bytes)
-        total += len(data)
-        if total > settings.max_body_bytes:
-            raise Problem(413, "body_too_large", f"the body exceeds {settings.max_body_bytes} bytes")
-        entry = Entry(filename=part.filename[:255], data=None if too_large else data)
+        data, too_large = await _read_capped(part, settings.max_image_bytes, budget)
+        entry = Entry(filename=check_text(part.filename, "filename")[:255], data=None if too_large else data)
         if too_large:
             entry.error = ("too_many_bytes", f"the image exceeds {settings.max_image_bytes} bytes")
         entries.append(entry)
@@ -82,6 +98,13 @@ async def _parse_multipart(request: web.Request, settings: Settings) -> Submissi
     return Submission(source, page_url, entries)  # type: ignore[arg-type]
 
 
+def _field_text(name: str | None, value: bytes) -> str:
+    try:
+        return check_text(value.decode(), name or "field")
+    except UnicodeDecodeError as err:
+        raise Problem(422, "invalid_text", f"the field {name!r} is not UTF-8") from err
+
+
 def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
     """Optional ``image_urls`` field: a JSON list giving, in order, the URL each uploaded file came from (the
     crawler and the extension upload what the browser already fetched, and say where it was)."""
@@ -94,14 +117,33 @@ def _attach_image_urls(entries: list[Entry], raw: str | None) -> None:
     if not isinstance(urls, list) or len(urls) != len(entries) or not all(isinstance(url, str | None) for url in urls):
         raise Problem(422, "invalid_body", "image_urls must list one URL (or null) per uploaded file, in order")
     for entry, url in zip(entries, urls, strict=True):
+        if url and not _is_image_url(url):
+            raise Problem(422, "invalid_body", "each of image_urls must be an absolute http(s) URL or null")
         entry.image_url = url[:4096] if url else None
 
 
-async def _read_capped(part: BodyPartReader, cap: int) -> tuple[bytes, bool]:
-    """The part's bytes; past ``cap`` the rest is drained (so the next part can be read) and dropped."""
+# The stand-in the crawler reports for an image given as a data: URL (scanner.crawl.images.data_url_label).
+DATA_URL_LABEL = re.compile(r"data:image/[a-z0-9.+-]{1,40};sha256=[0-9a-f]{64}")
+
+
+def _is_image_url(url: str) -> bool:
+    """An http(s) URL with a host (stored and exported as given, so nothing else: no formulas, no scripts)."""
+    if DATA_URL_LABEL.fullmatch(url):
+        return True
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and is_clean(url)
+    except ValueError:
+        return False
+
+
+async def _read_capped(part: BodyPartReader, cap: int, budget: _BodyBudget) -> tuple[bytes, bool]:
+    """The part's bytes; past ``cap`` the rest is drained (so the next part can be read) and dropped, but every
+    byte counts against the body's budget, which ends the request with 413 once it is spent."""
     chunks, size = [], 0
     while chunk := await part.read_chunk(256 * 1024):
         size += len(chunk)
+        budget.take(len(chunk))
         if size <= cap:
             chunks.append(chunk)
     return b"".join(chunks), size > cap
@@ -117,7 +159,8 @@ def _check_page_url(page_url: str | None) -> None:
         return
     try:
         parts = urlsplit(page_url)
-        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        host = parts.hostname or ""
+        valid = parts.scheme in ("http", "https") and 0 < len(host) <= MAX_HOST_LENGTH
     except ValueError:  # an unclosed IPv6 bracket, a netloc that changes under NFKC, ...
         valid = False
     if not valid:

@@ -46,11 +46,13 @@ EMPTY = {"type": "string", "maxLength": 0}
 # or https and a non-empty hostname (the netloc after its last "@", before its first ":").  ASCII netlocs only,
 # without brackets: ``urlsplit`` checks bracketed (IPv6) and non-ASCII hosts further.  Tab, CR and LF, which
 # ``urlsplit`` deletes, are left out.
-_NETLOC_CHARS = r"\x00-\x08\x0b\x0c\x0e-\x22\x24-\x2e\x30-\x39\x3b-\x3e\x41-\x5a\x5c\x5e-\x7f"  # not #/:?@[]
+_NETLOC_CHARS = r"\x01-\x08\x0b\x0c\x0e-\x22\x24-\x2e\x30-\x39\x3b-\x3e\x41-\x5a\x5c\x5e-\x7f"  # not #/:?@[]
 _USERINFO = rf"(?:[{_NETLOC_CHARS}:@]*@)?"
-_HOST = rf"[{_NETLOC_CHARS}]+"
+_HOST = rf"[{_NETLOC_CHARS}]{{1,253}}"  # at most a DNS name's length: sites.host holds 255 characters
 _PORT = rf"(?::[{_NETLOC_CHARS}:]*)?"
-HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}{_PORT}(?:[/?#][\s\S]*)?"
+HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}{_PORT}(?:[/?#][^\x00]*)?"
+# Text the API stores has no NUL (PostgreSQL refuses it): ``scanner.api.text`` answers 422 for it.
+NO_NUL = r"^[^\x00]*$"
 
 # A report cursor: unpadded URL-safe base64 of ``v1:<verdict id>`` ("djE6" is "v1:").  The groups spell the
 # base64 of ASCII digits: three digits make four characters, one or two left over make two or three (whose
@@ -162,7 +164,7 @@ def component_schemas() -> dict[str, Any]:
     _audit_request(schemas["AuditRequest"])
     problems = {
         "Unauthorized": (401, ["missing_key", "invalid_key", "revoked_key", "expired_key"]),
-        "Forbidden": (403, ["insufficient_scope"]),
+        "Forbidden": (403, ["insufficient_scope", "quota_exceeded"]),
         "ScanNotFound": (404, ["scan_not_found"]),
         "ImageNotFound": (404, ["image_not_found"]),
         "BodyTooLarge": (413, ["body_too_large"]),
@@ -172,7 +174,19 @@ def component_schemas() -> dict[str, Any]:
         "InvalidFeedback": (422, ["invalid_body"]),
         "RateLimited": (429, ["rate_limited"]),
         "AuditNotFound": (404, ["audit_not_found"]),
-        "InvalidAudit": (422, ["invalid_body", "invalid_schedule", "invalid_start_url"]),
+        "InvalidAudit": (
+            422,
+            [
+                "invalid_body",
+                "invalid_schedule",
+                "invalid_start_url",
+                "invalid_pattern",
+                "schedule_too_frequent",
+                "bad_url",
+                "blocked_address",
+                "blocked_port",
+            ],
+        ),
         "AlreadyRunning": (409, ["already_running"]),
     }
     for name, (status, codes) in problems.items():
@@ -260,9 +274,13 @@ def component_responses() -> dict[str, Any]:
                 }
             },
         ),
-        "Forbidden": _problem("the key lacks the scope this operation needs (insufficient_scope)", "Forbidden"),
+        "Forbidden": _problem(
+            "the key lacks the scope this operation needs (insufficient_scope), or the tenant has as many audits"
+            " as it may keep (quota_exceeded, creating an audit)",
+            "Forbidden",
+        ),
         "RateLimited": _problem(
-            "the key's rate limit is spent (rate_limited)",
+            "the key's rate limit is spent, or the client address failed to authenticate too often (rate_limited)",
             "RateLimited",
             {
                 "Retry-After": {
@@ -621,7 +639,9 @@ def create_audit() -> dict[str, Any]:
             "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
             "422": _problem(
                 "an invalid body or webhook (invalid_body), schedule (invalid_schedule) or start URL"
-                " (invalid_start_url)",
+                " (invalid_start_url; or, as for image URLs, bad_url, blocked_address, blocked_port), or an"
+                " include/exclude regex that is not valid RE2 syntax (invalid_pattern), or a schedule more frequent"
+                " than audit_min_interval_s (schedule_too_frequent)",
                 "InvalidAudit",
             ),
         },
@@ -732,6 +752,34 @@ def dashboard_asset(operation_id: str, summary: str, media_type: str) -> dict[st
 
 def build_document() -> dict[str, Any]:
     """The OpenAPI document of every route of ``routes.add_routes``."""
+    document = _document()
+    for name, schema in document["components"]["schemas"].items():
+        if name.endswith(("Request", "Upload")):
+            _storable_text(schema)
+    for path in document["paths"].values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", []):
+                _storable_text(parameter.get("schema", {}))
+    return document
+
+
+def _storable_text(schema: Any) -> None:
+    """Free text of requests (no pattern, enum or format of its own) is documented without NUL characters."""
+    if isinstance(schema, list):
+        for item in schema:
+            _storable_text(item)
+        return
+    if not isinstance(schema, dict):
+        return
+    free = not {"pattern", "enum", "const", "format", "contentMediaType"} & set(schema)
+    if schema.get("type") == "string" and free:
+        schema["pattern"] = NO_NUL
+    for key in ("properties", "items", "anyOf", "oneOf", "allOf", "additionalProperties"):
+        value = schema.get(key)
+        _storable_text(list(value.values()) if key == "properties" and isinstance(value, dict) else value)
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

@@ -23,6 +23,8 @@ from scanner.api import audits, dashboard, intake
 from scanner.api.app import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
+from scanner.api.text import is_clean
+from scanner.csvsafe import safe_row
 from scanner.db import queries
 from scanner.db.models import Tenant
 from scanner.db.session import transaction
@@ -59,8 +61,10 @@ async def create_scan(request: web.Request) -> web.Response:
     svc = services(request)
     submission = await intake.read_submission(request, svc.settings)
     assert svc.sessions is not None and svc.dispatcher is not None
+    # The hand-over runs in the background: the work is in the database (the outbox) already, so a broker
+    # outage never holds the 202.
     scan_id, pending = await intake_path.take(
-        svc.settings, svc.sessions, svc.versions, svc.dispatcher, key.tenant_id, submission
+        svc.settings, svc.sessions, svc.versions, svc.dispatcher, key.tenant_id, submission, background=True
     )
     document = await in_thread(scan_document, request, key.tenant_id, scan_id)
     counts = document["counts"]
@@ -78,7 +82,12 @@ async def get_scan(request: web.Request) -> web.Response:
 
 
 def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[str, Any]:
-    document = intake_path.scan_document(services(request).sessions, tenant_id, scan_id)  # type: ignore[arg-type]
+    # An id with a NUL (or other text no database stores) names no scan: 404, not a database error.
+    document = (
+        intake_path.scan_document(services(request).sessions, tenant_id, scan_id)  # type: ignore[arg-type]
+        if is_clean(scan_id)
+        else None
+    )
     if document is None:
         raise Problem(404, "scan_not_found", f"no scan {scan_id} for this key's tenant")
     return document
@@ -152,7 +161,7 @@ def _image_document(request: web.Request, tenant_id: int, sha256: str) -> dict[s
             "last_seen": _iso(seen["last_seen"]),
             "sightings": seen["sightings"],
             "recent_sightings": sightings,
-            "verdicts": [verdict_json(v) for v in queries.verdicts_of(session, image.id)],
+            "verdicts": [verdict_json(v, seen["first_seen"]) for v in queries.verdicts_of(session, image.id)],
             "feedback": queries.feedback_counts(session, tenant_id, image.id),
         }
 
@@ -213,7 +222,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         min_score=_float_param(query, "min_score"),
         label=query.get("label") or None,
         false_flag=_bool_param(query, "false_flag"),
-        after_id=_decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        after_id=_after_id(query.get("cursor")),
         limit=_limit_param(query),
     )
     rows = await in_thread(_flagged_rows, request, report)
@@ -232,7 +241,7 @@ async def flagged_report(request: web.Request) -> web.Response:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows(items)
+        writer.writerows(safe_row(item) for item in items)  # no cell a spreadsheet would run as a formula
         return web.Response(text=buffer.getvalue(), content_type="text/csv", headers=headers)
     return web.json_response({"items": items, "next_cursor": next_cursor}, headers=headers)
 
@@ -287,6 +296,13 @@ def _limit_param(query: Any) -> int:
 
 def _encode_cursor(verdict_id: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{verdict_id}".encode()).decode().rstrip("=")
+
+
+def _after_id(cursor: str | None) -> int | None:
+    """The cursor's row id; none past the largest id PostgreSQL's integer ids can have (every row comes before
+    it, and so large a number must not reach a query: PostgreSQL refuses it as out of range)."""
+    after_id = _decode_cursor(cursor) if cursor else None
+    return after_id if after_id is not None and after_id <= 2**31 - 1 else None
 
 
 def _decode_cursor(cursor: str) -> int:

@@ -4,12 +4,14 @@ file in the embedded mode), like ``scanner keys``; ``run`` crawls in the foregro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from scanner import secretbox
 from scanner.audits import schedule, store, webhooks
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
@@ -153,6 +155,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         robustness_sample=args.robustness_sample,
     )
     check_webhook(spec, settings)
+    spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))  # at rest
     with transaction(sessions) as session:
         tenant = keys.get_or_create_tenant(session, args.tenant)
         now = utcnow()

@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
+from scanner import secretbox
 from scanner.audits import store, webhooks
 from scanner.audits.diff import Seen, compare
 from scanner.crawl import CrawlConfig
@@ -75,7 +76,7 @@ async def execute_run(
                 sessions,
                 run_id,
                 audit.webhook_url,
-                audit.webhook_secret or "",
+                secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
                 payload,
                 policy,
                 backoff_s=webhook_backoff_s,
@@ -151,6 +152,8 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
 
 
 def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
+    from scanner.api.intake import fetch_policy
+
     return CrawlConfig(
         start_url=audit.start_url,
         max_pages=audit.max_pages,
@@ -159,6 +162,8 @@ def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfi
         exclude=tuple(audit.exclude or ()),
         max_image_bytes=settings.max_image_bytes,
         state_path=workdir / "frontier.sqlite",
+        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules.
+        network_policy=fetch_policy(settings),
     )
 
 

@@ -32,6 +32,8 @@ QUIET_FLAGS = (
     "--no-first-run",
     "--disable-gpu",
     "--headless=new",
+    # WebRTC may send UDP past the proxy an audit's crawl is confined to (scanner.crawl.guard): no UDP but proxied.
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -114,8 +116,17 @@ class _Slot:
 class PagePool:
     """New pages in a shared context that is replaced every ``recycle_after`` pages."""
 
-    def __init__(self, browser: Browser, *, user_agent: str, recycle_after: int, init_script: str = "") -> None:
+    def __init__(
+        self,
+        browser: Browser,
+        *,
+        user_agent: str,
+        recycle_after: int,
+        init_script: str = "",
+        proxy: dict[str, str] | None = None,
+    ) -> None:
         self._browser = browser
+        self._proxy = proxy
         self._user_agent = user_agent
         self._recycle_after = recycle_after
         self._init_script = init_script
@@ -130,6 +141,7 @@ class PagePool:
             viewport=VIEWPORT,  # type: ignore[arg-type]
             service_workers="block",  # a service worker would answer requests where page.on("response") can't see
             accept_downloads=False,
+            proxy=self._proxy,  # type: ignore[arg-type]  # the network guard of an audit, else None
         )
         if self._init_script:
             await context.add_init_script(self._init_script)

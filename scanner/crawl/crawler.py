@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -29,9 +28,11 @@ from playwright.async_api import Browser, Page
 from scanner.crawl.browser import LaunchedBrowser, PagePool, launch_browser
 from scanner.crawl.extract import INIT_SCRIPT, extract
 from scanner.crawl.frontier import Claim, Completion, Frontier
+from scanner.crawl.guard import GuardProxy, browser_proxy, guarded_session
 from scanner.crawl.images import ImageCollector, ResponseCapture
 from scanner.crawl.imagestore import ImageStore
 from scanner.crawl.models import CrawlConfig, CrawlStats, FoundImage, PageResult
+from scanner.crawl.patterns import compile_pattern
 from scanner.crawl.politeness import HostPacer, parse_retry_after
 from scanner.crawl.render import navigate, settle
 from scanner.crawl.robots import RobotsCache
@@ -67,8 +68,8 @@ class _LinkRules:
 
     def __init__(self, config: CrawlConfig, start_url: str) -> None:
         self.scope = Scope(start_url, config.same_site, config.allow_subdomains)
-        self.include = [re.compile(p) for p in config.include]
-        self.exclude = [re.compile(p) for p in config.exclude]
+        self.include = [compile_pattern(p) for p in config.include]  # RE2: linear time, whatever the pattern
+        self.exclude = [compile_pattern(p) for p in config.exclude]
 
     def reject_reason(self, url: str) -> str | None:
         if url not in self.scope:
@@ -86,7 +87,7 @@ class _CrawlRun:
     """The state of one ``crawl()`` call; ``abort`` (idempotent) stops its tasks and closes its resources."""
 
     def __init__(self, config: CrawlConfig, browser: Browser, session: aiohttp.ClientSession, stats: CrawlStats,
-                 start_url: str, resume: bool) -> None:
+                 start_url: str, resume: bool, proxy: dict[str, str] | None = None) -> None:
         self.config = config
         self.session = session
         self.stats = stats
@@ -98,7 +99,7 @@ class _CrawlRun:
         self.collector = ImageCollector(self.store, stats, max_bytes=config.max_image_bytes,
                                         min_size=config.min_image_size)
         self.pool = PagePool(browser, user_agent=config.user_agent, recycle_after=config.recycle_context_after,
-                             init_script=INIT_SCRIPT)
+                             init_script=INIT_SCRIPT, proxy=proxy)
         self.pacer = HostPacer(config.delay_s)
         self.robots = RobotsCache(session, config.user_agent, respect=config.respect_robots)
         self.tasks: dict[asyncio.Task[_Outcome], Claim] = {}
@@ -333,12 +334,18 @@ class Crawler:
         self._launched: LaunchedBrowser | None = None
         self._session: aiohttp.ClientSession | None = None
         self._run: _CrawlRun | None = None
+        self._guard: GuardProxy | None = None
 
     async def __aenter__(self) -> Crawler:
         if self._browser is None:
             self._launched = await launch_browser(self.config.browser_path)
             self._browser = self._launched.browser
-        self._session = new_session(self.config.user_agent)
+        policy = self.config.network_policy
+        if policy is None:
+            self._session = new_session(self.config.user_agent)
+        else:
+            self._guard = await GuardProxy(policy).start()
+            self._session = guarded_session(policy, self.config.user_agent)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -349,6 +356,9 @@ class Crawler:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._guard is not None:
+            await self._guard.close()
+            self._guard = None
         if self._launched is not None:
             await self._launched.close()
             self._launched, self._browser = None, None
@@ -362,6 +372,7 @@ class Crawler:
         if resume and self.config.state_path is None:
             raise ValueError("resume needs config.state_path")
         self.stats.reset()
-        self._run = _CrawlRun(self.config, self._browser, self._session, self.stats, self.start_url, resume)
+        proxy = browser_proxy(self._guard.url) if self._guard is not None else None
+        self._run = _CrawlRun(self.config, self._browser, self._session, self.stats, self.start_url, resume, proxy)
         async for result in self._run.results():
             yield result

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from scanner.fetch import FetchPolicy
+
 DEFAULT_USER_AGENT = "robust-image-scanner-crawler/0.1 (+https://github.com/)"
 
 
@@ -40,6 +42,9 @@ class CrawlConfig:
     max_query_variants: int = 20
     retry_backoff_s: float = 1.0
     recycle_context_after: int = 50
+    # Set for crawls made on a tenant's behalf (audits): every request of the crawl obeys the fetcher's
+    # address and port rules (scanner.crawl.guard). None: the user's own crawl, loopback sites included.
+    network_policy: FetchPolicy | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_pages", "concurrency", "per_host_concurrency", "max_query_variants", "recycle_context_after"):
@@ -48,6 +53,11 @@ class CrawlConfig:
         for name in ("max_depth", "retries", "min_image_size", "max_image_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        from scanner.crawl.patterns import pattern_error
+
+        for pattern in (*self.include, *self.exclude):
+            if (error := pattern_error(pattern)) is not None:
+                raise ValueError(error)
         if self.delay_s < 0 or self.retry_backoff_s < 0 or self.page_timeout_s <= 0:
             raise ValueError("delay_s and retry_backoff_s must not be negative, page_timeout_s must be positive")
 

@@ -258,7 +258,8 @@ class Audit(Base):
     include: Mapped[list[Any] | None]
     exclude: Mapped[list[Any] | None]
     webhook_url: Mapped[str | None] = mapped_column(Text)
-    webhook_secret: Mapped[str | None] = mapped_column(String(200))  # kept in clear: it signs every delivery
+    # Encrypted at rest (scanner.secretbox): a Fernet token of a secret of up to 200 characters.
+    webhook_secret: Mapped[str | None] = mapped_column(String(400))
 
 
 class AuditRun(Base):

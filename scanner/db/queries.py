@@ -123,15 +123,7 @@ def add_items(session: Session, scan: Scan, items: Sequence[NewItem], first_posi
     error, pending otherwise) and a sighting per accepted image.  Returns the image ids still to analyse."""
     now = utcnow()
     ids = _upsert_images(session, [item for item in items if item.sha256 and item.data is not None], now)
-    known = set(
-        session.scalars(
-            select(Verdict.image_id).where(
-                Verdict.image_id.in_(list(ids.values())),
-                Verdict.model_version == scan.model_version,
-                Verdict.calibration_version == scan.calibration_version,
-            )
-        )
-    )
+    known = _known_to_tenant(session, scan, list(ids.values()))
     rows, sightings, pending = [], [], []
     for position, item in enumerate(items, start=first_position):
         image_id = ids.get(item.sha256) if item.sha256 else None
@@ -172,6 +164,44 @@ def add_items(session: Session, scan: Scan, items: Sequence[NewItem], first_posi
     if sightings:
         session.execute(insert(Sighting), sightings)
     return pending
+
+
+def _known_to_tenant(session: Session, scan: Scan, image_ids: list[int]) -> set[int]:
+    """Images with a verdict for the scan's versions that this tenant has met before.  A verdict another tenant
+    caused is not answered at once: the item waits for a worker like a new image (which only settles it), so a
+    tenant cannot learn from a 201 that someone else submitted the same bytes."""
+    with_verdict = select(Verdict.image_id).where(
+        Verdict.image_id.in_(image_ids),
+        Verdict.model_version == scan.model_version,
+        Verdict.calibration_version == scan.calibration_version,
+    )
+    seen = select(Sighting.image_id).where(Sighting.tenant_id == scan.tenant_id, Sighting.image_id.in_(image_ids))
+    return set(session.scalars(with_verdict.where(Verdict.image_id.in_(seen))))
+
+
+def tenant_first_seen(session: Session, tenant_id: int, image_ids: Sequence[int]) -> dict[int, dt.datetime]:
+    """When this tenant first met each of these images (for verdict times told per tenant)."""
+    rows = session.execute(
+        select(Sighting.image_id, func.min(Sighting.seen_at))
+        .where(Sighting.tenant_id == tenant_id, Sighting.image_id.in_(list(image_ids)))
+        .group_by(Sighting.image_id)
+    )
+    return {image_id: _aware(seen) for image_id, seen in rows}  # type: ignore[misc]
+
+
+def settle_known(session: Session, image_ids: Sequence[int], model_version: str, calibration_version: str) -> None:
+    """Pending items of images that already have their verdict (another tenant's, or a redelivery's) are done."""
+    with_verdict = list(
+        session.scalars(
+            select(Verdict.image_id).where(
+                Verdict.image_id.in_(list(image_ids)),
+                Verdict.model_version == model_version,
+                Verdict.calibration_version == calibration_version,
+            )
+        )
+    )
+    if with_verdict:
+        _settle_items(session, with_verdict, model_version, calibration_version, "done", None)
 
 
 def _upsert_images(session: Session, items: Sequence[NewItem], now: dt.datetime) -> dict[str, int]:
@@ -285,7 +315,11 @@ def mark_enqueued(session: Session, image_ids: Sequence[int]) -> None:
 
 
 def oldest_pending_age_s(session: Session) -> float | None:
-    oldest = session.scalar(select(func.min(ScanItem.updated_at)).where(ScanItem.state == "pending"))
+    """How long the oldest unfinished image has waited since its scan was submitted (handing it over again
+    does not make it younger)."""
+    oldest = session.scalar(
+        select(func.min(Scan.created_at)).join(ScanItem, ScanItem.scan_id == Scan.id).where(ScanItem.state == "pending")
+    )
     return (utcnow() - oldest).total_seconds() if oldest is not None else None
 
 

@@ -26,6 +26,7 @@ from scanner.api import create_app, openapi
 from scanner.db import keys, migrate
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
+from tests.service.conftest import postgres_databases  # noqa: F401 - the PostgreSQL fixture of the server's second run
 
 # Only the committed document is served; drift from the generator is test_committed_document_is_generated's job.
 schema = schemathesis.openapi.from_path(openapi.OPENAPI_PATH)
@@ -58,11 +59,14 @@ def filter_case(context, case) -> bool:
     return True
 
 
-def _settings(data_dir: Path) -> Settings:
+def _settings(data_dir: Path, database_url: str | None = None) -> Settings:
     return Settings(
         data_dir=data_dir,
+        database_url=database_url,
         rate_limit_per_minute=100000,
         rate_limit_burst=100000,
+        auth_failures_per_minute=100000,  # schemathesis tries wrong keys on every operation
+        auth_failures_burst=100000,
         fetch_timeout_s=2,
         engine_threads=1,
     )
@@ -137,11 +141,13 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    """The API in embedded mode (bundled models, SQLite) on 127.0.0.1, served by its own loop in a thread."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory) -> Iterator[Server]:
+    """The API in embedded mode (bundled models) on 127.0.0.1, served by its own loop in a thread; once with
+    SQLite and once with PostgreSQL, which refuses text SQLite takes (NUL characters)."""
     torch.set_num_threads(1)
-    config = _settings(tmp_path_factory.mktemp("openapi"))
+    database_url = request.getfixturevalue("postgres_databases")() if request.param == "postgresql" else None
+    config = _settings(tmp_path_factory.mktemp("openapi"), database_url)
     migrate.upgrade(config.db_url)
     engine = make_engine(config.db_url)
     with transaction(make_sessionmaker(engine)) as session:
@@ -183,7 +189,21 @@ def server(tmp_path_factory) -> Iterator[Server]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
 )
 def test_api_conforms_to_document(case, server):
-    case.call_and_validate(base_url=server.base_url, headers=server.headers, timeout=REQUEST_TIMEOUT_S)
+    response = case.call(base_url=server.base_url, headers=server.headers, timeout=REQUEST_TIMEOUT_S)
+    case.validate_response(response, excluded_checks=_refused_by_the_network_rules(case, response))
+
+
+# An audit's start URL that the schema allows may still name an address or port the fetcher refuses (0.0.0.0,
+# a name resolving to loopback), and a string may be no valid RE2 pattern: those 422s are documented, but no
+# schema can say which strings earn them.
+UNSCHEMATISABLE_REFUSALS = {"bad_url", "blocked_address", "blocked_port", "invalid_pattern", "schedule_too_frequent"}
+
+
+def _refused_by_the_network_rules(case, response) -> list:
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    audit = case.operation.label == "POST /v1/audits" and response.status_code == 422
+    return [positive_data_acceptance] if audit and response.json().get("code") in UNSCHEMATISABLE_REFUSALS else []
 
 
 def _png(seed: int) -> bytes:

@@ -203,9 +203,11 @@ def test_tenants_never_see_each_other(api: RunningApi, key: str) -> None:
     assert http("GET", f"{api.base}/v1/images/{sha}", other).status == 404
     assert http("GET", f"{api.base}/v1/images/{sha}", key).json()["sightings"] == 1
 
-    # The rival meets the same bytes: it gets the verdict at once, but sees only its own sightings.
+    # The rival meets the same bytes: its scan waits like a new one (a 201 would tell it someone else submitted
+    # them; see test_tenant_privacy), and it sees only its own sightings.
     theirs = http("POST", f"{api.base}/v1/scans", other, data=upload(image, page_url="https://globex.example/"))
-    assert theirs.status == 201
+    assert theirs.status == 202
+    wait_done(api, other, theirs.json()["id"])
     seen = http("GET", f"{api.base}/v1/images/{sha}", other).json()
     assert seen["sightings"] == 1 and seen["recent_sightings"][0]["site"] == "globex.example"
 

@@ -4,6 +4,7 @@ restart delays work but loses none."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from collections.abc import Callable
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from scanner.db.models import Image, Verdict
-from scanner.db.session import make_engine, make_sessionmaker
+from scanner.db import keys, migrate, queries
+from scanner.db.models import Image, ScanItem, Verdict
+from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
+from scanner.versions import served_versions
 from tests.service.conftest import RedisServer, RunningApi, WorkerProcess, http, start_api, upload, wait_for
 from tests.service.test_api import png
+from worker.celery_app import ANALYSE_TASK, make_celery
 
 
 def distributed_settings(tmp_path: Path, database_url: str, broker_url: str, **overrides: object) -> Settings:
@@ -65,35 +69,56 @@ def test_submit_then_read_the_verdict_through_a_worker(
         api.stop()
 
 
+def _record_scan(settings: Settings, images: list[bytes]) -> list[int]:
+    """Store a scan of ``images`` as the API would, without an API (and so without its relay)."""
+    db = make_sessionmaker(make_engine(settings.db_url))
+    versions = served_versions(settings)
+    with transaction(db) as session:
+        tenant = keys.get_or_create_tenant(session, "acme").id
+        scan = queries.new_scan(session, tenant, "api", None, versions.model_version, versions.calibration_version)
+        items = [queries.NewItem(hashlib.sha256(data).hexdigest(), data, "PNG", 96, 96) for data in images]
+        return queries.add_items(session, scan, items)
+
+
 def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     tmp_path: Path, postgres_url: str, broker_url: str, start_worker: Callable[[Settings], WorkerProcess]
 ) -> None:
+    """Celery's own redelivery, with no relay anywhere (no API runs): the message comes back only because it is
+    acknowledged late and rejected when its worker is lost (acks_late, reject_on_worker_lost)."""
     settings = distributed_settings(tmp_path, postgres_url, broker_url, batch_size=64)
-    api = start_api(settings)
+    migrate.upgrade(settings.db_url)
     db = make_sessionmaker(make_engine(postgres_url))
-    try:
-        worker = start_worker(settings)
-        key = api.new_key()
-        images = [png(200 + i, (96, 96)) for i in range(48)]
-        scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(*images)).json()["id"]
+    worker = start_worker(settings)
+    images = [png(200 + i, (96, 96)) for i in range(12)]  # few: after a lost worker they go one at a time
+    image_ids = _record_scan(settings, images)
+    versions = served_versions(settings)
+    make_celery(settings).send_task(
+        ANALYSE_TASK,
+        args=[image_ids],
+        kwargs={"model_version": versions.model_version, "calibration_version": versions.calibration_version},
+    )
 
-        def batch_started() -> bool:  # attempts are committed just before the engine runs
-            with db() as session:
-                started = session.scalar(select(func.count()).where(Image.attempts > 0))
-                return started == len(images) and session.scalar(select(func.count(Verdict.id))) == 0
-
-        wait_for(batch_started, 120, 0.01, "the batch to start")
-        (child,) = worker.children()
-        os.kill(child, signal.SIGKILL)
-
-        done = wait_done(api, key, scan_id, timeout=240)
-        assert done["counts"]["done"] == len(images)
+    def batch_started() -> bool:  # attempts are committed just before the engine runs
         with db() as session:
-            assert session.scalar(select(func.count(Verdict.id))) == len(images)  # one verdict per image
-            assert session.scalar(select(func.max(Image.attempts))) == 0
-        assert "WorkerLostError" in worker.log_text() or "signal 9" in worker.log_text()
-    finally:
-        api.stop()
+            started = session.scalar(select(func.count()).where(Image.attempts > 0))
+            return started == len(images) and session.scalar(select(func.count(Verdict.id))) == 0
+
+    wait_for(batch_started, 120, 0.01, "the batch to start")
+    (child,) = worker.children()
+    os.kill(child, signal.SIGKILL)
+
+    def all_done() -> bool:
+        with db() as session:
+            return session.scalar(select(func.count()).where(ScanItem.state == "pending")) == 0
+
+    try:
+        wait_for(all_done, 240, 0.2, "the redelivered batch to finish")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\nworker log:\n{worker.log_text()[-4000:]}") from None
+    with db() as session:
+        assert session.scalar(select(func.count(Verdict.id))) == len(images)  # one verdict per image
+        assert session.scalar(select(func.max(Image.attempts))) == 0
+    assert "WorkerLostError" in worker.log_text() or "signal 9" in worker.log_text()
 
 
 def test_redis_restart_delays_work_but_loses_none(

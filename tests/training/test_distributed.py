@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from training import bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,3 +59,22 @@ def test_torchrun_trains_otjr_with_two_processes(tiny_tarball: Path, tmp_path: P
     trained = bundle.load(out / "last")
     assert trained.metadata["training"]["world_size"] == 2
     assert trained.metadata["method"] == "otjr"
+
+
+def test_ranks_training_on_different_shards_end_with_the_same_weights(tiny_tarball: Path, tmp_path: Path) -> None:
+    """DistributedDataParallel averages the gradients of the ranks: after an epoch on different shards, both
+    ranks hold the same weights.  Without it, each rank would follow its own shard's gradients and diverge."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tests" / "training" / "ddp_rank.py"), str(tiny_tarball), str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{rank}.pt") for rank in (0, 1)]
+    assert all(r["world_size"] == 2 and r["steps"] >= 1 for r in ranks)
+    assert ranks[0]["first_batch"] != ranks[1]["first_batch"], "the ranks must see different shards"
+    assert torch.equal(ranks[0]["before"], ranks[1]["before"])  # the same initial weights (seeded)
+    assert not torch.allclose(ranks[0]["after"], ranks[0]["before"])  # training moved them
+    assert torch.allclose(ranks[0]["after"], ranks[1]["after"], rtol=0, atol=1e-6)
