@@ -117,6 +117,23 @@ def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
     return spec
 
 
+def check_start_url(start_url: str, settings: Settings) -> None:
+    """Audit runs crawl on the server under the fetcher's rules, so a start URL they would refuse is refused
+    now, with the setting that allows it, rather than failing at every run."""
+    import asyncio
+
+    from scanner.fetch import FetchError, check_target
+    from scanner.intake import fetch_policy
+
+    try:
+        asyncio.run(check_target(start_url, fetch_policy(settings)))
+    except FetchError as err:
+        raise ValueError(
+            f"audit runs may not crawl {start_url}: {err.message} (for an intranet or local site set "
+            "SCANNER_FETCH_ALLOW_PRIVATE=true, and SCANNER_FETCH_ANY_PORT=true for ports other than 80 and 443)"
+        ) from err
+
+
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
     from scanner.fetch import FetchError
     from scanner.intake import fetch_policy
@@ -154,6 +171,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         name=args.name,
         robustness_sample=args.robustness_sample,
     )
+    check_start_url(spec.start_url, settings)
     check_webhook(spec, settings)
     spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))  # at rest
     with transaction(sessions) as session:

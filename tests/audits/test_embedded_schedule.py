@@ -22,13 +22,19 @@ def _runs(data_dir: Path, audit_id: str) -> list[list[str]]:
     ]
 
 
+LOCAL_SITES = {"SCANNER_FETCH_ALLOW_PRIVATE": "true", "SCANNER_FETCH_ANY_PORT": "true"}
+
+
 def test_an_audit_added_in_the_default_setup_runs_under_scanner_serve(site: Site, tmp_path: Path) -> None:
-    added = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120)
+    # A loopback site is refused by default (audit runs follow the fetcher's rules), with the setting to use.
+    refused = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120)
+    assert refused.returncode == 2 and "SCANNER_FETCH_ALLOW_PRIVATE" in refused.stderr
+    added = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120, **LOCAL_SITES)
     assert added.returncode == 0, added.stderr
     assert "next run" in added.stdout and "scanner serve" in added.stdout
     audit_id = re.search(r"audit (\d+):", added.stdout).group(1)  # type: ignore[union-attr]
 
-    with serving(tmp_path, "--audit-tick", "1") as served:
+    with serving(tmp_path, "--audit-tick", "1", **LOCAL_SITES) as served:
         done = wait_for(lambda: [run for run in _runs(tmp_path, audit_id) if run[2] == "done"], 300, 1, "a run")
     assert "audits scheduled here" in served.output
     pages, images = done[-1][3], done[-1][4]
