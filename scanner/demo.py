@@ -182,6 +182,6 @@ def _score_against_truth(images: list[Any], outcome: Any, console: Console) -> N
         f"{counts['robust_right']}/{len(images) - photos} CIFAR-10 images correctly"
         + (f" and gave no class name to {counts['photos_unlabelled']}/{photos} photos" if photos else "")
         + ".\nThe shipped models are small CPU-trained ones (see results/README.md): the robust model is often "
-        "wrong, and the perturbation detector, though it catches these attacks, is evaded by an attacker who "
-        "targets it."
+        "wrong, the detector's threshold is set so that ordinary photos are not flagged and it misses part of the "
+        "attacks there, and an attacker who targets the detector evades it."
     )
