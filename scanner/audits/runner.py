@@ -152,7 +152,7 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
 
 
 def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
-    from scanner.api.intake import fetch_policy
+    from scanner.intake import fetch_policy
 
     return CrawlConfig(
         start_url=audit.start_url,

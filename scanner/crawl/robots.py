@@ -68,8 +68,25 @@ def parse_robots(text: str, url: str) -> RobotsRules:
     return RobotsRules(parser, sitemaps=[urljoin(url, s) for s in parser.site_maps() or []])
 
 
+def _refusal_code(exc: BaseException | None) -> str | None:
+    """The fetcher's refusal code (blocked_address, blocked_port) somewhere in the exception's chain, if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        code = getattr(exc, "code", None)
+        if isinstance(code, str) and code.startswith("blocked_"):
+            return code
+        if isinstance(exc, OSError) and type(exc).__name__ == "BlockedAddressError":
+            return "blocked_address"
+        exc = getattr(exc, "os_error", None) or exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 def unreachable_reason(exc: BaseException) -> str:
-    """A stable code for a server that could not be reached at all."""
+    """A stable code for a server that could not be reached at all (or that our network policy refused)."""
+    refused = _refusal_code(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "dns_error"
     if isinstance(exc, TimeoutError):

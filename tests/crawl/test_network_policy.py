@@ -67,7 +67,8 @@ def test_robots_txt_redirected_to_a_refused_port_is_not_followed(crawl_all) -> N
         port = int(allowed.origin.rsplit(":", 1)[1])
         pages = crawl_all(_config(allowed, FetchPolicy(allow_private=True, allowed_ports=frozenset({port}))))
         assert other.paths() == {}
-        assert [page.error for page in pages] == ["robots_unavailable"]  # robots unknown: the site is left alone
+        # robots.txt unknown, so the site is left alone; the page says why (the policy refused the redirect).
+        assert [page.error for page in pages] == ["blocked_address"]
 
 
 def test_a_policy_without_private_addresses_sends_nothing_to_loopback(crawl_all) -> None:  # type: ignore[no-untyped-def]
