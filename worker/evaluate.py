@@ -200,7 +200,7 @@ NON_DIFFERENTIABLE_VIEWS = frozenset({"bits", "jpeg"})  # rounding and libjpeg; 
 
 def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each served detector's scores with gradients with respect to ``x`` (same values as ``Engine.scores``)."""
-    compared = [d for d in engine.detectors if d.name not in det.ENGINE_COMPUTED]
+    compared = [d for d in engine.detectors if d.name != det.NATIVE_DETECTOR]
     needs = det.needs_of(compared)
     probs: dict[tuple[str, str], torch.Tensor] = {}
     for model_name, model in engine.views.models.items():
@@ -213,8 +213,6 @@ def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Te
     if engine.detector is not None and any(d.name == det.NATIVE_DETECTOR for d in engine.detectors):
         # Model-space inputs (CIFAR-10 size) have no native tiles: the detector reads the model input.
         scores[det.NATIVE_DETECTOR] = F.softplus(native.adversarial_logit(engine.detector.model, x))
-    if any(d.name == det.NATIVE_VIEW for d in engine.detectors):
-        scores[det.NATIVE_VIEW] = torch.zeros(len(x), device=x.device)
     return scores
 
 

@@ -47,12 +47,9 @@ def test_engine_names_no_class_below_the_threshold(engine):
     features = ("robust_max", "robust_entropy", "kl_rs", "disagree")
     combiner = Combiner(features, (0.0,) * 4, (1.0,) * 4, (1.0, 0.0, 0.0, 0.0), 0.0)
     strict = domain.DomainModel(combiner, threshold=1e9, keep=0.0)
-    from worker.engine import detectors as det
-
-    served_detectors = det.DEFAULT_DETECTORS
-    n = len(served_detectors)
     artefact = calib.build(
-        served_detectors, det.DETECTOR_SET, Combiner(served_detectors, (0.0,) * n, (1.0,) * n, (1.0,) * n, 0.0),
+        ["kl_rs", "disagree", "perturbation_net"], "detectors/3",
+        Combiner(("kl_rs", "disagree", "perturbation_net"), (0.0,) * 3, (1.0,) * 3, (1.0,) * 3, 0.0),
         torch.zeros(10), {}, 0.1, engine.bundle_versions, {}, domain=strict,
     )  # fmt: skip
     served = Engine(engine.robust, engine.standard, artefact, threads=1, detector=engine.detector)

@@ -91,13 +91,3 @@ def test_engine_scores_a_large_image_from_its_tiles(engine):
     image.save(buffer, "PNG")
     verdict = served.analyse([buffer.getvalue()])[0]
     assert verdict.scores["perturbation_net"] == pytest.approx(scores["perturbation_net"].item(), rel=1e-5)
-
-
-def test_native_view_tells_the_combiner_which_images_had_tiles(engine):
-    served = Engine(engine.robust, engine.standard, None, threads=1, detector=engine.detector)
-    assert "native_view" in {d.name for d in served.detectors}
-    rng = np.random.default_rng(2)
-    small = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-    large = Image.fromarray(rng.integers(0, 256, (200, 130, 3), dtype=np.uint8))
-    _, scores = served.score_images([small, large, small])
-    assert scores["native_view"].tolist() == [0.0, 1.0, 0.0]

@@ -46,7 +46,7 @@ BITS = 5
 JPEG_QUALITY = 75
 NOISE_SIGMA = 4 / 255
 NOISE_SEED = 20240601
-DETECTOR_SET = "detectors/4"  # bump when a detector's definition or a setting above changes
+DETECTOR_SET = "detectors/3"  # bump when a detector's definition or a setting above changes
 
 
 def bit_depth(x: torch.Tensor, bits: int = BITS) -> torch.Tensor:
@@ -127,11 +127,6 @@ def _squeeze_detector(model: str, view: str) -> Detector:
 
 
 NATIVE_DETECTOR = "perturbation_net"  # computed by the engine from the model input and native tiles
-# Not a detector but a fact the combiner conditions on: 1 when the image had native tiles (larger than a tile),
-# 0 when the model input was all the detector saw.  The two populations' scores differ (a photo's tiles hold
-# sensor noise and texture a 32 px image has not), so one threshold serves both only with this in the fit.
-NATIVE_VIEW = "native_view"
-ENGINE_COMPUTED = (NATIVE_DETECTOR, NATIVE_VIEW)
 DETECTOR_CLASSES = ("clean", "adversarial")  # the perturbation detector's classes, in its output order
 CLEAN_CLASS, ADVERSARIAL_CLASS = 0, 1
 
@@ -153,7 +148,6 @@ def _build_catalogue() -> dict[str, Detector]:
             "1 - p_S(robust label)",
         ),
         Detector("uncertainty_r", ((ROBUST, IDENTITY),), lambda p: 1 - p[ROBUST, IDENTITY].amax(1), "1 - max p_R"),
-        Detector(NATIVE_VIEW, (), lambda p: torch.zeros(0), "1 if the image had native tiles, else 0 (a condition)"),
         Detector(
             "perturbation_net",
             ((DETECTOR, IDENTITY),),
@@ -181,7 +175,7 @@ CATALOGUE = _build_catalogue()
 # - squeeze_jpeg_* stay out although they score AUROC 0.94-0.98: the data set is itself JPEG at quality 75,
 #   so re-encoding at 75 is nearly a fixed point for clean images only, and they flag 30-59% of benign
 #   re-compression, resizing and blur.  They detect "not a quality-75 JPEG", not a perturbation.
-DEFAULT_DETECTORS: tuple[str, ...] = ("kl_rs", "disagree", "perturbation_net", NATIVE_VIEW)
+DEFAULT_DETECTORS: tuple[str, ...] = ("kl_rs", "disagree", "perturbation_net")
 
 
 def resolve(names: Sequence[str]) -> list[Detector]:

@@ -218,7 +218,7 @@ class Engine:
         self, x: torch.Tensor, robust_probs: torch.Tensor, tiles: torch.Tensor | None, owner: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Scores of the comparison detectors (model views of x) and of the perturbation detector (x and tiles)."""
-        compared = [d for d in self.detectors if d.name not in det.ENGINE_COMPUTED]
+        compared = [d for d in self.detectors if d.name != det.NATIVE_DETECTOR]
         probs = self.views.probabilities(x, det.needs_of(compared), {(det.ROBUST, det.IDENTITY): robust_probs})
         scores = det.score(compared, probs)
         if any(d.name == det.NATIVE_DETECTOR for d in self.detectors):
@@ -226,11 +226,6 @@ class Engine:
             tiles, owner = (tiles, owner) if tiles is not None else (empty, torch.empty(0, dtype=torch.long))
             logits = native.image_logits(self.detector.model, x, tiles, owner)
             scores[det.NATIVE_DETECTOR] = F.softplus(logits)  # = -log p_clean of the deciding view
-        if any(d.name == det.NATIVE_VIEW for d in self.detectors):
-            has_tiles = torch.zeros(len(x), device=x.device)
-            if owner is not None and len(owner):
-                has_tiles[owner.to(x.device)] = 1.0
-            scores[det.NATIVE_VIEW] = has_tiles
         return {d.name: scores[d.name].cpu() for d in self.detectors}
 
     def score_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
