@@ -71,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--attacks", default="pgd20,cw,autoattack", help="comma list of fgsm, pgdN, cw, autoattack")
     evaluate.add_argument("--eps", default="8/255")
-    evaluate.add_argument("--n", type=int, default=1000, help="seeded test subset size")
-    evaluate.add_argument("--n-autoattack", type=int, help="AutoAttack on the first N of them (default: all)")
-    evaluate.add_argument("--curve-n", type=int, help="robustness curve on the first N images (default: all)")
+    evaluate.add_argument("--n", type=int, default=1000, help="seeded random test subset size")
+    evaluate.add_argument(
+        "--n-autoattack", type=int, help="AutoAttack on a seeded class-stratified N of them (default: all)"
+    )
+    evaluate.add_argument(
+        "--curve-n", type=int, help="robustness curve on a seeded class-stratified N of them (default: all)"
+    )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="eval")
     evaluate.add_argument("--device", default="auto")
