@@ -16,7 +16,7 @@ if [ "${1:-}" = "fast" ]; then
   # (results/benchmark_epoch_time.json, load average about 7 from other work, so these are upper-ish values):
   #   standard 2.8 min, PGD-AT with FGSM-RS or N-FGSM 4.4 min, PGD-AT with PGD-2 6.5 min, PGD-AT with PGD-10
   #   19.4 min, TRADES with N-FGSM 7.8 min, OTJR with FGSM-RS or N-FGSM 11.2 min, OTJR with PGD-2 12.3 min.
-  # Observed in real niced runs with other work on the machine: standard 6.3 min per epoch (nice 15).
+  # Observed in real niced runs beside other work: standard 6.3-7.7 min per epoch, 25 min at load average 10-14.
   # Every run resumes from OUT/last.pt with the same command (--resume).  RUNS (default runs/) holds them;
   # point it outside the worktree for runs that outlive a checkout.
   data=${2:-../shared/data/cifar10-jpeg.tar.gz}
@@ -25,7 +25,7 @@ if [ "${1:-}" = "fast" ]; then
   mkdir -p "$runs"
   common=(--arch preact18 --width 0.25 --dataset cifar10 --data-dir "$data" --schedule onecycle --lr 0.2
           --batch-size 128 --seed 0 --holdout 1000 --holdout-eval 500 --threads 1 --resume)
-  # 1. The standard companion: 8 epochs, about 25 min quiet (50 min niced beside other work).
+  # 1. The standard companion: 8 epochs, about 25 min quiet (an hour or more niced beside other work).
   nice -n 15 $py -m training train --method standard "${common[@]}" --epochs 8 --out "$runs/standard-w0.25" \
     > "$runs/standard-w0.25.log" 2>&1
   # 2. The shippable robust candidate: PGD-AT on N-FGSM examples (noise 2 eps, step eps, no projection; it
