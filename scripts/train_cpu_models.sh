@@ -29,7 +29,8 @@ if [ "${1:-}" = "fast" ]; then
   nice -n 15 $py -m training train --method standard "${common[@]}" --epochs 8 --out "$runs/standard-w0.25" \
     > "$runs/standard-w0.25.log" 2>&1
   # 2. The shippable robust candidate: PGD-AT on N-FGSM examples (noise 2 eps, step eps, no projection; it
-  #    does not overfit catastrophically at 8/255), 15 epochs, about 66 min quiet, 2-3 h niced beside other work.
+  #    de Jorge et al. report no catastrophic overfitting with it at 8/255), 15 epochs, about 66 min quiet, several
+  #    hours niced beside other work.
   nice -n 15 $py -m training train --method pgd-at --attack n-fgsm "${common[@]}" --epochs 15 --weight-decay 5e-4 \
     --out "$runs/pgdat-nfgsm-w0.25" > "$runs/pgdat-nfgsm-w0.25.log" 2>&1
   # 3. The fair comparison at the same wall-clock budget (about 2 h quiet each at the per-epoch times above):
