@@ -28,7 +28,7 @@ if [ "${1:-}" = "fast" ]; then
   # 1. The standard companion: 8 epochs, about 25 min quiet (an hour or more niced beside other work).
   nice -n 15 $py -m training train --method standard "${common[@]}" --epochs 8 --out "$runs/standard-w0.25" \
     > "$runs/standard-w0.25.log" 2>&1
-  # 2. The shippable robust candidate: PGD-AT on N-FGSM examples (noise 2 eps, step eps, no projection; it
+  # 2. The shippable robust candidate: PGD-AT on N-FGSM examples (noise 2 eps, step eps, no projection;
   #    de Jorge et al. report no catastrophic overfitting with it at 8/255), 15 epochs, about 66 min quiet, several
   #    hours niced beside other work.
   nice -n 15 $py -m training train --method pgd-at --attack n-fgsm "${common[@]}" --epochs 15 --weight-decay 5e-4 \
