@@ -17,6 +17,7 @@ from pathlib import Path
 
 from training import bundle
 from training.evaluate import plot_curves
+from training.stats import wilson_interval
 
 
 def training_seconds(run_dir: Path) -> float:
@@ -41,6 +42,14 @@ def record(result: dict) -> dict:
         "cw": result["attacks"].get("cw"),
         "autoattack": result["attacks"].get("autoattack"),
         "autoattack_stages": result.get("autoattack_stages"),
+        "ci95": {
+            "clean": interval(result["clean"], result["n_eval"]),
+            **{
+                name: interval(value, result.get("attacks_n", {}).get(name, result["n_eval"]))
+                for name, value in result["attacks"].items()
+            },
+        },
+        "autoattack_subset": result.get("subsets", "first n_eval_autoattack images (before issue 13)"),
         "n_eval": result["n_eval"],
         "n_eval_autoattack": result.get("n_eval_autoattack"),
         "seconds": training_seconds(bundle_dir.parent),
@@ -50,8 +59,15 @@ def record(result: dict) -> dict:
     }
 
 
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+def interval(accuracy: float, n: int) -> list[float]:
+    """95% Wilson interval of an accuracy measured on n images."""
+    return list(wilson_interval(round(accuracy * n), n))
+
+
+def pct(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" + ("" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]")
 
 
 def markdown(records: list[dict]) -> str:
@@ -60,11 +76,13 @@ def markdown(records: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
+        ci = r.get("ci95", {})
+        cells = [pct(r[k], ci.get(k)) for k in ("clean", "pgd20", "cw", "autoattack")]
         lines.append(
-            f"| {r['method']} | {r['checkpoint']} | {pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['cw'])} | "
-            f"{pct(r['autoattack'])} | {r['n_eval']} ({r['n_eval_autoattack']}) | {r['seconds'] / 60:.0f} min |"
+            f"| {r['method']} | {r['checkpoint']} | {' | '.join(cells)} | "
+            f"{r['n_eval']} ({r['n_eval_autoattack']}) | {r['seconds'] / 60:.0f} min |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\nAccuracy % [95% Wilson interval].\n"
 
 
 def ship(result: dict, models_dir: Path) -> Path:

@@ -88,6 +88,57 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torc
     return pgd(model, x, y, eps, eps, 1, start="none")
 
 
+def _signed_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, objective: Objective) -> torch.Tensor:
+    x_adv = x_adv.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(model(x_adv), y), x_adv)
+    return grad.sign()
+
+
+def fgsm_rs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float | None = None,
+    *,
+    objective: Objective = cross_entropy_objective,
+) -> torch.Tensor:
+    """FGSM with a random start (Wong, Rice and Kolter 2020, "Fast is better than free").
+
+    delta ~ U(-eps, eps); one signed-gradient step of ``alpha`` (default 1.25 eps) from x + delta; the result
+    is projected to the eps ball around x and to [0, 1].
+    """
+    alpha = 1.25 * eps if alpha is None else alpha
+    x = x.detach()
+    start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp_(0, 1)
+    x_adv = start + alpha * _signed_gradient(model, start, y, objective)
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1).detach()
+
+
+def n_fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    noise: float | None = None,
+    alpha: float | None = None,
+    *,
+    objective: Objective = cross_entropy_objective,
+) -> torch.Tensor:
+    """N-FGSM (de Jorge et al. 2022, "Make some noise"): x + eta with eta ~ U(-noise, noise) (default 2 eps),
+    one signed-gradient step of ``alpha`` (default eps), clipped to [0, 1] but *not* projected to the eps
+    ball: the training perturbation may reach noise + alpha (3 eps by default), which is the point of it.
+    """
+    noise = 2 * eps if noise is None else noise
+    alpha = eps if alpha is None else alpha
+    x = x.detach()
+    start = (x + torch.empty_like(x).uniform_(-noise, noise)).clamp_(0, 1)
+    return (start + alpha * _signed_gradient(model, start, y, objective)).clamp_(0, 1).detach()
+
+
+TRAINING_ATTACKS = ("pgd", "fgsm-rs", "n-fgsm")
+
+
 @dataclass(frozen=True)
 class NamedAttack:
     name: str

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from training.attacks import parse_eps
+from training.attacks import TRAINING_ATTACKS, parse_eps
 from training.data import DATASETS, DataError
 from training.methods import METHODS, MethodConfig
 from training.models import ARCHITECTURES
@@ -43,9 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     defaults = MethodConfig()
     train.add_argument("--eps", default="8/255")
-    train.add_argument("--step-size", type=float, default=defaults.step_size)
+    train.add_argument(
+        "--attack",
+        choices=TRAINING_ATTACKS,
+        default=defaults.attack,
+        help="inner attack: pgd (--attack-steps, --step-size, --attack-start), fgsm-rs (Wong et al. 2020) or "
+        "n-fgsm (de Jorge et al. 2022), both single-step",
+    )
+    train.add_argument("--step-size", type=parse_eps, default=defaults.step_size, help="PGD step (0.007 or 2/255)")
     train.add_argument("--attack-steps", type=int, default=defaults.attack_steps)
     train.add_argument("--attack-start", choices=("normal", "uniform"), default=defaults.attack_start)
+    train.add_argument(
+        "--attack-alpha", type=parse_eps, help="single-step attack's step (default: 1.25 eps fgsm-rs, eps n-fgsm)"
+    )
+    train.add_argument("--attack-noise", type=parse_eps, help="n-fgsm's uniform noise half-width (default 2 eps)")
+    train.add_argument("--co-drop", type=float, default=0.1, help="catastrophic overfitting: held-out PGD-10 drop")
+    train.add_argument("--co-gap", type=float, default=0.2, help="catastrophic overfitting: FGSM minus PGD-10 gap")
+    train.add_argument("--stop-on-co", action="store_true", help="stop when catastrophic overfitting is detected")
     train.add_argument("--beta-sw", type=float, default=defaults.beta_sw)
     train.add_argument("--beta-jr", type=float, default=defaults.beta_jr)
     train.add_argument("--n-projections", type=int, default=defaults.n_projections)
@@ -57,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--attacks", default="pgd20,cw,autoattack", help="comma list of fgsm, pgdN, cw, autoattack")
     evaluate.add_argument("--eps", default="8/255")
-    evaluate.add_argument("--n", type=int, default=1000, help="seeded test subset size")
-    evaluate.add_argument("--n-autoattack", type=int, help="AutoAttack on the first N of them (default: all)")
-    evaluate.add_argument("--curve-n", type=int, help="robustness curve on the first N images (default: all)")
+    evaluate.add_argument("--n", type=int, default=1000, help="seeded random test subset size")
+    evaluate.add_argument(
+        "--n-autoattack", type=int, help="AutoAttack on a seeded class-stratified N of them (default: all)"
+    )
+    evaluate.add_argument(
+        "--curve-n", type=int, help="robustness curve on a seeded class-stratified N of them (default: all)"
+    )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default="eval")
     evaluate.add_argument("--device", default="auto")
@@ -89,6 +107,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         step_size=args.step_size,
         attack_steps=args.attack_steps,
         attack_start=args.attack_start,
+        attack=args.attack,
+        attack_alpha=args.attack_alpha,
+        attack_noise=args.attack_noise,
         beta_sw=args.beta_sw,
         beta_jr=args.beta_jr,
         n_projections=args.n_projections,
@@ -110,6 +131,9 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         train_limit=args.train_limit,
         holdout=args.holdout,
         holdout_eval=args.holdout_eval,
+        co_drop=args.co_drop,
+        co_gap=args.co_gap,
+        stop_on_co=args.stop_on_co,
         device=args.device,
         amp=not args.no_amp,
         resume=args.resume,

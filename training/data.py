@@ -229,6 +229,31 @@ def seeded_subset(dataset: ArrayDataset, n: int | None, seed: int) -> ArrayDatas
     return dataset.subset(order[:n].sort().values)
 
 
+def stratified_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """A seeded order of the positions of ``labels`` in which every prefix is as class-balanced as it can be.
+
+    Each class's positions are shuffled, then the classes take turns (in a shuffled class order each round),
+    so the first k positions hold floor(k / C) or one more of every class that still has images left.  A
+    test split stored class by class makes "the first k of n" hold only a few classes; this order does not.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    classes = labels.unique()
+    queues = [(labels == c).nonzero().squeeze(1) for c in classes]
+    queues = [q[torch.randperm(len(q), generator=generator)] for q in queues]
+    order: list[torch.Tensor] = []
+    for round_ in range(max((len(q) for q in queues), default=0)):
+        turn = torch.randperm(len(queues), generator=generator).tolist()
+        order.extend(queues[i][round_ : round_ + 1] for i in turn if round_ < len(queues[i]))
+    return torch.cat(order) if order else torch.zeros(0, dtype=torch.long)
+
+
+def stratified_prefix(labels: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
+    """Sorted positions of a seeded, class-stratified choice of ``k`` of ``labels`` (all when k is None or too big)."""
+    if k is None or k >= len(labels):
+        return torch.arange(len(labels))
+    return stratified_order(labels, seed)[:k].sort().values
+
+
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attacks import kl_objective, pgd
+from training.attacks import TRAINING_ATTACKS, cross_entropy_objective, fgsm_rs, kl_objective, n_fgsm, pgd
 from training.losses import jacobian_penalty, random_projection_penalty, sliced_wasserstein
 
 METHODS = ("standard", "pgd-at", "trades", "jr", "sw", "sw-jr", "otjr")
@@ -27,6 +27,12 @@ class MethodConfig:
     step_size: float = 0.007
     attack_steps: int = 10
     attack_start: str = "normal"  # "normal" (authors) or "uniform"
+    # The inner attack: "pgd" (attack_steps steps of step_size from attack_start), or a single-step one:
+    # "fgsm-rs" (Wong et al. 2020) or "n-fgsm" (de Jorge et al. 2022).  Their step and noise default to the
+    # papers' 1.25 eps (FGSM-RS), eps and 2 eps (N-FGSM) when left as None.
+    attack: str = "pgd"
+    attack_alpha: float | None = None
+    attack_noise: float | None = None
     beta_sw: float = 64.0
     beta_jr: float = 0.005
     n_projections: int = 32
@@ -34,7 +40,10 @@ class MethodConfig:
 
     def relevant(self, method: str) -> dict[str, float | int | str]:
         """The hyperparameters that ``method`` actually uses, for the bundle's record."""
-        attack = {"eps", "step_size", "attack_steps", "attack_start"}
+        if self.attack == "pgd":
+            attack = {"attack", "eps", "step_size", "attack_steps", "attack_start"}
+        else:
+            attack = {"attack", "eps", *self.resolved_attack_parameters()}
         keys = {
             "standard": set(),
             "pgd-at": attack,
@@ -44,7 +53,23 @@ class MethodConfig:
             "sw-jr": attack | {"beta_jr", "n_projections"},
             "otjr": attack | {"beta_sw", "beta_jr", "n_projections"},
         }[method]
-        return {k: v for k, v in asdict(self).items() if k in keys}
+        values = {**asdict(self), **self.resolved_attack_parameters()}
+        return {k: v for k, v in values.items() if k in keys}
+
+    def resolved_attack_parameters(self) -> dict[str, float | None]:
+        """The single-step attacks' step and noise in pixels, with the papers' defaults filled in."""
+        if self.attack == "fgsm-rs":
+            return {"attack_alpha": 1.25 * self.eps if self.attack_alpha is None else self.attack_alpha}
+        if self.attack == "n-fgsm":
+            return {
+                "attack_alpha": self.eps if self.attack_alpha is None else self.attack_alpha,
+                "attack_noise": 2 * self.eps if self.attack_noise is None else self.attack_noise,
+            }
+        return {}
+
+    def __post_init__(self) -> None:
+        if self.attack not in TRAINING_ATTACKS:
+            raise ValueError(f"unknown training attack {self.attack!r}; choose one of {', '.join(TRAINING_ATTACKS)}")
 
 
 @dataclass
@@ -59,18 +84,15 @@ Method = Callable[[nn.Module, torch.Tensor, torch.Tensor, MethodConfig], StepOut
 
 def _adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: MethodConfig, objective=None) -> torch.Tensor:
     model.eval()
-    kwargs = {"objective": objective} if objective is not None else {}
+    objective = cross_entropy_objective if objective is None else objective
     # Attack the bare module: a DistributedDataParallel forward would wait for a parameter backward.
-    x_adv = pgd(
-        getattr(model, "module", model),
-        x,
-        y,
-        cfg.eps,
-        cfg.step_size,
-        cfg.attack_steps,
-        start=cfg.attack_start,
-        **kwargs,
-    )
+    bare = getattr(model, "module", model)
+    if cfg.attack == "fgsm-rs":
+        x_adv = fgsm_rs(bare, x, y, cfg.eps, cfg.attack_alpha, objective=objective)
+    elif cfg.attack == "n-fgsm":
+        x_adv = n_fgsm(bare, x, y, cfg.eps, cfg.attack_noise, cfg.attack_alpha, objective=objective)
+    else:
+        x_adv = pgd(bare, x, y, cfg.eps, cfg.step_size, cfg.attack_steps, start=cfg.attack_start, objective=objective)
     model.train()
     return x_adv
 

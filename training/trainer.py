@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 
 from training import bundle
-from training.attacks import pgd, predict
+from training.attacks import fgsm, pgd, predict
 from training.data import ArrayDataset, augment, iterate_batches, load_splits, split_holdout, to_float
 from training.distributed import Distributed, all_reduce_sum, barrier, init_from_env, shutdown
 from training.methods import MethodConfig, get_method
@@ -46,6 +46,12 @@ class TrainConfig:
     train_limit: int | None = None  # use only this many training images (CPU budgets, tests)
     holdout: int = 1000  # training images held out for choosing the best checkpoint
     holdout_eval: int = 500  # how many of them the per-epoch PGD check attacks
+    # Catastrophic overfitting (single-step training: PGD accuracy collapses while FGSM accuracy rises) is
+    # flagged when held-out PGD-10 accuracy falls co_drop below its best so far while held-out FGSM accuracy
+    # exceeds it by co_gap; with stop_on_co the run ends there (the best checkpoint is already kept).
+    co_drop: float = 0.1
+    co_gap: float = 0.2
+    stop_on_co: bool = False
     device: str = "auto"
     amp: bool = True  # bfloat16 autocast on CUDA
     channels_last: bool = True  # on CUDA
@@ -103,7 +109,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: multiplier(step / self.steps_per_epoch)
         )
-        self.start_epoch, self.best_score = 0, -1.0
+        self.start_epoch, self.best_score, self.best_epoch, self.best_pgd = 0, -1.0, 0, -1.0
         if cfg.resume and (self.out / "last.pt").exists():
             self._load_checkpoint(self.out / "last.pt")
 
@@ -115,6 +121,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_pgd": self.best_pgd,
             "config": asdict(self.cfg),
         }
 
@@ -125,6 +133,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.start_epoch = state["epoch"] + 1
         self.best_score = state["best_score"]
+        self.best_epoch = state.get("best_epoch", 0)
+        self.best_pgd = state.get("best_pgd", -1.0)
 
     def metadata(self, metrics: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
@@ -208,17 +218,27 @@ class Trainer:
         }
 
     def holdout_check(self) -> dict[str, float]:
-        """Clean and PGD-10 (eps of the method, step 2/255) accuracy on the held-out training images."""
+        """Clean, FGSM and PGD-10 (eps of the method, step 2/255, uniform start) accuracy on the held-out
+        training images.  FGSM beside PGD is what shows catastrophic overfitting: FGSM accuracy rising while
+        PGD accuracy collapses."""
         self.model.eval()
         subset = self.holdout.subset(slice(0, self.cfg.holdout_eval))
         x, y = to_float(subset.images, self.device), subset.labels.to(self.device)
         eps = self.cfg.method_config.eps
         clean = (predict(self.model, x) == y).float().mean().item()
-        x_adv = torch.cat(
-            [pgd(self.model, x[i : i + 250], y[i : i + 250], eps, 2 / 255, 10) for i in range(0, len(y), 250)]
-        )
-        robust = (predict(self.model, x_adv) == y).float().mean().item()
-        return {"holdout_clean": clean, "holdout_pgd10": robust}
+        chunks = range(0, len(y), 250)
+        x_pgd = torch.cat([pgd(self.model, x[i : i + 250], y[i : i + 250], eps, 2 / 255, 10) for i in chunks])
+        x_fgsm = torch.cat([fgsm(self.model, x[i : i + 250], y[i : i + 250], eps) for i in chunks])
+        robust = (predict(self.model, x_pgd) == y).float().mean().item()
+        fgsm_acc = (predict(self.model, x_fgsm) == y).float().mean().item()
+        return {"holdout_clean": clean, "holdout_fgsm": fgsm_acc, "holdout_pgd10": robust}
+
+    def catastrophic_overfitting(self, record: dict[str, Any]) -> bool:
+        """Held-out PGD-10 accuracy co_drop below its best so far while FGSM accuracy exceeds it by co_gap."""
+        if self.cfg.method == "standard" or self.best_pgd < 0:
+            return False
+        pgd10, fgsm_acc = record["holdout_pgd10"], record["holdout_fgsm"]
+        return self.best_pgd - pgd10 >= self.cfg.co_drop and fgsm_acc - pgd10 >= self.cfg.co_gap
 
     def fit(self, stop_after_epoch: int | None = None) -> Path:
         """Train to the configured epoch count (or stop after ``stop_after_epoch``, as an interruption would)."""
@@ -244,25 +264,59 @@ class Trainer:
                 record["seconds"] = round(time.perf_counter() - started, 2)
                 if self.dist.is_main:
                     self._end_of_epoch(epoch, record, progress)
+                stop = self._broadcast_flag(bool(record.get("catastrophic_overfitting")) and cfg.stop_on_co)
                 barrier(self.dist)
+                if stop:
+                    if self.dist.is_main:
+                        progress.console.print(
+                            f"[bold red]catastrophic overfitting at epoch {epoch + 1}: stopping (--stop-on-co); "
+                            f"the best checkpoint is epoch {self.best_epoch}"
+                        )
+                    break
                 if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
                     break
         if self.dist.is_main and self.start_epoch < cfg.epochs:
             final = {k: v for k, v in record.items() if k.startswith("holdout") or k == "epoch"}
+            final["best_epoch"] = self.best_epoch
             bundle.save(self.model, self.metadata({**final, "checkpoint": "last"}), self.out / "last")
+            print(
+                f"best checkpoint: epoch {self.best_epoch} ({self.selection_metric} {self.best_score:.3f}) "
+                f"-> {self.out / 'best'}; last epoch {record['epoch']} -> {self.out / 'last'}"
+            )
         shutdown(self.dist)
         return self.out / "best"
 
-    def _end_of_epoch(self, epoch: int, record: dict[str, float], progress: Progress) -> None:
+    def _broadcast_flag(self, flag: bool) -> bool:
+        """The main rank's decision, on every rank (only the main rank runs the held-out check)."""
+        if not self.dist.enabled:
+            return flag
+        value = torch.tensor([float(flag and self.dist.is_main)], device=self.device)
+        return bool(all_reduce_sum(value, self.dist).item() > 0)
+
+    def _end_of_epoch(self, epoch: int, record: dict[str, Any], progress: Progress) -> None:
+        record["catastrophic_overfitting"] = self.catastrophic_overfitting(record)
+        self.best_pgd = max(self.best_pgd, record["holdout_pgd10"])
+        is_best = record[self.selection_metric] > self.best_score
+        if is_best:
+            self.best_score = record[self.selection_metric]
+            self.best_epoch = record["epoch"]
+        record["best_epoch"] = self.best_epoch
         with (self.out / "metrics.jsonl").open("a") as log:
             log.write(json.dumps(record) + "\n")
-        if record[self.selection_metric] > self.best_score:
-            self.best_score = record[self.selection_metric]
+        if is_best:
             best = {k: v for k, v in record.items() if k.startswith("holdout") or k == "epoch"}
             bundle.save(self.model, self.metadata({**best, "checkpoint": "best"}), self.out / "best")
         _save_atomic(self._checkpoint(epoch), self.out / "last.pt")
         progress.console.print(
             f"epoch {record['epoch']}: loss {record['train_loss']:.3f} train acc {record['train_acc']:.3f} "
-            f"holdout clean {record['holdout_clean']:.3f} pgd10 {record['holdout_pgd10']:.3f} "
-            f"({record['seconds']:.0f}s)"
+            f"holdout clean {record['holdout_clean']:.3f} fgsm {record['holdout_fgsm']:.3f} "
+            f"pgd10 {record['holdout_pgd10']:.3f} ({record['seconds']:.0f}s); "
+            f"best so far: epoch {self.best_epoch} ({self.selection_metric} {self.best_score:.3f})"
         )
+        if record["catastrophic_overfitting"]:
+            progress.console.print(
+                f"[bold red]catastrophic overfitting suspected at epoch {record['epoch']}: held-out PGD-10 "
+                f"{record['holdout_pgd10']:.3f} against its best {self.best_pgd:.3f}, "
+                f"FGSM {record['holdout_fgsm']:.3f}; "
+                f"best/ keeps epoch {self.best_epoch}"
+            )

@@ -14,8 +14,10 @@ from training.attacks import (
     cross_entropy_objective,
     evaluation_attack,
     fgsm,
+    fgsm_rs,
     kl_objective,
     margin_objective,
+    n_fgsm,
     parse_eps,
     pgd,
     predict,
@@ -123,6 +125,90 @@ def test_fgsm_is_one_signed_step_of_size_eps(model_and_batch):
     (grad,) = torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
     expected = (x + EPS * grad.sign()).clamp(0, 1)
     torch.testing.assert_close(x_adv, expected)
+
+
+def signed_gradient_at(model, point, y, objective=cross_entropy_objective):
+    point = point.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(model(point), y), point)
+    return grad.sign()
+
+
+@pytest.mark.parametrize("alpha", [None, 4 / 255])
+def test_fgsm_rs_matches_wong_et_al_exactly(model_and_batch, alpha):
+    """Uniform start in the ball, one step of alpha (default 1.25 eps), projection to the ball and [0, 1]."""
+    model, x, y = model_and_batch
+    torch.manual_seed(7)
+    x_adv = fgsm_rs(model, x, y, EPS, alpha)
+    torch.manual_seed(7)
+    start = (x + torch.empty_like(x).uniform_(-EPS, EPS)).clamp(0, 1)
+    step = 1.25 * EPS if alpha is None else alpha
+    expected = start + step * signed_gradient_at(model, start, y)
+    expected = torch.min(torch.max(expected, x - EPS), x + EPS).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
+    assert_in_budget(x_adv, x, EPS)
+    assert not x_adv.requires_grad
+
+
+def test_fgsm_rs_default_step_reaches_the_edge_of_the_ball(model_and_batch):
+    """A 1.25 eps step from anywhere in the ball ends beyond it, so interior pixels land on +-eps (projected)."""
+    model, x, y = model_and_batch
+    torch.manual_seed(8)
+    delta = fgsm_rs(model, x, y, EPS) - x
+    interior = (x > 2 * EPS) & (x < 1 - 2 * EPS)
+    at_edge = ((delta.abs() - EPS).abs() < 1e-6)[interior].float().mean()
+    assert at_edge > 0.55  # 1.25 eps from U(-eps, eps): P(|start + step| >= eps) = 0.625 per pixel
+
+
+@pytest.mark.parametrize(("noise", "alpha"), [(None, None), (4 / 255, 2 / 255)])
+def test_n_fgsm_matches_de_jorge_et_al_exactly(model_and_batch, noise, alpha):
+    """x + U(-noise, noise) (default 2 eps), one step of alpha (default eps), clip to [0, 1], no projection."""
+    model, x, y = model_and_batch
+    torch.manual_seed(9)
+    x_adv = n_fgsm(model, x, y, EPS, noise, alpha)
+    torch.manual_seed(9)
+    k = 2 * EPS if noise is None else noise
+    start = (x + torch.empty_like(x).uniform_(-k, k)).clamp(0, 1)
+    step = EPS if alpha is None else alpha
+    expected = (start + step * signed_gradient_at(model, start, y)).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected, rtol=0, atol=1e-7)
+
+
+def test_n_fgsm_is_not_projected_to_the_eps_ball(model_and_batch):
+    model, x, y = model_and_batch
+    torch.manual_seed(10)
+    x_adv = n_fgsm(model, x, y, EPS)
+    delta = (x_adv - x).abs()
+    assert delta.max().item() <= 3 * EPS + 1e-6  # noise 2 eps + step eps
+    interior = (x > 3 * EPS) & (x < 1 - 3 * EPS)
+    assert (delta[interior] > EPS + 1e-6).float().mean() > 0.3  # well outside the eps ball, by design
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
+
+
+@pytest.mark.parametrize("attack", ["fgsm-rs", "n-fgsm"])
+def test_single_step_attacks_raise_the_loss_over_their_random_start(model_and_batch, attack):
+    model, x, y = model_and_batch
+    run = fgsm_rs if attack == "fgsm-rs" else n_fgsm
+    losses = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        x_adv = run(model, x, y, EPS)
+        torch.manual_seed(seed)
+        k = EPS if attack == "fgsm-rs" else 2 * EPS
+        start = (x + torch.empty_like(x).uniform_(-k, k)).clamp(0, 1)
+        with torch.no_grad():
+            losses.append((cross_entropy_objective(model(x_adv), y) - cross_entropy_objective(model(start), y)).item())
+    assert min(losses) > 0
+
+
+def test_single_step_attacks_accept_the_trades_objective(model_and_batch):
+    model, x, y = model_and_batch
+    with torch.no_grad():
+        objective = kl_objective(model(x))
+    for run in (fgsm_rs, n_fgsm):
+        torch.manual_seed(11)
+        x_adv = run(model, x, y, EPS, objective=objective)
+        with torch.no_grad():
+            assert objective(model(x_adv), y) > 1e-4
 
 
 def test_margin_objective_on_a_hand_made_example():

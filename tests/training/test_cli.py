@@ -197,3 +197,23 @@ def test_bad_arguments_exit_with_usage(tmp_path):
     result = run_cli("train", "--method", "mart", "--out", str(tmp_path), cache=tmp_path)
     assert result.returncode == 2
     assert "invalid choice: 'mart'" in result.stderr
+
+
+def test_train_with_a_single_step_inner_attack_records_it(tiny_tarball, tmp_path):
+    out = tmp_path / "fast"
+    common = ["--dataset", "imagefolder", "--data-dir", str(tiny_tarball), "--epochs", "1", "--batch-size", "16"]
+    common += ["--holdout", "8", "--holdout-eval", "8", "--width", "0.0625", "--device", "cpu", "--threads", "1"]
+    result = run_cli(
+        "train", "--method", "otjr", "--attack", "n-fgsm", "--attack-noise", "12/255", "--n-projections", "4",
+        "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *common, cache=tmp_path / "xdg",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    hyper = bundle.load(out / "best").metadata["hyperparameters"]
+    assert hyper["attack"] == "n-fgsm"
+    assert hyper["attack_noise"] == pytest.approx(12 / 255) and hyper["attack_alpha"] == pytest.approx(8 / 255)
+    assert "attack_steps" not in hyper
+    assert "best checkpoint: epoch 1" in result.stdout
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"holdout_fgsm", "best_epoch", "catastrophic_overfitting"} <= set(record)
+    bad = run_cli("train", "--method", "pgd-at", "--attack", "bim", "--out", str(tmp_path / "x"), cache=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'bim'" in bad.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -115,7 +116,7 @@ def test_standard_loss_is_clean_cross_entropy():
 
 def test_relevant_hyperparameters():
     cfg = MethodConfig()
-    attack = {"eps", "step_size", "attack_steps", "attack_start"}
+    attack = {"attack", "eps", "step_size", "attack_steps", "attack_start"}
     assert cfg.relevant("standard") == {}
     assert set(cfg.relevant("pgd-at")) == attack
     assert set(cfg.relevant("trades")) == attack | {"trades_beta"}
@@ -140,3 +141,73 @@ def test_get_method_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown method 'mart'"):
         get_method("mart")
     assert get_method("otjr") is REGISTRY["otjr"]
+
+
+FAST = ("fgsm-rs", "n-fgsm")
+
+
+@pytest.mark.parametrize("attack", FAST)
+@pytest.mark.parametrize("name", ["pgd-at", "trades", "sw", "sw-jr", "otjr"])
+def test_single_step_inner_attacks_give_a_finite_differentiable_loss(name, attack):
+    model = tiny_model()
+    model.train()
+    x, y = tiny_batch()
+    torch.manual_seed(0)
+    step = get_method(name)(model, x, y, MethodConfig(attack=attack, n_projections=8))
+    assert math.isfinite(step.loss.item()) and model.training
+    step.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("attack", ["pgd", *FAST])
+def test_pgd_at_trains_on_the_configured_inner_attack(monkeypatch, attack):
+    """PGD-AT's loss is the cross-entropy at exactly what the configured attack returns from the same seed."""
+    from training import attacks, methods
+
+    model = tiny_model()
+    model.train()
+    x, y = tiny_batch()
+    cfg = MethodConfig(attack=attack, attack_steps=2, step_size=2 / 255)
+    seen: list[torch.Tensor] = []
+    for fn in ("pgd", "fgsm_rs", "n_fgsm"):
+        original = getattr(attacks, fn)
+
+        def spy(*args, _original=original, **kwargs):
+            out = _original(*args, **kwargs)
+            seen.append(out)
+            return out
+
+        monkeypatch.setattr(methods, fn, spy)
+    before = copy.deepcopy(model)  # the step's train-mode forward moves batch-norm statistics
+    torch.manual_seed(3)
+    step = get_method("pgd-at")(model, x, y, cfg)
+    assert len(seen) == 1
+    model = before.eval()
+    torch.manual_seed(3)
+    reference = {
+        "pgd": lambda: attacks.pgd(model, x, y, cfg.eps, 2 / 255, 2, start="normal"),
+        "fgsm-rs": lambda: attacks.fgsm_rs(model, x, y, cfg.eps),
+        "n-fgsm": lambda: attacks.n_fgsm(model, x, y, cfg.eps),
+    }[attack]()
+    torch.testing.assert_close(seen[0], reference)
+    model.train()
+    torch.testing.assert_close(step.loss, torch.nn.functional.cross_entropy(model(reference), y))
+    limit = 3 * cfg.eps if attack == "n-fgsm" else cfg.eps
+    assert (seen[0] - x).abs().max() <= limit + 1e-6
+
+
+def test_single_step_hyperparameters_are_recorded_with_the_papers_defaults():
+    eps = 8 / 255
+    fgsm_rs = MethodConfig(attack="fgsm-rs").relevant("otjr")
+    assert fgsm_rs["attack"] == "fgsm-rs" and fgsm_rs["attack_alpha"] == pytest.approx(1.25 * eps)
+    assert not {"step_size", "attack_steps", "attack_start", "attack_noise"} & set(fgsm_rs)
+    n = MethodConfig(attack="n-fgsm").relevant("pgd-at")
+    assert n["attack_alpha"] == pytest.approx(eps) and n["attack_noise"] == pytest.approx(2 * eps)
+    custom = MethodConfig(attack="n-fgsm", attack_alpha=0.01, attack_noise=0.02).relevant("trades")
+    assert custom["attack_alpha"] == 0.01 and custom["attack_noise"] == 0.02 and custom["trades_beta"] == 6.0
+    assert MethodConfig(attack="fgsm-rs").relevant("standard") == {}
+
+
+def test_unknown_inner_attack_is_rejected():
+    with pytest.raises(ValueError, match="unknown training attack 'bim'"):
+        MethodConfig(attack="bim")

@@ -154,3 +154,71 @@ def test_batch_larger_than_the_training_set_is_rejected(tiny_tarball, tmp_path):
 def test_unknown_method_is_rejected(tiny_tarball, tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         Trainer(config(tiny_tarball, tmp_path, "bad", method="mart"))
+
+
+def test_metrics_record_fgsm_beside_pgd_and_the_best_epoch(uninterrupted):
+    records = metrics(uninterrupted)
+    best_so_far = 0
+    for record in records:
+        assert 0.0 <= record["holdout_fgsm"] <= 1.0
+        assert record["catastrophic_overfitting"] is False
+        if record["epoch"] == 1 or record["holdout_pgd10"] > records[best_so_far - 1]["holdout_pgd10"]:
+            best_so_far = record["epoch"]
+        assert record["best_epoch"] == best_so_far
+    last = bundle.load(uninterrupted / "last").metadata["metrics"]
+    assert last["best_epoch"] == bundle.load(uninterrupted / "best").metadata["metrics"]["epoch"]
+
+
+def scripted_checks(trainer: Trainer, results: list[tuple[float, float, float]]) -> None:
+    """Replace the held-out check by a script of (clean, fgsm, pgd10) results, one per epoch."""
+    script = iter(results)
+
+    def check() -> dict[str, float]:
+        clean, fgsm_acc, pgd10 = next(script)
+        return {"holdout_clean": clean, "holdout_fgsm": fgsm_acc, "holdout_pgd10": pgd10}
+
+    trainer.holdout_check = check  # type: ignore[method-assign]
+
+
+# Single-step training as it goes catastrophically wrong: PGD accuracy collapses while FGSM accuracy rises.
+COLLAPSE = [(0.40, 0.30, 0.25), (0.45, 0.34, 0.30), (0.50, 0.70, 0.02), (0.55, 0.85, 0.00)]
+
+
+def test_catastrophic_overfitting_is_flagged_and_best_keeps_the_epoch_before(tiny_tarball, tmp_path, capsys):
+    trainer = Trainer(config(tiny_tarball, tmp_path, "co", method="pgd-at", epochs=4))
+    scripted_checks(trainer, COLLAPSE)
+    trainer.fit()
+    records = metrics(tmp_path / "co")
+    assert [r["catastrophic_overfitting"] for r in records] == [False, False, True, True]
+    assert [r["best_epoch"] for r in records] == [1, 2, 2, 2]
+    assert bundle.load(tmp_path / "co" / "best").metadata["metrics"]["epoch"] == 2
+    out = capsys.readouterr().out
+    assert "catastrophic overfitting suspected at epoch 3" in out
+    assert "best checkpoint: epoch 2" in out
+
+
+def test_stop_on_co_ends_the_run_at_the_first_collapse(tiny_tarball, tmp_path):
+    trainer = Trainer(config(tiny_tarball, tmp_path, "stop", method="pgd-at", epochs=4, stop_on_co=True))
+    scripted_checks(trainer, COLLAPSE)
+    trainer.fit()
+    records = metrics(tmp_path / "stop")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert bundle.load(tmp_path / "stop" / "last").metadata["metrics"]["best_epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("check", "flag"),
+    [
+        ((0.5, 0.45, 0.19), True),  # PGD 0.11 below its best, FGSM 0.26 above PGD
+        ((0.5, 0.38, 0.19), False),  # the drop without the FGSM gap: ordinary noise or robust overfitting
+        ((0.5, 0.90, 0.22), False),  # the gap without enough of a drop
+    ],
+)
+def test_catastrophic_overfitting_needs_both_the_drop_and_the_gap(tiny_tarball, tmp_path, check, flag):
+    trainer = Trainer(config(tiny_tarball, tmp_path, "rule", method="pgd-at"))
+    trainer.best_pgd = 0.30
+    record = {"holdout_clean": check[0], "holdout_fgsm": check[1], "holdout_pgd10": check[2]}
+    assert trainer.catastrophic_overfitting(record) is flag
+    standard = Trainer(config(tiny_tarball, tmp_path, "std", method="standard"))
+    standard.best_pgd = 0.30
+    assert standard.catastrophic_overfitting(record) is False  # standard models have no robustness to lose
