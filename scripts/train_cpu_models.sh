@@ -81,7 +81,7 @@ $py scripts/collect_results.py "${evals[@]}" --results results --ship otjr --shi
 # (results/detection.json) against an evaluation-only model family (VGG-11, never attacked in training).
 $py -m worker.web_images build
 $py -m worker.train_detector --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
-  --data-dir "$data" --n 6000 --web-n 900 --epochs 12 --threads 2 --examples runs/detector-examples.pt
+  --data-dir "$data" --n 6000 --web-n 900 --epochs 30 --threads 1 --examples runs/detector-examples.pt
 $py -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
   --data-dir "$data" --n-clean 3000 --n-adv 1200 --n-web-adv 160 --measure kl_rs,disagree,perturbation_net \
   --threads 2
