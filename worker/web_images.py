@@ -43,8 +43,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-Image.MAX_IMAGE_PIXELS = 40_000_000  # the largest packaged wallpaper is 5640x3172
-
 BUILD_VERSION = "web-images/1"  # bump when sources, splits or histories change: the cache is rebuilt
 SPLITS = ("train", "calibration", "test")
 SPLIT_SHARES = (0.6, 0.2, 0.2)
