@@ -45,7 +45,7 @@ from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
 from worker import delivery, web_images
 from worker.delivery import quantise
-from worker.detector_data import NATURAL_ATTACKS, cap_size
+from worker.detector_data import NATURAL_ATTACKS, cap_size, deliver, web_attack_for
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import domain
@@ -225,12 +225,8 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
 def delivered(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
     """Each image through one delivery (the detector's training mix)."""
     rng = random.Random(seed)
-    out, names = [], []
-    for image in images:
-        name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
-        out.append(delivery.DELIVERIES[name](image, rng))
-        names.append(name)
-    return out, names
+    pairs = [deliver(image, rng) for image in images]
+    return [image for image, _ in pairs], [name for _, name in pairs]
 
 
 def benign_versions(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
@@ -251,13 +247,12 @@ def web_attacked(
     task = progress.add_task("attacking web images", total=len(images))
     out, names = [], []
     for i, image in enumerate(images):
-        spec = NATURAL_ATTACKS[i % len(NATURAL_ATTACKS)]
-        model = models[(i // len(NATURAL_ATTACKS)) % len(models)]
+        spec, model = web_attack_for(i, models)
         image = cap_size(image)
         attacked = delivery.from_array(spec.run(model, delivery.to_array(image), engine.input_size, engine.device))
-        name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
-        out.append(delivery.DELIVERIES[name](attacked, rng))
-        names.append(f"{spec.name}|{name}")
+        delivered_image, how = deliver(attacked, rng)
+        out.append(delivered_image)
+        names.append(f"{spec.name}|{how}")
         progress.advance(task)
     return out, names
 

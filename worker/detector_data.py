@@ -89,6 +89,11 @@ def random_tiles(pixels: np.ndarray, rng: random.Random, count: int = TILES_PER_
     return out
 
 
+def web_attack_for(index: int, models: Sequence[torch.nn.Module]) -> tuple[NativeAttack, torch.nn.Module]:
+    """The attack and the model for the ``index``-th web image: round-robin over the attacks, then the models."""
+    return NATURAL_ATTACKS[index % len(NATURAL_ATTACKS)], models[(index // len(NATURAL_ATTACKS)) % len(models)]
+
+
 def deliver(image: Image.Image, rng: random.Random) -> tuple[Image.Image, str]:
     name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
     return delivery.DELIVERIES[name](image, rng), name
@@ -162,8 +167,7 @@ def natural_examples(
         kind = delivery.pick(delivery.BENIGN, rng)
         add_image(examples, delivery.BENIGN[kind](image, rng), 0, f"web|benign:{kind}", rng, input_size,
                   model_view_label=0)  # fmt: skip
-        spec = NATURAL_ATTACKS[i % len(NATURAL_ATTACKS)]
-        model = models[(i // len(NATURAL_ATTACKS)) % len(models)]
+        spec, model = web_attack_for(i, models)
         target = image
         if spec.route == "native" and max(image.size) > NATIVE_CROP:
             left = rng.randrange(max(1, image.width - NATIVE_CROP + 1))
