@@ -89,6 +89,12 @@ def random_tiles(pixels: np.ndarray, rng: random.Random, count: int = TILES_PER_
     return out
 
 
+def spread(n: int, k: int) -> set[int]:
+    """``min(k, n)`` indices of ``range(n)`` spread evenly (so a held-out tail holds its share of them)."""
+    k = max(0, min(k, n))
+    return {j * n // k for j in range(k)}
+
+
 def web_attack_for(index: int, models: Sequence[torch.nn.Module]) -> tuple[NativeAttack, torch.nn.Module]:
     """The attack and the model for the ``index``-th web image: round-robin over the attacks, then the models."""
     return NATURAL_ATTACKS[index % len(NATURAL_ATTACKS)], models[(index // len(NATURAL_ATTACKS)) % len(models)]
@@ -154,12 +160,16 @@ def natural_examples(
     seed: int,
     device: torch.device,
     progress: Progress | None = None,
+    attack_n: int | None = None,
 ) -> dict[str, int]:
-    """Each natural image clean, once benignly changed and once attacked (round-robin over the attacks and
-    the ``models``); returns how many of each attack ran."""
+    """Each natural image clean and once benignly changed; ``attack_n`` of them (all when None), spread evenly
+    through the list, also once attacked (round-robin over the attacks and the ``models``).  Clean and benign
+    examples cost no attack, so more images than the attack budget covers still teach the detector what
+    ordinary pictures look like.  Returns how many of each attack ran."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     counts: dict[str, int] = {}
+    attacked_ones = spread(len(images), len(images) if attack_n is None else attack_n)
     task = progress.add_task("attacking web images", total=len(images)) if progress else None
     for i, original in enumerate(images):
         image = cap_size(original)
@@ -167,7 +177,11 @@ def natural_examples(
         kind = delivery.pick(delivery.BENIGN, rng)
         add_image(examples, delivery.BENIGN[kind](image, rng), 0, f"web|benign:{kind}", rng, input_size,
                   model_view_label=0)  # fmt: skip
-        spec, model = web_attack_for(i, models)
+        if i not in attacked_ones:
+            if progress is not None and task is not None:
+                progress.advance(task)
+            continue
+        spec, model = web_attack_for(sum(counts.values()), models)  # the i-th attacked image, round-robin
         target = image
         if spec.route == "native" and max(image.size) > NATIVE_CROP:
             left = rng.randrange(max(1, image.width - NATIVE_CROP + 1))

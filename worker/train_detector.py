@@ -194,6 +194,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
     )
     parser.add_argument("--web-n", type=int, help="use at most this many web images of its train split")
+    parser.add_argument(
+        "--web-attack-n", type=int, help="attack only this many of them, spread evenly (default: all); the rest "
+        "give clean and benign examples only, which cost no attack"
+    )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--width", type=int, default=16, help="channels of the first convolutions")
@@ -240,7 +244,9 @@ def build_examples(
             engine, x, y, args.steps, args.batch_size, args.seed, progress, mix=TRAINING_ATTACKS
         )
         models = [engine.standard.model, engine.robust.model]
-        web_counts = natural_examples(examples, web, models, engine.input_size, args.seed, engine.device, progress)
+        web_counts = natural_examples(
+            examples, web, models, engine.input_size, args.seed, engine.device, progress, attack_n=args.web_attack_n
+        )
     # Square leaves the images its target already gets wrong untouched: those copies are clean, not positives.
     changed = (adversarial != x).flatten(1).any(1)
     console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,19 @@ def test_unseen_pool_excludes_exactly_what_the_trainer_trained_on():
     assert len(calibrate.unseen_pool(n, no_record)[0]) == n
 
 
+def test_every_benign_version_gives_each_kind_every_image_in_blocks():
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(3)]
+    images = [calibrate.delivery.from_array(a) for a in arrays]
+    changed, names = calibrate.every_benign_version(images, seed=1)
+    assert names == [kind for kind in BENIGN for _ in images]
+    # block k, item i is kind k applied to image i, with the random draws taken in that order
+    draws = random.Random(1)
+    expected = [change(image, draws) for change in BENIGN.values() for image in images]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(changed, expected, strict=True))
+    assert any(a.size != images[i % 3].size for i, a in enumerate(changed))  # resize-down did resize
+
+
 @pytest.fixture(scope="module")
 def fitted(bundle_dirs, tiny_tarball, web_set):
     """A calibration of the tiny bundles on the tiny data set and web images, with every detector measured."""
@@ -100,6 +114,12 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     # The operating point keeps held-out web images and every benign change at or below the target too.
     benign = artefact.evaluation["benign_flag_rate"]
     assert set(benign) == {"web-clean", *BENIGN} and all(rate <= artefact.target_fpr for rate in benign.values())
+    # every held-out web image carries every benign kind into its group (not one kind per image)
+    held_web = artefact.data["threshold_groups"]["web-clean"]
+    cifar_per_kind = {kind: 0 for kind in BENIGN}
+    for i in range(12, 24):
+        cifar_per_kind[list(BENIGN)[i % len(BENIGN)]] += 1
+    assert all(artefact.data["threshold_groups"][k] == held_web + cifar_per_kind[k] for k in BENIGN)
     # Web images set the threshold from sources the fit never saw; the artefact records the data and the
     # domain model that decides "no confident class".
     fit_sources = {r.source for r, _ in web if calibrate.source_halves([r])[0]}

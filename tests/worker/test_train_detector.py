@@ -62,6 +62,49 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
     assert web.tiles.images[0].shape[1:] == (64, 64) or web.tiles.images[0].shape[1:] == (48, 48)
 
 
+def test_spread_picks_evenly_spaced_distinct_indices():
+    from worker.detector_data import spread
+
+    for n in range(0, 30):
+        for k in range(0, n + 3):
+            chosen = spread(n, k)
+            assert len(chosen) == min(k, n) and all(0 <= i < n for i in chosen)
+            if 0 < k <= n:  # no gap between chosen indices is more than one step wider than n / k
+                gaps = [b - a for a, b in zip(sorted(chosen), [*sorted(chosen)[1:], n + min(chosen)], strict=True)]
+                assert max(gaps) - min(gaps) <= 1
+
+
+def test_web_examples_attack_only_the_budgeted_images_and_keep_clean_and_benign_for_all():
+    """With an attack budget of 2 of 5 web images, 2 are attacked (round-robin over the attacks), and every
+    image still gives clean and benign examples."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from worker import detector_data
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    rng = np.random.default_rng(2)
+    # 240 px: even the smallest benign resize (0.4x) and a 0.75x delivery leave room for a 64 px tile
+    images = [Image.fromarray(rng.integers(0, 256, (240, 256, 3), dtype=np.uint8)) for _ in range(5)]
+    examples = detector_data.DetectorExamples()
+    counts = detector_data.natural_examples(
+        examples, images, [model, model], [3, 32, 32], seed=0, device=torch.device("cpu"), attack_n=2
+    )
+    assert sum(counts.values()) == 2
+    assert list(counts) == [a.name for a in detector_data.NATURAL_ATTACKS[:2]]
+    tags = examples.tiles.tags
+    assert sum(t.startswith("web|clean") for t in tags) == 5 * 2  # two tiles of each image
+    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2
+    assert examples.tiles.labels.count(1) == 2 * 2
+    everything = detector_data.DetectorExamples()
+    all_counts = detector_data.natural_examples(
+        everything, images, [model, model], [3, 32, 32], seed=0, device=torch.device("cpu")
+    )
+    assert sum(all_counts.values()) == 5 and everything.tiles.labels.count(1) == 5 * 2
+
+
 def test_fit_learns_to_tell_a_sign_perturbation_from_clean_images():
     """Paired clean and +-16/255 sign-noise images of smooth random patterns: after a short training the
     held-out AUROC is near 1 (an untrained net sits near 0.5)."""
