@@ -115,7 +115,9 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "robustness.json").write_text(json.dumps(records, indent=2) + "\n")
     (args.results / "robustness.md").write_text(markdown(records))
-    plot_curves(results, args.results / "robustness_curve.png", "PreActResNet-18 (width 0.125), CIFAR-10 JPEG, PGD-20")
+    widths = ", ".join(sorted({f"{r['width']:g}" for r in records}))
+    title = f"PreActResNet-18 (width {widths}), CIFAR-10 JPEG, PGD-20"
+    plot_curves(results, args.results / "robustness_curve.png", title)
     for result in results:
         if result["method"] in args.ship:
             print(f"shipped {ship(result, args.models)}")
