@@ -39,7 +39,7 @@ from training import bundle as bundle_io
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
-from training.models import build_model
+from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker import delivery, web_images
 from worker.calibrate import AttackSpec, attack_all, detector_images, make_progress, unseen_pool
 from worker.detector_data import NATURAL_ATTACKS, DetectorExamples, ViewSet, cifar_examples, natural_examples
@@ -49,7 +49,7 @@ from worker.engine import native
 from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
 from worker.engine.images import ImageLimits, decode_image
 
-ARCH = "perturbation-cnn"
+DEFAULT_ARCH = "perturbation-cnn2"
 METHOD = "perturbation-detector"
 
 # What the detector learns to flag: eps 4/255 and up, PGD and CW-inf against both models, Square (black box).
@@ -151,7 +151,7 @@ def metadata(
     robust: Bundle, standard: Bundle, args: argparse.Namespace, counts: dict[str, Any], info: dict[str, Any]
 ) -> dict[str, Any]:
     return {
-        "arch": ARCH,
+        "arch": args.arch,
         "width": args.width,
         "num_classes": len(det.DETECTOR_CLASSES),
         "classes": list(det.DETECTOR_CLASSES),
@@ -200,6 +200,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--arch", choices=DETECTOR_ARCHITECTURES, default=DEFAULT_ARCH, help="detector design")
     parser.add_argument("--width", type=int, default=16, help="channels of the first convolutions")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"examples: {counts['model_inputs']} model inputs, {counts['tiles']} native tiles")
 
     torch.manual_seed(args.seed)
-    model = build_model(ARCH, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
+    model = build_model(args.arch, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
     losses = fit(
         model, [small_train, tiles_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         seed=args.seed, console=console,

@@ -174,3 +174,18 @@ def test_unreadable_weights_even_with_a_matching_hash(saved):
 
 def test_bundle_error_is_a_value_error():
     assert issubclass(BundleError, ValueError)
+
+
+@pytest.mark.parametrize("arch", ["perturbation-cnn", "perturbation-cnn2"])
+def test_detector_designs_round_trip_and_differ_in_where_they_stride(tmp_path, arch):
+    """Both detector designs rebuild from their bundle; perturbation-cnn2 strides its second convolution, so
+    on a 64 px tile its second layer works at 32 px where the original works at 64 px."""
+    torch.manual_seed(0)
+    model = build_model(arch, 2, MEAN, STD, 8).eval()
+    loaded = load(save(model, metadata(arch=arch, width=8, num_classes=2, classes=["clean", "adversarial"]), tmp_path))
+    tile = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tile), model(tile))
+        second = model.net.features[:2](tile)
+    assert second.shape[-1] == (32 if arch == "perturbation-cnn2" else 64)
+    assert model.net.features(tile).shape[-1] == 16  # both end at 16 px

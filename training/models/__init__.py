@@ -17,7 +17,7 @@ from training.models.vgg import VGG
 from training.models.wide_resnet import WideResNet
 
 ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11")  # classifiers (``python -m training train --arch``)
-DETECTOR_ARCHITECTURES = ("perturbation-cnn",)  # ``python -m worker.train_detector``
+DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2")  # ``python -m worker.train_detector``
 
 
 class Normalized(nn.Module):
@@ -52,8 +52,9 @@ def build_model(
         net = WideResNet(depth, 10, num_classes, in_channels, width)
     elif arch == "vgg11":
         net = VGG(num_classes, in_channels, width)
-    elif arch == "perturbation-cnn":
-        net = PerturbationCNN(num_classes, in_channels, int(width))
+    elif arch in DETECTOR_ARCHITECTURES:
+        full_resolution_layers = 1 if arch == "perturbation-cnn2" else 2
+        net = PerturbationCNN(num_classes, in_channels, int(width), full_resolution_layers)
     else:
         known = ", ".join(ARCHITECTURES + DETECTOR_ARCHITECTURES)
         raise ValueError(f"unknown architecture {arch!r}; choose one of {known}")
