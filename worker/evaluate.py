@@ -718,7 +718,7 @@ def print_report(console: Console, document: dict[str, Any]) -> None:
     if document.get("web"):
         print_web(console, document["web"])
     if document["benign"]:
-        benign = Table(title="Benign changes: flag rate at the operating point (target <= 2%)")
+        benign = Table(title="Benign changes: flag rate at the operating point (target <= 1%)")
         for column in ("change", "flagged", "AUROC vs clean", "robust label changed"):
             benign.add_column(column, justify="left" if column == "change" else "right")
         for name, r in document["benign"].items():
