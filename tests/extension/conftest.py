@@ -138,15 +138,16 @@ class Site:
 
 
 def _build_images(out: Path) -> Path:
-    from scanner.cli import DEFAULT_DATA, MODELS_DIR
+    from scanner.cli import DEFAULT_DATA
     from scanner.demo_site import build_demo_site
+    from scanner.settings import BUNDLED_STANDARD
 
     if not Path(DEFAULT_DATA).exists():
         pytest.fail(
             f"the CIFAR-10 test data is missing: {DEFAULT_DATA} (the shared data set, see ../shared/data/README.md); "
             "the extension tests need it to build clean and attacked images"
         )
-    build_demo_site(out, DEFAULT_DATA, MODELS_DIR / "standard-preact18-w0.125", pages=1, per_page=6)
+    build_demo_site(out, DEFAULT_DATA, BUNDLED_STANDARD, pages=1, per_page=6)
     return out / "img"
 
 

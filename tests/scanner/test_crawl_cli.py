@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from scanner.cli import DEFAULT_DATA, MODELS_DIR
+from scanner.cli import DEFAULT_DATA
 from scanner.demo_site import build_demo_site
-from scanner.settings import Settings
+from scanner.settings import BUNDLED_STANDARD, Settings
 from tests.people import serving
 from tests.service.conftest import RunningApi, start_api
 
@@ -32,7 +32,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list]]
     if not DEFAULT_DATA.exists():
         pytest.fail(f"the CIFAR-10 test images are missing: expected {DEFAULT_DATA} (see ../shared/data/README.md)")
     root = tmp_path_factory.mktemp("site")
-    images = build_demo_site(root, DEFAULT_DATA, MODELS_DIR / "standard-preact18-w0.125", pages=2, per_page=4)
+    images = build_demo_site(root, DEFAULT_DATA, BUNDLED_STANDARD, pages=2, per_page=4)
     loop = asyncio.new_event_loop()
     ready, holder = threading.Event(), {}
 
