@@ -114,16 +114,17 @@ class PageServer:
 
 @dataclass
 class DemoImage:
-    file: str  # "000.png"
+    file: str  # "000.png", or "photo-00.jpg" for an ordinary photo of the web-image test split
     sha256: str
     flagged: bool
-    label: str
+    label: str | None  # None: no confident class
 
 
 @dataclass
 class Site:
     server: PageServer
     images: list[DemoImage]
+    clean_photo_files: tuple[str, ...] = ()
 
     @property
     def flagged(self) -> list[DemoImage]:
@@ -133,13 +134,20 @@ class Site:
     def clean(self) -> list[DemoImage]:
         return [image for image in self.images if not image.flagged]
 
+    @property
+    def ordinary_photos(self) -> list[DemoImage]:
+        """The photos left as served (the demo site attacks every second photo; those are not here)."""
+        return [image for image in self.images if image.file in self.clean_photo_files]
+
     def url(self, path: str) -> str:
         return f"{self.server.base}/{path.lstrip('/')}"
 
 
-def _build_images(out: Path) -> Path:
+def _build_images(out: Path, web_set: Path) -> tuple[Path, tuple[str, ...]]:
+    """CIFAR-10 images (every second attacked) and four photos of the web-image test split (every second
+    attacked through the resize and served as JPEG 90); returns the image folder and the clean photos' names."""
     from scanner.cli import DEFAULT_DATA
-    from scanner.demo_site import build_demo_site
+    from scanner.demo_site import build_demo_site, demo_photos
     from scanner.settings import BUNDLED_STANDARD
 
     if not Path(DEFAULT_DATA).exists():
@@ -147,8 +155,11 @@ def _build_images(out: Path) -> Path:
             f"the CIFAR-10 test data is missing: {DEFAULT_DATA} (the shared data set, see ../shared/data/README.md); "
             "the extension tests need it to build clean and attacked images"
         )
-    build_demo_site(out, DEFAULT_DATA, BUNDLED_STANDARD, pages=1, per_page=6)
-    return out / "img"
+    photos = demo_photos(web_set, BUNDLED_STANDARD, 4, "8/255", seed=0)
+    images = build_demo_site(out, DEFAULT_DATA, BUNDLED_STANDARD, pages=1, per_page=6, photos=photos)
+    clean_photos = tuple(Path(i.file).name for i in images if i.page == "photos.html" and not i.perturbed)
+    assert clean_photos, "the web-image test split gave no photo"
+    return out / "img", clean_photos
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +190,9 @@ def wait_scan(api: RunningApi, key: str, scan_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Site]:
-    img_dir = _build_images(tmp_path_factory.mktemp("demo"))
-    files = sorted(path.name for path in img_dir.glob("*.png"))
+def site(tmp_path_factory: pytest.TempPathFactory, engine: Any, web_set: Path) -> Iterator[Site]:
+    img_dir, clean_photos = _build_images(tmp_path_factory.mktemp("demo"), web_set)
+    files = sorted(path.name for path in img_dir.iterdir() if path.is_file())
     # What the detector says about each image, from an API of its own (the main API must not know them yet).
     precheck = start_api(_api_settings(tmp_path_factory.mktemp("precheck-api")), engine)
     try:
@@ -202,7 +213,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Site
         pytest.fail(f"the shipped detector should flag some but not all demo images: {images}")
     server = PageServer(img_dir)
     server.start()
-    yield Site(server, images)
+    yield Site(server, images, clean_photos)
     server.stop()
 
 

@@ -114,6 +114,18 @@ def test_badges_appear_on_flagged_images_only(
         assert "robust" not in img["html"] and "data-" not in img["html"], img["html"]
 
 
+def test_ordinary_photos_as_served_get_no_badge(site: Site, gallery: tuple[Page, int]) -> None:
+    """Photos of the web-image test split (wallpaper crops, photo stamps; JPEG, PNG or WebP at their own size),
+    never used to fit anything, are judged clean by the shipped model and detector, so the page shows no badge
+    on them; the attacked photos beside them are judged like any other image."""
+    page, _tab_id = gallery
+    assert site.ordinary_photos, "the site holds no ordinary photo"
+    flagged_photos = [image.file for image in site.ordinary_photos if image.flagged]
+    assert not flagged_photos, f"ordinary photos flagged: {flagged_photos}"
+    placed = wait_badges(page, len(site.flagged))
+    assert not {f"/img/{image.file}?gallery" for image in site.ordinary_photos} & set(placed)
+
+
 def test_badges_follow_their_image_when_the_page_scrolls_and_resizes(gallery: tuple[Page, int], site: Site) -> None:
     page, _ = gallery
     before = {img["src"]: (img["left"], img["top"]) for img in page.evaluate(IMAGES_JS)}
