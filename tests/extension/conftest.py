@@ -143,7 +143,7 @@ class Site:
         return f"{self.server.base}/{path.lstrip('/')}"
 
 
-def _build_images(out: Path, web_set: Path) -> tuple[Path, tuple[str, ...]]:
+def build_site_images(out: Path, web_set: Path) -> tuple[Path, tuple[str, ...]]:
     """CIFAR-10 images (every second attacked) and four photos of the web-image test split (every second
     attacked through the resize and served as JPEG 90); returns the image folder and the clean photos' names."""
     from scanner.cli import DEFAULT_DATA
@@ -170,7 +170,7 @@ def engine() -> Any:
     return load_engine(str(settings.robust_bundle), str(settings.standard_bundle), threads=1)
 
 
-def _api_settings(data_dir: Path) -> Settings:
+def api_settings(data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir,
         fetch_allow_private=True,  # the page server is on loopback
@@ -191,10 +191,10 @@ def wait_scan(api: RunningApi, key: str, scan_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, engine: Any, web_set: Path) -> Iterator[Site]:
-    img_dir, clean_photos = _build_images(tmp_path_factory.mktemp("demo"), web_set)
+    img_dir, clean_photos = build_site_images(tmp_path_factory.mktemp("demo"), web_set)
     files = sorted(path.name for path in img_dir.iterdir() if path.is_file())
     # What the detector says about each image, from an API of its own (the main API must not know them yet).
-    precheck = start_api(_api_settings(tmp_path_factory.mktemp("precheck-api")), engine)
+    precheck = start_api(api_settings(tmp_path_factory.mktemp("precheck-api")), engine)
     try:
         key = precheck.new_key("precheck", "lab")
         data = [(img_dir / name).read_bytes() for name in files]
@@ -242,7 +242,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, engine: Any, site: Site) -> Iterator[Api]:
-    running = Api(start_api(_api_settings(tmp_path_factory.mktemp("api")), engine))
+    running = Api(start_api(api_settings(tmp_path_factory.mktemp("api")), engine))
     yield running
     running.stop()
 
