@@ -70,8 +70,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 
 from benchmarks._service import REPO_ROOT, Service, ServiceConfig, ServiceError, thread_env  # noqa: E402
 
-DEFAULT_ROBUST = REPO_ROOT / "models" / "otjr-preact18-w0.125"
-DEFAULT_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.125"
+DEFAULT_ROBUST = REPO_ROOT / "models" / "pgd-at-preact18-w0.25"
+DEFAULT_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.25"
 TARGET_E2E_OVER_BARE = 0.7
 IMAGE_SIDE = 32
 FULL = {"concurrency": "1,4,16,64", "requests": 2000, "images": 512, "rounds": 3}

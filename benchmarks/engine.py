@@ -29,7 +29,7 @@ Targets
     a 512 px verdict at most 5x its decode and resize.
 
 Usage
-    python benchmarks/engine.py [--robust models/otjr-preact18-w0.125] [--standard models/standard-preact18-w0.125]
+    python benchmarks/engine.py [--robust models/pgd-at-preact18-w0.25] [--standard models/standard-preact18-w0.25]
         [--calibration PATH] [--batch 64] [--repeats 7] [--warmup 1] [--threads N] [--device auto]
         [--data-dir PATH] [--image-size PX] [--json-only]
 
@@ -58,8 +58,8 @@ from training.bundle import BundleError
 from worker.engine import CalibrationError, Engine, EngineError, Verdict
 from worker.engine.images import decode_image, to_model_input
 
-DEFAULT_ROBUST = "models/otjr-preact18-w0.125"
-DEFAULT_STANDARD = "models/standard-preact18-w0.125"
+DEFAULT_ROBUST = "models/pgd-at-preact18-w0.25"
+DEFAULT_STANDARD = "models/standard-preact18-w0.25"
 TARGET_FULL_OVER_BARE = 4.0
 TARGET_BATCHING_GAIN = 5.0
 TARGET_WEB_512_OVER_DECODE = 5.0

@@ -19,8 +19,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_ROBUST = REPO_ROOT / "models" / "otjr-preact18-w0.125"
-BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.125"
+BUNDLED_ROBUST = REPO_ROOT / "models" / "pgd-at-preact18-w0.25"
+BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.25"
 
 
 def masked_url(url: str | None) -> str:

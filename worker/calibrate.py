@@ -1,6 +1,6 @@
 """Fit the detector combiner and the in-domain model and set the threshold; writes the calibration artefact.
 
-    python -m worker.calibrate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+    python -m worker.calibrate --robust models/pgd-at-preact18-w0.25 --standard models/standard-preact18-w0.25 \
         --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
 What the service will see is what the threshold is set on: CIFAR-10 images of the TRAINING split that
@@ -106,15 +106,33 @@ def detector_images(pool: torch.Tensor, seed: int, n: int) -> torch.Tensor:
     return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
+SEEN_POOL = "models-trained"  # a detector's pool kind: images the models trained on (see seen_pool)
+
+
+def seen_pool(n_train: int, bundles: Sequence[Bundle]) -> tuple[torch.Tensor, str]:
+    """Indices of training images some bundle trained on.  Models trained on the whole training split leave
+    only their held-out images unseen (1,000 of 50,000), and those are what the calibration needs: images
+    whose model scores look like the service's.  The perturbation detector reads pixels, not model scores,
+    so it can learn from images the models saw, and the two pools are disjoint by construction."""
+    unseen, _note = _models_unseen_pool(n_train, bundles)
+    seen = torch.ones(n_train, dtype=torch.bool)
+    seen[unseen] = False
+    pool = seen.nonzero().squeeze(1)
+    return pool, f"{len(pool)} training images the bundles trained on"
+
+
 def unseen_pool(n_train: int, bundles: Sequence[Bundle], detector: Bundle | None = None) -> tuple[torch.Tensor, str]:
     """Indices of training images no bundle trained on (as trainer.py selects them), and how they were found.
 
-    With a perturbation detector, the images it trained on (drawn from the models' unseen pool) are left out too.
+    With a perturbation detector drawn from the same pool, the images it trained on are left out too (a
+    detector drawn from the models' training images, ``SEEN_POOL``, shares none with this pool).
     """
     pool, note = _models_unseen_pool(n_train, bundles)
     if detector is None:
         return pool, note
     record = detector.metadata.get("training") or {}
+    if record.get("pool_kind") == SEEN_POOL:
+        return pool, f"{note} (the perturbation detector trained on images the bundles saw)"
     if "seed" not in record or "pool_images" not in record:
         raise ValueError(f"{detector.path} records no training images; retrain it with worker.train_detector")
     used = torch.zeros(n_train, dtype=torch.bool)

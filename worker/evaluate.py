@@ -1,6 +1,6 @@
 """Detection on test images nothing was fitted on: CIFAR-10 and web images, attacks after delivery, benign changes.
 
-    python -m worker.evaluate --robust models/otjr-preact18-w0.125 --standard models/standard-preact18-w0.125 \
+    python -m worker.evaluate --robust models/pgd-at-preact18-w0.25 --standard models/standard-preact18-w0.25 \
         --transfer-source runs/vgg11-w0.25-std/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 \
         --out results
 

@@ -1,13 +1,14 @@
 """Train the perturbation detector for a pair of bundles; writes a bundle beside the robust one.
 
-    python -m worker.train_detector --robust models/otjr-preact18-w0.125 \
-        --standard models/standard-preact18-w0.125 --data-dir ../shared/data/cifar10-jpeg.tar.gz
+    python -m worker.train_detector --robust models/pgd-at-preact18-w0.25 \
+        --standard models/standard-preact18-w0.25 --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
 The detector (``training.models.perturbation_cnn``, fully convolutional) learns "clean or benignly changed"
 against "adversarial" in the two views the engine gives it (``worker.engine.native``): the 32 px model
 input and 64 px tiles of the image at its own resolution.  Its examples (``worker.detector_data``):
 
-- CIFAR-10 images of the TRAINING split that neither model trained on, each as it is, after one benign
+- CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
+  saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one benign
   change (``worker.delivery.BENIGN``) and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square
   at 4 and 8/255); 2/255 attacks are left out, as strong as the sensor noise that must not be flagged;
 - the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed, and attacked
@@ -41,7 +42,7 @@ from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
 from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker import delivery, web_images
-from worker.calibrate import AttackSpec, attack_all, detector_images, make_progress, unseen_pool
+from worker.calibrate import SEEN_POOL, AttackSpec, attack_all, detector_images, make_progress, seen_pool, unseen_pool
 from worker.detector_data import NATURAL_ATTACKS, DetectorExamples, ViewSet, cifar_examples, natural_examples
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
@@ -167,6 +168,7 @@ def metadata(
             "kind": METHOD,
             "seed": args.seed,
             "pool_images": args.n,
+            "pool_kind": args.pool,
             "pool": info["pool"],
             "web_images": info["web"],
             "examples": counts,
@@ -190,6 +192,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
     parser.add_argument("--dataset", help="data set name (default: the robust bundle's)")
     parser.add_argument("--n", type=int, default=6000, help="CIFAR pool images to use (each clean, benign, attacked)")
+    parser.add_argument(
+        "--pool", choices=(SEEN_POOL, "unseen"), default=SEEN_POOL,
+        help="CIFAR training images the models trained on (default; the unseen ones stay for calibration), or "
+        "images no model saw",
+    )  # fmt: skip
     parser.add_argument(
         "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
     )
@@ -279,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         web = load_web_images(args.web_dir, "train", args.web_n, engine.limits)
-        pool, pool_note = unseen_pool(len(splits.train), [robust, standard])
+        choose_pool = seen_pool if args.pool == SEEN_POOL else unseen_pool
+        pool, pool_note = choose_pool(len(splits.train), [robust, standard])
         chosen = detector_images(pool, args.seed, args.n)
     except (ValueError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")

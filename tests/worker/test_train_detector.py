@@ -37,6 +37,20 @@ def test_calibration_pool_leaves_out_exactly_the_detectors_images():
         calibrate.unseen_pool(n, models, Bundle(None, {}, Path("d")))
 
 
+def test_a_detector_drawn_from_the_models_training_images_leaves_the_whole_unseen_pool_to_calibration():
+    n = 300
+    record = {"training": {"seed": 3, "train_images": 50}, "command": "python -m training train --holdout 20"}
+    other = {**record, "training": {"seed": 4, "train_images": 60}}
+    models = [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
+    unseen, _ = calibrate.unseen_pool(n, models)
+    seen, note = calibrate.seen_pool(n, models)
+    assert set(seen.tolist()) | set(unseen.tolist()) == set(range(n)) and not set(seen.tolist()) & set(unseen.tolist())
+    assert 60 <= len(seen) <= 110 and "trained on" in note
+    detector = Bundle(None, {"training": {"seed": 9, "pool_images": 40, "pool_kind": calibrate.SEEN_POOL}}, Path("d"))
+    kept, note = calibrate.unseen_pool(n, models, detector)
+    assert torch.equal(kept, unseen) and "saw" in note
+
+
 def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_that_show_them():
     """Clean, benign and attacked CIFAR-sized images each give a model input; a large web image gives tiles
     too, and its native-resolution attack labels only the tiles (its model input is not a positive)."""
@@ -163,8 +177,8 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     shutil.rmtree(default_detector_dir(robust))
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
-            "--n", "20", "--epochs", "2", "--width", "4", "--batch-size", "8", "--steps", "1", "--threads", "1",
-            "--seed", "5", "--web-dir", str(web_set)]  # fmt: skip
+            "--n", "20", "--pool", "unseen", "--epochs", "2", "--width", "4", "--batch-size", "8", "--steps", "1",
+            "--threads", "1", "--seed", "5", "--web-dir", str(web_set)]  # fmt: skip
     assert train_detector.main(args) == 0
     detector = load_bundle(default_detector_dir(robust))
     assert detector.metadata["classes"] == ["clean", "adversarial"]
