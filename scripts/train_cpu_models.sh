@@ -66,8 +66,8 @@ detection() {
     --epochs 4 --schedule onecycle --lr 0.1 --batch-size 128 --seed 3 --holdout 1000 --holdout-eval 500 \
     --threads 1 --resume --out "$runs/vgg11-w0.25-std" > "$runs/vgg11-w0.25-std.log" 2>&1
   $py -m worker.evaluate --robust "$robust" --standard "$standard" --transfer-source "$runs/vgg11-w0.25-std/best" \
-    --data-dir "$data" --n 1000 --steps 10 --adaptive-steps 40 --square-queries 500 --n-web-attack 120 \
-    --threads 2 --out results
+    --data-dir "$data" --n 500 --steps 10 --adaptive-steps 40 --square-queries 500 --n-web-attack 100 \
+    --attacks pgd-4-t,pgd-8-t,cw-8-t,pgd-8-s,pgd-8-r,square-8,adaptive-8 --threads 2 --out results
 }
 
 compare() {
