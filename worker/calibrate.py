@@ -9,8 +9,8 @@ CALIBRATION split of the web-image set (``worker.web_images``; the test splits a
 ``worker.evaluate``).  Every image goes through a delivery (``worker.delivery``: PNG, JPEG 70-95, WebP, a
 0.75x downscale), so compression says nothing about the label.
 
-- Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images, one
-  benign change of each, the web images of half of the sources and every benign change of each, against
+- Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images and
+  every benign change of each, the web images of half of the sources and every benign change of each, against
   attacked CIFAR-10 images (PGD and CW-inf at 2-16/255 against both bundles) and web images attacked through
   the resize and at native resolution.
 - Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
@@ -247,20 +247,12 @@ def delivered(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Imag
     return [image for image, _ in pairs], [name for _, name in pairs]
 
 
-def benign_versions(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
-    """One benign change per image, round-robin over ``delivery.BENIGN``."""
-    rng = random.Random(seed)
-    kinds = list(delivery.BENIGN)
-    names = [kinds[i % len(kinds)] for i in range(len(images))]
-    return [delivery.BENIGN[k](image, rng) for k, image in zip(names, images, strict=True)], names
-
-
 def every_benign_version(images: Sequence[Image.Image], seed: int) -> tuple[list[Image.Image], list[str]]:
     """Every benign change of every image, kind by kind (``len(BENIGN)`` blocks of ``len(images)``).
 
-    The web images are what the threshold must hold on, and one kind is a tail rate (1%) over a few hundred
-    sources: a round-robin would leave each kind about 40 web images, too few to see that tail (sigma-4/255
-    noise on smooth wallpapers was flagged at 8% on the test split while its round-robin group showed 1%)."""
+    A kind's flag rate is a tail (1%) that one round-robin change per image leaves too few images to see:
+    about 40 web images per kind, and sigma-4/255 noise on smooth wallpapers was flagged at 8% on the test
+    split while its round-robin group showed 1%."""
     rng = random.Random(seed)
     out, names = [], []
     for kind, change in delivery.BENIGN.items():
@@ -346,7 +338,7 @@ def collect(
             engine, to_float(train.images[adv_idx]), train.labels[adv_idx], steps, batch, seed, progress
         )
         cifar_adv_images, adv_delivery = delivered(to_images(x_adv), seed + 1)
-        cifar_benign, cifar_benign_names = benign_versions(cifar_clean, seed + 2)
+        cifar_benign, cifar_benign_names = every_benign_version(cifar_clean, seed + 2)
         web_benign, web_benign_names = every_benign_version(web_images_, seed + 3)
         web_benign_fit_half = fit_half.repeat(len(delivery.BENIGN))
         fitting_web = [image for image, fit in zip(web_images_, fit_half.tolist(), strict=True) if fit]
@@ -358,13 +350,14 @@ def collect(
         cifar_adv = score_images(engine, cifar_adv_images, progress, "scoring CIFAR-10 attacked")
         web_adv_scored = score_images(engine, web_adv, progress, "scoring web attacked")
     first = torch.arange(n_clean) < half
+    first_benign = first.repeat(len(delivery.BENIGN))
     outside = torch.tensor([r.kind != "stamp" for r in records])
     return CalibrationSets(
         cifar_clean_fit=cifar_all.subset(first),
         cifar_clean_held=cifar_all.subset(~first),
-        cifar_benign_fit=cifar_benign_all.subset(first),
-        cifar_benign_held=cifar_benign_all.subset(~first),
-        cifar_benign_names=[n for n, f in zip(cifar_benign_names, first.tolist(), strict=True) if not f],
+        cifar_benign_fit=cifar_benign_all.subset(first_benign),
+        cifar_benign_held=cifar_benign_all.subset(~first_benign),
+        cifar_benign_names=[n for n, f in zip(cifar_benign_names, first_benign.tolist(), strict=True) if not f],
         cifar_adv=cifar_adv,
         cifar_adv_names=[f"{a}|{d}" for a, d in zip(adv_names, adv_delivery, strict=True)],
         web_clean_fit=web_all.subset(fit_half),
