@@ -41,8 +41,8 @@ fast() {
   wait
   # Ship both best/ bundles unchanged (their versions are what the detector and calibration are fitted for),
   # then measure them on the test set.  Standard AutoAttack on all 1,000 images takes 8 min for the standard
-  # model (APGD-CE breaks every image) but about 3 hours for the robust one here (APGD-T and FAB-T run nine
-  # targets on every image still robust), so the robust model gets it on a class-stratified 100 by default
+  # model (APGD-CE breaks every image) but 2-3 hours for the robust one here (28 min for 100 images: APGD-T and
+  # FAB-T run nine targets on every image still robust), so the robust model gets it on a class-stratified 100 by default
   # (N_AUTOATTACK=1000 for all of them).
   rm -rf models/pgd-at-preact18-w0.25 models/standard-preact18-w0.25
   cp -r "$runs/pgdat-nfgsm-w0.25/best" models/pgd-at-preact18-w0.25
