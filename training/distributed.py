@@ -49,5 +49,9 @@ def barrier(ctx: Distributed) -> None:
 
 
 def shutdown(ctx: Distributed) -> None:
+    """Leave the process group together: a rank that tears its gloo group down while another still talks to it
+    can bring both down with SIGABRT ("terminate called without an active exception", seen in the DDP test
+    under load), so every rank waits at a barrier first."""
     if ctx.enabled:
+        dist.barrier()
         dist.destroy_process_group()
