@@ -263,13 +263,7 @@ def _run_crawl(args: argparse.Namespace, settings, config):  # noqa: ANN001, ANN
         async with crawl_command.submitter_for(settings, args.api, args.key) as submitter:
             outcome = await crawl_command.crawl_and_scan(config, submitter, args.resume, Console(stderr=True))
             outcome.mode = f"server {args.api}" if args.api else "embedded"
-        # Ctrl-C cancels this task; a step that was cleaning up (a page whose browser just died, the verdict
-        # poller) can absorb that cancellation, and the crawl then ends as if it had finished.  The request is
-        # still recorded on the task, so it is honoured here.
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise KeyboardInterrupt
-        return outcome
+            return outcome
 
     try:
         return asyncio.run(run())

@@ -88,6 +88,9 @@ def test_ctrl_c_during_a_crawl_ends_it_in_one_line(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            # As in a terminal: an ignored SIGINT is inherited across exec, and the test runner may have been
+            # started with it ignored (a background job of a non-interactive shell is), which hid the Ctrl-C.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         wait_for(lambda: site.count("/slow/1") >= 1, 300, 0.2, "the slow page to be requested")
         os.killpg(crawl.pid, signal.SIGINT)
