@@ -21,11 +21,15 @@ from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
 
 
-def test_calibration_pool_leaves_out_exactly_the_detectors_images():
-    n = 300
+def _two_model_bundles() -> list[Bundle]:
+    """Two bundles (no weights) whose training records say which of 300 training images they trained on."""
     record = {"training": {"seed": 3, "train_images": 50}, "command": "python -m training train --holdout 20"}
     other = {**record, "training": {"seed": 4, "train_images": 60}}
-    models = [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
+    return [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
+
+
+def test_calibration_pool_leaves_out_exactly_the_detectors_images():
+    n, models = 300, _two_model_bundles()
     model_pool, _ = calibrate.unseen_pool(n, models)
     detector = Bundle(None, {"training": {"seed": 9, "pool_images": 70}}, Path("d"))
     pool, note = calibrate.unseen_pool(n, models, detector)
@@ -38,10 +42,7 @@ def test_calibration_pool_leaves_out_exactly_the_detectors_images():
 
 
 def test_a_detector_drawn_from_the_models_training_images_leaves_the_whole_unseen_pool_to_calibration():
-    n = 300
-    record = {"training": {"seed": 3, "train_images": 50}, "command": "python -m training train --holdout 20"}
-    other = {**record, "training": {"seed": 4, "train_images": 60}}
-    models = [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
+    n, models = 300, _two_model_bundles()
     unseen, _ = calibrate.unseen_pool(n, models)
     seen, note = calibrate.seen_pool(n, models)
     assert set(seen.tolist()) | set(unseen.tolist()) == set(range(n)) and not set(seen.tolist()) & set(unseen.tolist())
