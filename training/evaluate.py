@@ -4,24 +4,73 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 from rich.table import Table
 
-from training.attacks import evaluation_attack, parse_eps, predict, robust_mask
+from training.attacks import NamedAttack, evaluation_attack, parse_eps, predict, robust_mask
 from training.bundle import Bundle
-from training.data import ArrayDataset, load_splits, seeded_subset, stratified_prefix, to_float
+from training.data import ArrayDataset, load_splits, seeded_subset, stratified_order, stratified_prefix, to_float
 from training.stats import format_interval, wilson_interval
 
 CURVE_EPS = ("0", "2/255", "4/255", "8/255", "12/255", "16/255")
 
 
+AUTOATTACK_CHUNK = 100
+
+
 def _interval(mask: torch.Tensor) -> list[float]:
     return list(wilson_interval(int(mask.sum().item()), len(mask)))
+
+
+def _advance(progress: Progress, task: TaskID, _stage: str, done: int) -> None:
+    progress.advance(task, done)
+
+
+def resumable_robust_mask(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: list[NamedAttack],
+    checkpoint: Path | None,
+    run_key: dict[str, Any],
+    seed: int,
+    chunk: int = AUTOATTACK_CHUNK,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``robust_mask`` in chunks of ``chunk`` images, saving each finished chunk to ``checkpoint``.
+
+    AutoAttack on 1,000 images runs for hours on a CPU core: an interrupted run loses at most one chunk, and
+    the same command continues where it stopped.  A checkpoint written for another ``run_key`` (bundle
+    version, eps, seed, images) is ignored and replaced.  Each chunk seeds torch from ``seed`` and its index,
+    so a resumed run gives the same result as an uninterrupted one.
+    """
+    state: dict[str, Any] = {"key": run_key, "robust": [], "stage_counts": {}}
+    if checkpoint is not None and checkpoint.exists():
+        saved = json.loads(checkpoint.read_text())
+        if saved.get("key") == run_key:
+            state = saved
+    for start in range(len(state["robust"]), len(y), chunk):
+        if on_progress and start == len(state["robust"]) and start:
+            on_progress("resumed", start * len(attacks))
+        torch.manual_seed(seed * 100_003 + start // chunk)
+        part = slice(start, start + chunk)
+        mask, after = robust_mask(model, x[part], y[part], attacks, on_progress=on_progress)
+        state["robust"].extend(mask.tolist())
+        for stage, fraction in after.items():
+            state["stage_counts"][stage] = state["stage_counts"].get(stage, 0) + round(fraction * len(mask))
+        if checkpoint is not None:
+            staging = checkpoint.with_suffix(".tmp")
+            staging.write_text(json.dumps(state))
+            staging.replace(checkpoint)
+    robust = torch.tensor(state["robust"], dtype=torch.bool, device=y.device)
+    return robust, {stage: count / len(y) for stage, count in state["stage_counts"].items()}
 
 
 def evaluate_bundle(
@@ -35,13 +84,15 @@ def evaluate_bundle(
     curve_eps: tuple[str, ...] = CURVE_EPS,
     curve_n: int | None = None,
     device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Clean and robust accuracy on the same seeded random ``n`` test images.
 
     AutoAttack (``n_autoattack``) and the robustness curve (``curve_n``) may run on fewer: a seeded,
     class-stratified choice among those ``n``, never the first ones in index order (a test split stored class
     by class would give a handful of classes).  Every accuracy comes with its 95% Wilson interval
-    (``*_ci95``) and the number of images behind it.
+    (``*_ci95``) and the number of images behind it.  With ``checkpoint_dir``, AutoAttack saves its progress
+    there and resumes from it.
     """
     model = model_bundle.model.to(device).eval()
     subset = seeded_subset(test_set, n, seed)
@@ -65,17 +116,22 @@ def evaluate_bundle(
     with Progress(transient=True) as progress:
         for name in attacks:
             torch.manual_seed(seed)
-            pick = stratified_prefix(y.cpu(), n_autoattack if name == "autoattack" else None, seed).to(y.device)
-            xs, ys = x[pick], y[pick]
-            task = progress.add_task(f"{name} on {len(ys)} images", total=len(ys) * (4 if name == "autoattack" else 1))
+            attack = evaluation_attack(name, eps, len(model_bundle.classes), seed)
             started = time.perf_counter()
-            mask, stages = robust_mask(
-                model,
-                xs,
-                ys,
-                evaluation_attack(name, eps, len(model_bundle.classes), seed),
-                on_progress=lambda _stage, k, task=task: progress.advance(task, k),
-            )
+            if name == "autoattack":
+                # Stratified order, not sorted: every finished chunk prefix is itself class-balanced.
+                pick = stratified_order(y.cpu(), seed)[: n_autoattack or len(y)].to(y.device)
+                xs, ys = x[pick], y[pick]
+                task = progress.add_task(f"{name} on {len(ys)} images", total=len(ys) * len(attack))
+                key = {"version": model_bundle.version, "eps": eps, "seed": seed, "n": n, "picked": len(ys)}
+                checkpoint = checkpoint_dir / f"autoattack-{model_bundle.version}.json" if checkpoint_dir else None
+                mask, stages = resumable_robust_mask(
+                    model, xs, ys, attack, checkpoint, key, seed, on_progress=partial(_advance, progress, task)
+                )
+            else:
+                xs, ys = x, y
+                task = progress.add_task(f"{name} on {len(ys)} images", total=len(ys))
+                mask, stages = robust_mask(model, xs, ys, attack, on_progress=partial(_advance, progress, task))
             result["attacks"][name] = mask.float().mean().item()
             result["attacks_ci95"][name] = _interval(mask)
             result["attacks_n"][name] = len(ys)
@@ -180,7 +236,16 @@ def run_eval(
         if dataset not in test_sets:
             test_sets[dataset] = load_splits(dataset, data_dir).test
         result = evaluate_bundle(
-            model_bundle, test_sets[dataset], attacks, eps, n, n_autoattack, seed, curve_n=curve_n, device=device
+            model_bundle,
+            test_sets[dataset],
+            attacks,
+            eps,
+            n,
+            n_autoattack,
+            seed,
+            curve_n=curve_n,
+            device=device,
+            checkpoint_dir=out,
         )
         result["label"] = f"{model_bundle.metadata['method']} ({Path(directory).name})"
         results.append(result)
