@@ -37,6 +37,7 @@ from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
+from worker.engine.serving import for_serving
 
 log = logging.getLogger(__name__)
 DETECTOR_FOLDER = "perturbation-detector"
@@ -123,6 +124,8 @@ class Engine:
             models[det.DETECTOR] = detector.model
         for model in models.values():
             model.to(self.device).eval()
+        # What the engine computes with: the same functions, folded and laid out for speed (``serving``).
+        self.serving = {name: for_serving(model, self.device) for name, model in models.items()}
         self.max_batch = max_batch
         self.limits = limits or ImageLimits()
         self.input_size = list(robust.metadata["input_size"])
@@ -137,7 +140,7 @@ class Engine:
                 f"detector(s) {', '.join(missing)} need the perturbation detector bundle; train one with "
                 "`python -m worker.train_detector` (it is looked for in the robust bundle's perturbation-detector/)"
             )
-        compared = {name: model for name, model in models.items() if name != det.DETECTOR}
+        compared = {name: model for name, model in self.serving.items() if name != det.DETECTOR}
         self.views = det.ViewComputer(compared, self.input_size, self.device)
         # The perturbation detector reads pixels as served: JPEG's decoder may only downscale images whose
         # sides both stay at least this large (a 24 Mpx photo), which keeps decoding bounded.
@@ -211,7 +214,7 @@ class Engine:
         Calibration and evaluation call this, so they measure exactly what the engine serves.
         """
         x = x.to(self.device, torch.float32)
-        robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
+        robust_probs = F.softmax(self.serving[det.ROBUST](x).float(), dim=1)
         return robust_probs, self._detector_scores(x, robust_probs, tiles, owner)
 
     def _detector_scores(
@@ -224,7 +227,7 @@ class Engine:
         if any(d.name == det.NATIVE_DETECTOR for d in self.detectors):
             empty = torch.empty(0, *x.shape[1:2], native.TILE, native.TILE)
             tiles, owner = (tiles, owner) if tiles is not None else (empty, torch.empty(0, dtype=torch.long))
-            logits = native.image_logits(self.detector.model, x, tiles, owner)
+            logits = native.image_logits(self.serving[det.DETECTOR], x, tiles, owner)
             scores[det.NATIVE_DETECTOR] = F.softplus(logits)  # = -log p_clean of the deciding view
         return {d.name: scores[d.name].cpu() for d in self.detectors}
 
@@ -297,7 +300,7 @@ class Engine:
         n = len(x)
         x = x.to(self.device, torch.float32)
         start = time.perf_counter()
-        robust_probs = F.softmax(self.robust.model(x).float(), dim=1)
+        robust_probs = F.softmax(self.serving[det.ROBUST](x).float(), dim=1)
         self._synchronise()
         after_inference = time.perf_counter()
         tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
