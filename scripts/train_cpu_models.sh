@@ -8,8 +8,8 @@
 #   bash scripts/train_cpu_models.sh compare [DATA] the 3-epoch width-0.125 comparison of the four methods behind
 #                                                   results/robustness.json (nothing shipped)
 #   bash scripts/train_cpu_models.sh co [DATA]      the catastrophic-overfitting pairs (PGD-AT against OTJR)
-#   bash scripts/train_cpu_models.sh co-w0.25 [DATA] the same question with a model that can overfit: width 0.25,
-#                                                   10,000 images, 30 epochs (results/co-w0.25/)
+#   bash scripts/train_cpu_models.sh co-w0.25 [DATA] the same question at width 0.25 on 10,000 images, in the two
+#                                                   settings most prone to collapse (results/co-w0.25/)
 #
 # DATA defaults to ../shared/data/cifar10-jpeg.tar.gz.  Every training run resumes from OUT/last.pt with the same
 # command (--resume).  RUNS (default runs/) holds the runs; point it outside the worktree for runs that outlive a
@@ -112,17 +112,22 @@ co() {
 }
 
 co_w025() {
-  # The width-0.125 pairs never collapsed: those models were under-fitted.  Width 0.25 on 10,000 images for 30
-  # epochs fits its training set far better.  FGSM-RS at 8/255 with step 2 eps (Wong et al.'s collapsing
-  # setting); PGD-AT first, then OTJR with the same flags (about 50 and 130 min on one core).
+  # The width-0.125 pairs never collapsed: those models were under-fitted.  Width 0.25 (4x the arithmetic) on
+  # 10,000 images, in the two settings most prone to collapse: FGSM-RS at 8/255 with step 2 eps for 30 epochs
+  # (Wong et al.), and plain FGSM (no random start, step eps) at 16/255 for 15 epochs.  About 2 min per PGD-AT
+  # epoch on one core; OTJR costs 2.7x that.  OTJR only answers the question where PGD-AT collapsed.
   local common=(--arch preact18 --width 0.25 --dataset cifar10 --data-dir "$data" --train-limit 10000
-                --epochs 30 --schedule onecycle --lr 0.2 --batch-size 128 --seed 0 --holdout 1000
-                --holdout-eval 500 --threads 1 --attack fgsm-rs --attack-alpha 16/255 --stop-on-co --resume)
+                --schedule onecycle --lr 0.2 --batch-size 128 --seed 0 --holdout 1000 --holdout-eval 500
+                --threads 1 --stop-on-co --resume)
+  local fgsmrs2=(--epochs 30 --attack fgsm-rs --attack-alpha 16/255)
+  local fgsm16=(--epochs 15 --eps 16/255 --attack pgd --attack-steps 1 --step-size 16/255 --attack-start normal)
   for method in pgd-at otjr; do
-    $py -m training train --method $method "${common[@]}" --out "$runs/co/$method-w0.25-fgsmrs2" \
-      > "$runs/co/$method.log" 2>&1
+    $py -m training train --method $method "${common[@]}" "${fgsmrs2[@]}" --out "$runs/co/$method-w0.25-fgsmrs2" \
+      > "$runs/co/$method-fgsmrs2.log" 2>&1
+    $py -m training train --method $method "${common[@]}" "${fgsm16[@]}" --out "$runs/co/$method-w0.25-fgsm16" \
+      > "$runs/co/$method-fgsm16.log" 2>&1
   done
-  $py scripts/plot_holdout.py "$runs"/co/{pgd-at,otjr}-w0.25-fgsmrs2 --out results/co-w0.25/holdout.png
+  $py scripts/plot_holdout.py "$runs"/co/*-w0.25-* --out results/co-w0.25/holdout.png
 }
 
 case "$recipe" in
