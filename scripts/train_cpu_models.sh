@@ -7,6 +7,8 @@
 #                                                   calibration and the detection report (results/) for that pair
 #   bash scripts/train_cpu_models.sh compare [DATA] the 3-epoch width-0.125 comparison of the four methods behind
 #                                                   results/robustness.json (nothing shipped)
+#   bash scripts/train_cpu_models.sh budget70 [DATA] TRADES and OTJR at width 0.25 in the 70 min the shipped PGD-AT
+#                                                   model had (not yet run)
 #   bash scripts/train_cpu_models.sh co [DATA]      the catastrophic-overfitting pairs (PGD-AT against OTJR)
 #   bash scripts/train_cpu_models.sh co-w0.25 [DATA] the same question at width 0.25 on 10,000 images, in the two
 #                                                   settings most prone to collapse (results/co-w0.25/)
@@ -43,9 +45,9 @@ fast() {
   wait
   # Ship both best/ bundles unchanged (their versions are what the detector and calibration are fitted for),
   # then measure them on the test set.  Standard AutoAttack on all 1,000 images takes 8 min for the standard
-  # model (APGD-CE breaks every image) but 2-3 hours for the robust one here (28 min for 100 images: APGD-T and
-  # FAB-T run nine targets on every image still robust), so the robust model gets it on a class-stratified 100 by default
-  # (N_AUTOATTACK=1000 for all of them).
+  # model (APGD-CE breaks every image) but 112 min for the robust one on a core of its own (APGD-T and FAB-T
+  # run nine targets on every image still robust), so the robust model gets it on a class-stratified 100 by
+  # default; N_AUTOATTACK=1000 for all of them (results/fast-w0.25 has that run; it resumes if interrupted).
   rm -rf models/pgd-at-preact18-w0.25 models/standard-preact18-w0.25
   cp -r "$runs/pgdat-nfgsm-w0.25/best" models/pgd-at-preact18-w0.25
   cp -r "$runs/standard-w0.25/best" models/standard-preact18-w0.25
@@ -92,6 +94,27 @@ compare() {
   $py scripts/collect_results.py "${evals[@]}" --results results
 }
 
+budget70() {
+  # The same-wall-clock comparison at width 0.25: the shipped PGD-AT model had 70 min (15 epochs of N-FGSM).
+  # At the measured epoch costs (results/benchmark_epoch_time.json: PGD-AT 4.4, TRADES 7.8, OTJR 11.2 min) the
+  # same 70 min buy TRADES 9 epochs and OTJR 6, with the same single-step inner attack, schedule and data.
+  # Side by side, one core each, then the same evaluation as the shipped model (AutoAttack on a stratified
+  # N_AUTOATTACK, default 200).  About 70 min of training and 1-2 hours of evaluation.
+  local common=(--arch preact18 --width 0.25 --dataset cifar10 --data-dir "$data" --schedule onecycle --lr 0.2
+                --batch-size 128 --seed 0 --holdout 1000 --holdout-eval 500 --threads 1 --resume
+                --attack n-fgsm --weight-decay 5e-4)
+  $py -m training train --method trades "${common[@]}" --epochs 9 --out "$runs/trades-nfgsm-w0.25" \
+    > "$runs/trades-nfgsm-w0.25.log" 2>&1 &
+  $py -m training train --method otjr "${common[@]}" --epochs 6 --out "$runs/otjr-nfgsm-w0.25" \
+    > "$runs/otjr-nfgsm-w0.25.log" 2>&1 &
+  wait
+  N_AUTOATTACK=${N_AUTOATTACK:-200} evaluate "$runs/trades-nfgsm-w0.25" &
+  N_AUTOATTACK=${N_AUTOATTACK:-200} evaluate "$runs/otjr-nfgsm-w0.25" &
+  wait
+  $py scripts/collect_results.py --eval "$runs/trades-nfgsm-w0.25-eval/eval.json" \
+    --eval "$runs/otjr-nfgsm-w0.25-eval/eval.json" --results results/budget70-w0.25
+}
+
 co() {
   # Does OTJR's Jacobian term keep single-step training from catastrophic overfitting?  FGSM-RS at 8/255 with
   # step 2 eps (where Wong et al. see it collapse) and at 16/255 with the default 1.25 eps, PGD-AT against
@@ -134,6 +157,7 @@ case "$recipe" in
   fast) fast ;;
   compare) compare ;;
   co) co ;;
+  budget70) budget70 ;;
   co-w0.25) mkdir -p "$runs/co"; co_w025 ;;
-  *) echo "usage: bash scripts/train_cpu_models.sh fast|compare|co|co-w0.25 [DATA]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/train_cpu_models.sh fast|compare|budget70|co|co-w0.25 [DATA]" >&2; exit 2 ;;
 esac
