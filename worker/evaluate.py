@@ -212,7 +212,7 @@ def differentiable_scores(engine: Engine, x: torch.Tensor) -> dict[str, torch.Te
     scores = det.score(compared, probs)
     if engine.detector is not None and any(d.name == det.NATIVE_DETECTOR for d in engine.detectors):
         # Model-space inputs (CIFAR-10 size) have no native tiles: the detector reads the model input.
-        scores[det.NATIVE_DETECTOR] = F.softplus(native.adversarial_logit(engine.detector.model, x))
+        scores[det.NATIVE_DETECTOR] = F.softplus(native.adversarial_logit(engine.serving[det.DETECTOR], x))
     return scores
 
 

@@ -32,10 +32,9 @@ log = logging.getLogger(__name__)
 
 def for_serving(model: nn.Module, device: torch.device) -> nn.Module:
     """An eval-mode copy of ``model`` on ``device`` with batch norm folded where fx can trace it, channels-last."""
-    model = model.to(device).eval()
+    served = copy.deepcopy(model).eval().to(device)  # ``model`` itself is left as it was
     try:
-        served = fuse(model)  # a traced copy; ``model`` is left as it was
+        served = fuse(served, inplace=True)
     except Exception as err:  # noqa: BLE001 - any untraceable module: serve it unfolded rather than fail
         log.warning("cannot fold batch norm of %s (%s); serving it unfolded", type(model).__name__, err)
-        served = copy.deepcopy(model)
-    return served.to(memory_format=torch.channels_last).eval()
+    return served.to(memory_format=torch.channels_last)
