@@ -10,9 +10,8 @@ Two changes that do not alter what a model computes (beyond float rounding, abou
 - **Channels-last memory layout**: oneDNN's convolutions on the CPU run faster on NHWC tensors, the more so
   for the few-channel, large feature maps of the detector's 64 px native tiles.
 
-Measured on one core of the 2-core development machine (`benchmarks/engine.py` has the end-to-end numbers):
-the detector on 192 tiles of 64 px went from 308 ms to 113 ms, the robust PreActResNet-18 at width 1/4 on
-32 images from 39 ms to 32 ms.
+`benchmarks/engine.py` on the idle 2-core development machine: 512 px verdicts went from 139 to 196 per second
+(the code before and after, in two runs one after the other).
 
 The bundles keep their trained modules untouched: attacks (calibration, evaluation, training data) take
 gradients through those, and a module with folded batch norm must never be put back in train mode.
