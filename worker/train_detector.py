@@ -8,10 +8,12 @@ against "adversarial" in the two views the engine gives it (``worker.engine.nati
 input and 64 px tiles of the image at its own resolution.  Its examples (``worker.detector_data``):
 
 - CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
-  saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one benign
-  change (``worker.delivery.BENIGN``) and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square
-  at 4 and 8/255); 2/255 attacks are left out, as strong as the sensor noise that must not be flagged;
-- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed, and attacked
+  saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one
+  benign change (``worker.delivery.BENIGN``), with sensor noise (the hard negative, ``HARD_NEGATIVE``) and
+  attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255); 2/255 attacks are left
+  out, as strong as the sensor noise that must not be flagged;
+- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed, with sensor noise,
+  and attacked
   through the resize or at native resolution against both bundles;
 
 and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) before its views are cut, so the
@@ -43,7 +45,14 @@ from training.data import load_splits, to_float
 from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker import delivery, web_images
 from worker.calibrate import SEEN_POOL, AttackSpec, attack_all, detector_images, make_progress, seen_pool, unseen_pool
-from worker.detector_data import NATURAL_ATTACKS, DetectorExamples, ViewSet, cifar_examples, natural_examples
+from worker.detector_data import (
+    HARD_NEGATIVE,
+    NATURAL_ATTACKS,
+    DetectorExamples,
+    ViewSet,
+    cifar_examples,
+    natural_examples,
+)
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
@@ -179,6 +188,7 @@ def metadata(
             "attacks": [f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target})" for s in TRAINING_ATTACKS],
             "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
             "benign": ", ".join(delivery.BENIGN),
+            "hard_negative": f"{HARD_NEGATIVE}: one extra clean example of every image",
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),

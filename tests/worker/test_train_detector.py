@@ -67,7 +67,9 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
     detector_data.cifar_examples(examples, x, x.flip(3), ["pgd-8-s"] * 4, torch.tensor([1, 1, 0, 1]).bool(), 0,
                                  [3, 8, 8])  # fmt: skip
     tags = examples.model_inputs.tags
-    assert len(tags) == 4 * 2 + 3 and examples.tiles.images == []  # 32 px: no tiles
+    assert len(tags) == 4 * 3 + 3 and examples.tiles.images == []  # 32 px: no tiles
+    # every image also gives the hard negative (sensor noise), besides its randomly chosen benign change
+    assert sum(tag.startswith(f"cifar|benign:{detector_data.HARD_NEGATIVE}|") for tag in tags) >= 4
     assert all("|" in tag for tag in tags)  # every example records its delivery
     assert examples.model_inputs.labels.count(1) == 3
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (160, 200, 3), dtype=np.uint8))
@@ -111,7 +113,8 @@ def test_web_examples_attack_only_the_budgeted_images_and_keep_clean_and_benign_
     assert list(counts) == [a.name for a in detector_data.NATURAL_ATTACKS[:2]]
     tags = examples.tiles.tags
     assert sum(t.startswith("web|clean") for t in tags) == 5 * 2  # two tiles of each image
-    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2
+    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2 * 2  # a random change and the hard negative
+    assert sum(t.startswith(f"web|benign:{detector_data.HARD_NEGATIVE}|") for t in tags) >= 5 * 2
     assert examples.tiles.labels.count(1) == 2 * 2
     everything = detector_data.DetectorExamples()
     all_counts = detector_data.natural_examples(
