@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -37,3 +38,25 @@ def format_interval(correct: int, n: int) -> str:
     """'41.5 [38.5, 44.6]' (percent)."""
     low, high = wilson_interval(correct, n)
     return f"{100 * correct / n:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = Z95) -> dict[str, float | int]:
+    """Difference of two accuracies measured on the SAME images (second minus first), for comparing models.
+
+    Pairing removes the images both models get right or both get wrong, so it is far sharper than comparing two
+    Wilson intervals: only the discordant images (``b``: first right, second wrong; ``c``: the reverse) carry
+    information.  The interval is the normal one for paired proportions (Agresti, Categorical Data Analysis,
+    10.1.1), the p-value McNemar's exact test (a two-sided binomial test of ``c`` among ``b + c`` at 1/2).
+    """
+    from scipy.stats import binomtest
+
+    if len(first) != len(second) or not first:
+        raise ValueError("a paired difference needs two outcomes for each of at least one image")
+    n = len(first)
+    b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
+    difference = (c - b) / n
+    half = z * math.sqrt(max(0.0, (b + c) / n - difference**2) / n)
+    p_value = binomtest(c, b + c, 0.5).pvalue if b + c else 1.0
+    return {"n": n, "difference": difference, "ci95_low": difference - half, "ci95_high": difference + half,
+            "first_only": b, "second_only": c, "p_value": float(p_value)}  # fmt: skip

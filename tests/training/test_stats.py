@@ -160,3 +160,40 @@ def test_every_accuracy_has_its_wilson_interval(class_sorted_eval):
     clean_cell = format_interval(round(r["clean"] * 40), 40)
     assert f"| bundle | standard | 40 | {clean_cell} |" in table
     assert "autoattack on 8" in table and "95% Wilson interval" in table
+
+
+def _outcomes(both: int, first_only: int, second_only: int, neither: int) -> tuple[list[bool], list[bool]]:
+    first = [True] * both + [True] * first_only + [False] * second_only + [False] * neither
+    second = [True] * both + [False] * first_only + [True] * second_only + [False] * neither
+    return first, second
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (3, 9), (12, 5), (31, 31), (0, 7)])
+def test_paired_difference_matches_an_exact_mcnemar_test_and_the_per_image_variance(b, c):
+    """The p-value is the exact two-sided binomial tail of the discordant pairs, written out; the interval is
+    the difference +- z times the standard error of the mean per-image difference (-1, 0 or +1)."""
+    from training.stats import paired_difference
+
+    first, second = _outcomes(40, b, c, 60)
+    result = paired_difference(first, second)
+    n = len(first)
+    assert result["difference"] == pytest.approx((c - b) / n)
+    m = b + c
+    exact = min(1.0, 2 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m) if m else 1.0
+    assert result["p_value"] == pytest.approx(exact, rel=1e-9)
+    per_image = torch.tensor([float(y) - float(x) for x, y in zip(first, second, strict=True)], dtype=torch.float64)
+    standard_error = math.sqrt(per_image.var(unbiased=False).item() / n)
+    assert result["ci95_high"] - result["difference"] == pytest.approx(Z95 * standard_error, abs=1e-12)
+    assert result["difference"] - result["ci95_low"] == pytest.approx(Z95 * standard_error, abs=1e-12)
+
+
+def test_paired_difference_ignores_concordant_images_and_is_antisymmetric():
+    from training.stats import paired_difference
+
+    first, second = _outcomes(10, 4, 11, 5)
+    more_first, more_second = _outcomes(500, 4, 11, 300)
+    forward, swapped = paired_difference(first, second), paired_difference(second, first)
+    assert swapped["difference"] == pytest.approx(-forward["difference"]) and swapped["p_value"] == forward["p_value"]
+    assert paired_difference(more_first, more_second)["p_value"] == forward["p_value"]  # only b and c matter
+    with pytest.raises(ValueError):
+        paired_difference([True], [True, False])
