@@ -36,9 +36,9 @@ MAX_SIDE = 384  # natural images are attacked at most this large (cost); the eva
 NATIVE_CROP = 96  # native-resolution attacks run on a crop of this size (the tiles come from it)
 TILES_PER_IMAGE = 2
 # The benign change closest to an attack: sensor noise of sigma up to 4/255 has the energy of a 4/255 L-inf
-# perturbation, and it was the kind that set the calibrated threshold (every other kind stayed at 0%).  Every
-# image gives one extra example with it, on top of its randomly chosen benign change, so the detector sees
-# noise as often as it sees attacks instead of in one benign example of nine.
+# perturbation, and it was the kind that set the calibrated threshold (every other kind stayed at 0%).  With
+# ``hard_negatives`` every image gives one extra example with it, on top of its randomly chosen benign change,
+# so the detector sees noise as often as it sees attacks instead of in one benign example of nine.
 HARD_NEGATIVE = "noise-4"
 
 # Against the standard and the robust bundle in turn; eps 4-16/255, as for CIFAR-10.  Five PGD steps (step
@@ -134,9 +134,11 @@ def add_benign(
     source: str,
     rng: random.Random,
     input_size: Sequence[int],
+    hard_negatives: bool,
 ) -> None:
-    """One randomly chosen benign change of ``image``, and the hard negative; both delivered, both clean."""
-    for kind in (delivery.pick(delivery.BENIGN, rng), HARD_NEGATIVE):
+    """One randomly chosen benign change of ``image`` and, with ``hard_negatives``, a noisy copy; delivered."""
+    kinds = [delivery.pick(delivery.BENIGN, rng)] + ([HARD_NEGATIVE] if hard_negatives else [])
+    for kind in kinds:
         changed = delivery.BENIGN[kind](image, rng)
         add_image(examples, changed, 0, f"{source}|benign:{kind}", rng, input_size, model_view_label=0)
 
@@ -149,6 +151,7 @@ def cifar_examples(
     usable: torch.Tensor,
     seed: int,
     input_size: Sequence[int],
+    hard_negatives: bool = False,
 ) -> None:
     """Each CIFAR image clean, benignly changed (``add_benign``) and attacked (where the attack changed it);
     delivered."""
@@ -157,7 +160,7 @@ def cifar_examples(
     for i in range(len(clean)):
         image = delivery.from_array(as_uint8[0][i])
         add_image(examples, image, 0, "cifar|clean", rng, input_size, model_view_label=0)
-        add_benign(examples, image, "cifar", rng, input_size)
+        add_benign(examples, image, "cifar", rng, input_size, hard_negatives)
         if usable[i]:
             attacked = delivery.from_array(as_uint8[1][i])
             add_image(examples, attacked, 1, f"cifar|{attack_names[i]}", rng, input_size, model_view_label=1)
@@ -178,6 +181,7 @@ def natural_examples(
     device: torch.device,
     progress: Progress | None = None,
     attack_n: int | None = None,
+    hard_negatives: bool = False,
 ) -> dict[str, int]:
     """Each natural image clean and benignly changed (``add_benign``); ``attack_n`` of them (all when None),
     spread evenly through the list, also once attacked (round-robin over the attacks and the ``models``).
@@ -191,7 +195,7 @@ def natural_examples(
     for i, original in enumerate(images):
         image = cap_size(original)
         add_image(examples, image, 0, "web|clean", rng, input_size, model_view_label=0)
-        add_benign(examples, image, "web", rng, input_size)
+        add_benign(examples, image, "web", rng, input_size, hard_negatives)
         if i not in attacked_ones:
             if progress is not None and task is not None:
                 progress.advance(task)

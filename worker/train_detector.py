@@ -9,11 +9,11 @@ input and 64 px tiles of the image at its own resolution.  Its examples (``worke
 
 - CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
   saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one
-  benign change (``worker.delivery.BENIGN``), with sensor noise (the hard negative, ``HARD_NEGATIVE``) and
-  attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255); 2/255 attacks are left
-  out, as strong as the sensor noise that must not be flagged;
-- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed, with sensor noise,
-  and attacked
+  benign change (``worker.delivery.BENIGN``), with ``--hard-negatives`` also with sensor noise
+  (``HARD_NEGATIVE``), and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255);
+  2/255 attacks are left out, as strong as the sensor noise that must not be flagged;
+- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed (the same way), and
+  attacked
   through the resize or at native resolution against both bundles;
 
 and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) before its views are cut, so the
@@ -188,7 +188,7 @@ def metadata(
             "attacks": [f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target})" for s in TRAINING_ATTACKS],
             "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
             "benign": ", ".join(delivery.BENIGN),
-            "hard_negative": f"{HARD_NEGATIVE}: one extra clean example of every image",
+            "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
@@ -214,6 +214,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--web-attack-n", type=int, help="attack only this many of them, spread evenly (default: all); the rest "
         "give clean and benign examples only, which cost no attack"
+    )  # fmt: skip
+    parser.add_argument(
+        "--hard-negatives", action="store_true",
+        help=f"give every image one extra clean example with {HARD_NEGATIVE} (the benign change nearest an attack)",
     )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
@@ -263,8 +267,9 @@ def build_examples(
         )
         models = [engine.standard.model, engine.robust.model]
         web_counts = natural_examples(
-            examples, web, models, engine.input_size, args.seed, engine.device, progress, attack_n=args.web_attack_n
-        )
+            examples, web, models, engine.input_size, args.seed, engine.device, progress,
+            attack_n=args.web_attack_n, hard_negatives=args.hard_negatives,
+        )  # fmt: skip
     # Square leaves the images its target already gets wrong untouched: those copies are clean, not positives.
     changed = (adversarial != x).flatten(1).any(1)
     console.print(
@@ -272,7 +277,7 @@ def build_examples(
         "copies are not used as adversarial"
     )
     cifar = DetectorExamples()
-    cifar_examples(cifar, x, adversarial, names, changed, args.seed, engine.input_size)
+    cifar_examples(cifar, x, adversarial, names, changed, args.seed, engine.input_size, args.hard_negatives)
     # CIFAR examples first, web ones after: the held-out tail of each view is whole images, never seen.
     small = ViewSet(cifar.model_inputs.images + examples.model_inputs.images,
                     cifar.model_inputs.labels + examples.model_inputs.labels)  # fmt: skip

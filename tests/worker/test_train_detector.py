@@ -64,12 +64,15 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
 
     examples = detector_data.DetectorExamples()
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    detector_data.cifar_examples(examples, x, x.flip(3), ["pgd-8-s"] * 4, torch.tensor([1, 1, 0, 1]).bool(), 0,
-                                 [3, 8, 8])  # fmt: skip
+    usable = torch.tensor([1, 1, 0, 1]).bool()
+    detector_data.cifar_examples(examples, x, x.flip(3), ["pgd-8-s"] * 4, usable, 0, [3, 8, 8])
     tags = examples.model_inputs.tags
-    assert len(tags) == 4 * 3 + 3 and examples.tiles.images == []  # 32 px: no tiles
-    # every image also gives the hard negative (sensor noise), besides its randomly chosen benign change
-    assert sum(tag.startswith(f"cifar|benign:{detector_data.HARD_NEGATIVE}|") for tag in tags) >= 4
+    assert len(tags) == 4 * 2 + 3 and examples.tiles.images == []  # 32 px: no tiles
+    hard = detector_data.DetectorExamples()
+    detector_data.cifar_examples(hard, x, x.flip(3), ["pgd-8-s"] * 4, usable, 0, [3, 8, 8], hard_negatives=True)
+    # with hard negatives every image also gives a noisy copy, besides its randomly chosen benign change
+    noisy = [t for t in hard.model_inputs.tags if t.startswith(f"cifar|benign:{detector_data.HARD_NEGATIVE}|")]
+    assert len(hard.model_inputs.tags) == 4 * 3 + 3 and len(noisy) >= 4
     assert all("|" in tag for tag in tags)  # every example records its delivery
     assert examples.model_inputs.labels.count(1) == 3
     big = Image.fromarray(np.random.default_rng(1).integers(0, 256, (160, 200, 3), dtype=np.uint8))
@@ -113,14 +116,16 @@ def test_web_examples_attack_only_the_budgeted_images_and_keep_clean_and_benign_
     assert list(counts) == [a.name for a in detector_data.NATURAL_ATTACKS[:2]]
     tags = examples.tiles.tags
     assert sum(t.startswith("web|clean") for t in tags) == 5 * 2  # two tiles of each image
-    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2 * 2  # a random change and the hard negative
-    assert sum(t.startswith(f"web|benign:{detector_data.HARD_NEGATIVE}|") for t in tags) >= 5 * 2
+    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2
     assert examples.tiles.labels.count(1) == 2 * 2
     everything = detector_data.DetectorExamples()
     all_counts = detector_data.natural_examples(
-        everything, images, [model, model], [3, 32, 32], seed=0, device=torch.device("cpu")
+        everything, images, [model, model], [3, 32, 32], seed=0, device=torch.device("cpu"), hard_negatives=True
     )
     assert sum(all_counts.values()) == 5 and everything.tiles.labels.count(1) == 5 * 2
+    tags = everything.tiles.tags
+    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2 * 2  # a random change and the noisy copy
+    assert sum(t.startswith(f"web|benign:{detector_data.HARD_NEGATIVE}|") for t in tags) >= 5 * 2
 
 
 def test_fit_learns_to_tell_a_sign_perturbation_from_clean_images():
