@@ -116,7 +116,7 @@ budget70() {
     --eval "$runs/otjr-nfgsm-w0.25-eval/eval.json" --results results/budget70-w0.25
   # AutoAttack paired on the same images: the shipped PGD-AT model's per-image outcome on all 1,000 covers the
   # 200 that TRADES and OTJR were attacked on (the first 200 of the same class-stratified order).
-  $py scripts/compare_autoattack.py pgd-at=results/fast-w0.25/autoattack-07119623caa220f0.json \
+  $py scripts/compare_autoattack.py pgd-at="$(ls results/fast-w0.25/autoattack-*.json)" \
     trades="$(ls "$runs"/trades-nfgsm-w0.25-eval/autoattack-*.json)" \
     otjr="$(ls "$runs"/otjr-nfgsm-w0.25-eval/autoattack-*.json)" --json results/budget70-w0.25/paired_autoattack.json
 }
