@@ -249,6 +249,19 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)  # guard the budget
 
 
+def pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """L2 PGD on the cross-entropy (torchattacks ``PGDL2``): random start in the ball, ``steps`` normalised
+    gradient steps of 2.5 eps / steps, each projected back onto the L2 ball of radius ``eps`` and [0, 1]."""
+    import torchattacks
+
+    attack = torchattacks.PGDL2(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    x_adv = attack(x, y)
+    # torchattacks leaves the model in eval mode and returns a detached tensor; guard the budget anyway.
+    delta = x_adv - x
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    return (x + delta * (eps / norms).clamp(max=1.0)).clamp(0, 1).detach()
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 

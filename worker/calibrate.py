@@ -11,8 +11,8 @@ CALIBRATION split of the web-image set (``worker.web_images``; the test splits a
 
 - Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images and
   every benign change of each, the web images of half of the sources and every benign change of each, against
-  attacked CIFAR-10 images (PGD and CW-inf at 2-16/255 against both bundles) and web images attacked through
-  the resize and at native resolution.
+  attacked CIFAR-10 images (PGD and CW-inf at 2-16/255 against both bundles, L2 PGD at radius 0.5 and 1) and
+  web images attacked through the resize and at native resolution.
 - Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
   the web images of the other half of the sources, and each kind of benign change at or below the target
   rate.
@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from training.attacks import margin_objective, pgd, square
+from training.attacks import margin_objective, pgd, pgd_l2, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
@@ -62,24 +62,34 @@ SQUARE_QUERIES = 500  # as worker.evaluate and the audits' robustness check run 
 @dataclass(frozen=True)
 class AttackSpec:
     target: str  # "standard" or "robust"
-    objective: str  # "pgd" (cross-entropy), "cw" (margin) or "square" (black-box, SQUARE_QUERIES queries)
-    eps_255: int
+    objective: str  # "pgd" (cross-entropy), "cw" (margin), "square" (black-box, SQUARE_QUERIES queries) or "l2"
+    budget: float  # L-inf eps in 1/255; for "l2" (L2 PGD on the cross-entropy) the L2 radius on [0, 1] pixels
 
     @property
     def name(self) -> str:
-        return f"{self.objective}-{self.eps_255}-{self.target[0]}"
+        return f"{self.objective}-{self.budget:g}-{self.target[0]}"
+
+    @property
+    def eps(self) -> float:
+        return self.budget if self.objective == "l2" else self.budget / 255
+
+    def describe(self, steps: int | None = None) -> str:
+        how = "L2 pgd, eps {:g}" if self.objective == "l2" else f"L-inf {self.objective}, eps {{:g}}/255"
+        return f"{self.name} ({how.format(self.budget)} vs {self.target}" + (f", {steps} steps)" if steps else ")")
 
     def run(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         model = engine.robust.model if self.target == det.ROBUST else engine.standard.model
-        eps = self.eps_255 / 255
         if self.objective == "square":
-            return square(model, x, y, eps, SQUARE_QUERIES)
+            return square(model, x, y, self.eps, SQUARE_QUERIES)
+        if self.objective == "l2":
+            return pgd_l2(model, x, y, self.eps, steps)
         objective = {"objective": margin_objective} if self.objective == "cw" else {}
         with torch.enable_grad():
-            return pgd(model, x, y, eps, 2.5 * eps / steps, steps, **objective)
+            return pgd(model, x, y, self.eps, 2.5 * self.eps / steps, steps, **objective)
 
 
-# Two thirds against the standard model (what transfers to the web), one third against the robust model.
+# Most against the standard model (what transfers to the web), a third of the L-inf ones against the robust
+# model; L2 at the usual CIFAR-10 radii (0.5 is about 2.3/255 per pixel, as quiet as the sensor noise).
 ATTACK_MIX: tuple[AttackSpec, ...] = (
     AttackSpec("standard", "pgd", 2),
     AttackSpec("standard", "pgd", 4),
@@ -90,6 +100,8 @@ ATTACK_MIX: tuple[AttackSpec, ...] = (
     AttackSpec("robust", "pgd", 4),
     AttackSpec("robust", "pgd", 8),
     AttackSpec("robust", "pgd", 16),
+    AttackSpec("standard", "l2", 0.5),
+    AttackSpec("standard", "l2", 1.0),
 )
 
 
@@ -466,9 +478,7 @@ def run_calibration(
         "threshold_groups": {k: len(v) for k, v in groups.items()},
         "deliveries": list(delivery.DELIVERIES),
         "benign": list(delivery.BENIGN),
-        "attacks": [
-            f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target}, {steps} steps)" for s in ATTACK_MIX
-        ]
+        "attacks": [s.describe(steps) for s in ATTACK_MIX]
         + [f"web {a.name} ({a.steps} steps)" for a in NATURAL_ATTACKS],
     }
     artefact = calib.build(

@@ -11,12 +11,14 @@ What is measured
     the model input and the native-resolution tiles, then the calibration's combiner), so the numbers are
     those of the served verdicts.  Every attacked or changed image is 8-bit, as a file on the web is.
 
-    CIFAR-10 attacks (all L-inf; every image attacked; success rates are reported beside detection):
+    CIFAR-10 attacks (every image attacked; success rates are reported beside detection):
 
-    - ``pgd-E-X`` / ``cw-E-X``: PGD on the cross-entropy / on the Carlini-Wagner margin.  E is eps in 1/255;
-      X is the model attacked: ``s`` the engine's standard companion, ``r`` the robust model, ``t`` the
+    - ``pgd-E-X`` / ``cw-E-X``: L-inf PGD on the cross-entropy / on the Carlini-Wagner margin.  E is eps in
+      1/255; X is the model attacked: ``s`` the engine's standard companion, ``r`` the robust model, ``t`` the
       ``--transfer-source``, a model of another family (VGG-11) that nothing in training or calibration ever
       attacked: the realistic case of an adversarial image made for some other classifier.
+    - ``l2-E-X``: L2 PGD on the cross-entropy (torchattacks ``PGDL2``), E the L2 radius on [0, 1] pixels
+      (0.5 is the usual CIFAR-10 budget); X as above.
     - ``square-E``: Square (black box, torchattacks) with ``--square-queries`` queries.
     - ``adaptive-E``: white box against models AND detector (PGD on ``min(margin, kappa) - lambda *
       max(combined - threshold, -kappa)`` through the differentiable detectors, on the 8-bit grid; the
@@ -63,7 +65,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from training.attacks import margin, margin_objective, pgd, predict, square
+from training.attacks import margin, margin_objective, pgd, pgd_l2, predict, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
@@ -89,6 +91,7 @@ BENIGN_TARGET = 0.02
 DEFAULT_ATTACKS = (
     *(f"pgd-{e}-{t}" for t in "srt" for e in (2, 4, 8, 16)),
     *(f"cw-8-{t}" for t in "srt"),
+    *(f"l2-{e}-t" for e in ("0.5", "1")),
     "square-8",
     "adaptive-8",
 )
@@ -149,13 +152,17 @@ def detection_stats(clean: Any, adversarial: Any, threshold: float | None) -> di
 @dataclass(frozen=True)
 class AttackSpec:
     name: str
-    kind: str  # "pgd", "cw", "square", "adaptive"
-    eps_255: float
+    kind: str  # "pgd", "cw", "l2", "square", "adaptive"
+    budget: float  # L-inf eps in 1/255; for "l2" the L2 radius on [0, 1] pixels
     target: str  # "standard", "robust", "transfer"
 
     @property
     def eps(self) -> float:
-        return self.eps_255 / 255
+        return self.budget if self.kind == "l2" else self.budget / 255
+
+    @property
+    def eps_text(self) -> str:
+        return f"L2 {self.budget:g}" if self.kind == "l2" else f"{self.budget:g}/255"
 
     @property
     def family(self) -> str:
@@ -165,13 +172,14 @@ class AttackSpec:
 
 
 def parse_attacks(text: str, square_target: str, adaptive_target: str) -> list[AttackSpec]:
-    """``pgd-E-X`` / ``cw-E-X`` (X in s, r, t), ``square[-E]``, ``adaptive[-E]``; 'default' for the full set."""
+    """``pgd-E-X`` / ``cw-E-X`` / ``l2-E-X`` (X in s, r, t), ``square[-E]``, ``adaptive[-E]``; 'default' for the
+    full set."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     if names == ["default"] or names == ["all"]:
         names = list(DEFAULT_ATTACKS)
     specs = []
     for name in names:
-        if match := re.fullmatch(r"(pgd|cw)-(\d+(?:\.\d+)?)-([srt])", name):
+        if match := re.fullmatch(r"(pgd|cw|l2)-(\d+(?:\.\d+)?)-([srt])", name):
             kind, eps, tag = match.groups()
             specs.append(AttackSpec(name, kind, float(eps), TARGET_NAMES[tag]))
         elif match := re.fullmatch(r"(square|adaptive)(?:-(\d+(?:\.\d+)?))?", name):
@@ -180,7 +188,9 @@ def parse_attacks(text: str, square_target: str, adaptive_target: str) -> list[A
             target = square_target if kind == "square" else adaptive_target
             specs.append(AttackSpec(f"{kind}-{eps}", kind, float(eps), target))
         else:
-            raise ValueError(f"unknown attack {name!r}: use pgd-E-X or cw-E-X (X in s, r, t), square-E, adaptive-E")
+            raise ValueError(
+                f"unknown attack {name!r}: use pgd-E-X, cw-E-X or l2-E-X (X in s, r, t), square-E, adaptive-E"
+            )
     if len({s.name for s in specs}) != len(specs):
         raise ValueError("an attack is listed twice")
     return specs
@@ -261,7 +271,9 @@ def adaptive_attack(
 
 
 def describe(spec: AttackSpec, settings: dict[str, Any]) -> str:
-    eps = f"eps {spec.eps_255:g}/255"
+    eps = f"eps {spec.eps_text}"
+    if spec.kind == "l2":
+        return f"PGD L2 cross-entropy (torchattacks PGDL2), {eps}, {settings['steps']} steps of 2.5*eps/steps"
     if spec.kind == "pgd":
         return f"PGD L-inf cross-entropy, {eps}, {settings['steps']} steps of 2.5*eps/steps, uniform start"
     if spec.kind == "cw":
@@ -358,6 +370,8 @@ def run_attack(
             steps = settings["steps"]
             with torch.enable_grad():
                 adv = pgd(model, xs, ys, spec.eps, 2.5 * spec.eps / steps, steps, **objective)
+        elif spec.kind == "l2":
+            adv = pgd_l2(model, xs, ys, spec.eps, settings["steps"])
         elif spec.kind == "square":
             adv = square(model, xs, ys, spec.eps, settings["square_queries"], settings["seed"])
         else:
@@ -451,7 +465,7 @@ def evaluate(
             record: dict[str, Any] = {
                 "family": spec.family,
                 "attack": describe(spec, settings),
-                "eps": f"{spec.eps_255:g}/255",
+                "eps": spec.eps_text,
                 "target": spec.target,
                 "n": len(x),
                 "success_rate": rate(fooled),

@@ -10,8 +10,9 @@ input and 64 px tiles of the image at its own resolution.  Its examples (``worke
 - CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
   saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one
   benign change (``worker.delivery.BENIGN``), with ``--hard-negatives`` also with sensor noise
-  (``HARD_NEGATIVE``), and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255);
-  2/255 attacks are left out, as strong as the sensor noise that must not be flagged;
+  (``HARD_NEGATIVE``), and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255,
+  L2 PGD at radius 0.5 and 1 against the standard model); 2/255 attacks are left out, as strong as the sensor
+  noise that must not be flagged;
 - the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed (the same way), and
   attacked
   through the resize or at native resolution against both bundles;
@@ -62,7 +63,8 @@ from worker.engine.images import ImageLimits, decode_image
 DEFAULT_ARCH = "perturbation-cnn2"
 METHOD = "perturbation-detector"
 
-# What the detector learns to flag: eps 4/255 and up, PGD and CW-inf against both models, Square (black box).
+# What the detector learns to flag: eps 4/255 and up, PGD and CW-inf against both models, Square (black box),
+# and L2 PGD at the usual CIFAR-10 radii.
 TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("standard", "pgd", 4),
     AttackSpec("standard", "pgd", 6),
@@ -75,6 +77,8 @@ TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("robust", "pgd", 16),
     AttackSpec("standard", "square", 4),
     AttackSpec("standard", "square", 8),
+    AttackSpec("standard", "l2", 0.5),
+    AttackSpec("standard", "l2", 1.0),
 )
 
 
@@ -185,7 +189,7 @@ def metadata(
             "lr": args.lr,
             "batch_size": args.batch_size,
             "attack_steps": args.steps,
-            "attacks": [f"{s.name} (L-inf {s.objective}, eps {s.eps_255}/255 vs {s.target})" for s in TRAINING_ATTACKS],
+            "attacks": [s.describe() for s in TRAINING_ATTACKS],
             "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
             "benign": ", ".join(delivery.BENIGN),
             "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,

@@ -20,6 +20,7 @@ from training.attacks import (
     n_fgsm,
     parse_eps,
     pgd,
+    pgd_l2,
     predict,
     robust_mask,
 )
@@ -67,6 +68,24 @@ def test_pgd_raises_the_loss(model_and_batch, start):
     assert adv > clean
     # Gradient ascent does better than a random corner of the same ball.
     assert adv - clean > 2 * abs(random_corner - clean)
+
+
+@pytest.mark.parametrize("radius", [0.05, 0.5])
+def test_pgd_l2_stays_in_the_l2_ball_and_raises_the_loss_beyond_random_noise(model_and_batch, radius):
+    model, x, y = model_and_batch
+    torch.manual_seed(3)
+    x_adv = pgd_l2(model, x, y, radius, 10)
+    norms = (x_adv - x).flatten(1).norm(dim=1)
+    assert norms.max().item() <= radius + 1e-5
+    assert norms.mean().item() > 0.5 * radius  # it uses its budget, not a token step
+    assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0 and not x_adv.requires_grad
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    noisy = (x + radius * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).clamp(0, 1)
+    with torch.no_grad():
+        clean, adv = cross_entropy_objective(model(x), y), cross_entropy_objective(model(x_adv), y)
+        random_direction = cross_entropy_objective(model(noisy), y)
+    assert adv - clean > 2 * abs(random_direction - clean)
+    assert not model.training
 
 
 def test_pgd_with_zero_steps_is_its_start(model_and_batch):

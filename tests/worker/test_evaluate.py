@@ -50,13 +50,16 @@ def test_tpr_at_fpr_on_hand_made_scores():
 
 
 def test_attack_names_are_parsed_and_checked():
-    specs = evaluate.parse_attacks("pgd-8-t,cw-4-s,square,adaptive-16", "standard", "robust")
-    assert [(s.name, s.kind, s.eps_255, s.target) for s in specs] == [
+    specs = evaluate.parse_attacks("pgd-8-t,cw-4-s,l2-0.5-t,square,adaptive-16", "standard", "robust")
+    assert [(s.name, s.kind, s.budget, s.target) for s in specs] == [
         ("pgd-8-t", "pgd", 8, "transfer"),
         ("cw-4-s", "cw", 4, "standard"),
+        ("l2-0.5-t", "l2", 0.5, "transfer"),
         ("square-8", "square", 8, "standard"),
         ("adaptive-16", "adaptive", 16, "robust"),
     ]
+    assert [s.eps for s in specs[:3]] == [8 / 255, 4 / 255, 0.5]  # L2 radii are not in 1/255
+    assert [s.eps_text for s in specs[1:3]] == ["4/255", "L2 0.5"]
     assert [s.name for s in evaluate.parse_attacks("default", "standard", "standard")] == list(evaluate.DEFAULT_ATTACKS)
     for bad in ("pgd-8", "fgsm-8-s", "pgd-8-s,pgd-8-s"):
         with pytest.raises(ValueError):
@@ -108,7 +111,7 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     out = tmp_path / "results"
     args = ["--robust", str(robust), "--standard", str(standard), "--transfer-source", str(transfer),
             "--data-dir", str(tiny_tarball), "--n", "16", "--out", str(out), "--threads", "1",
-            "--attacks", "pgd-8-s,cw-8-r,pgd-4-t,pgd-8-t,square-8,adaptive-8", "--benign", "jpeg-q50-95,noise-4",
+            "--attacks", "pgd-8-s,cw-8-r,pgd-4-t,pgd-8-t,l2-1-t,square-8,adaptive-8", "--benign", "jpeg-q50-95,noise-4",
             "--steps", "2", "--square-queries", "5", "--adaptive-steps", "2", "--batch-size", "8",
             "--deliveries", "png,jpeg90", "--web-dir", str(web_set), "--n-web-attack", "2"]  # fmt: skip
     assert evaluate.main(args) == 0
@@ -116,7 +119,8 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     assert document["n"] == 16 and document["data"]["split"] == "test"
     assert document["calibration"]["version"] == calib.load(calib.default_path(robust)).version
     assert document["models"]["transfer_source"]["version"] not in document["models"]["model_version"]
-    assert set(document["attacks"]) == {"pgd-8-s", "cw-8-r", "pgd-4-t", "pgd-8-t", "square-8", "adaptive-8"}
+    assert set(document["attacks"]) == {"pgd-8-s", "cw-8-r", "pgd-4-t", "pgd-8-t", "l2-1-t", "square-8", "adaptive-8"}
+    assert document["attacks"]["l2-1-t"]["eps"] == "L2 1" and document["attacks"]["pgd-8-t"]["eps"] == "8/255"
     assert set(document["benign"]) == {"jpeg-q50-95", "noise-4"}
     for record in document["attacks"].values():
         for key in ("auroc", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "flag_rate", "success_rate", "fooled_and_unflagged"):
