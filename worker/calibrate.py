@@ -29,7 +29,7 @@ import random
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -415,14 +415,18 @@ def run_calibration(
     batch: int = 128,
     data_info: dict[str, Any] | None = None,
     console: Console | None = None,
+    scores_out: Path | None = None,
 ) -> tuple[calib.Calibration, dict[str, dict[str, float]]]:
     """Fit the combiner and the domain model and set the threshold; returns the artefact and a table
-    {detector: {column: value}} for display."""
+    {detector: {column: value}} for display.  ``scores_out``: also save every set's scores there (torch), to
+    try other combiners and thresholds without scoring again."""
     console = console or Console(stderr=True)
     sets = collect(
         engine, train, pool, web, n_clean=n_clean, n_adv=n_adv, n_web_adv=n_web_adv, seed=seed, steps=steps,
         batch=batch, console=console,
     )  # fmt: skip
+    if scores_out is not None:
+        torch.save(asdict(sets), scores_out)
     half_adv = torch.arange(len(sets.cifar_adv.probs)) < len(sets.cifar_adv.probs) // 2
     negatives = Scored.concat([sets.cifar_clean_fit, sets.cifar_benign_fit, sets.web_clean_fit, sets.web_benign_fit])
     positives = Scored.concat([sets.cifar_adv.subset(half_adv), sets.web_adv])
@@ -558,6 +562,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--detector", help="perturbation detector bundle (default: perturbation-detector/ in the robust bundle, if any)"
     )
     parser.add_argument("--out", help="artefact path (default: calibration.json in the robust bundle's folder)")
+    parser.add_argument("--scores", type=Path, help="also save the scores of every calibration set here (torch)")
     return parser.parse_args(argv)
 
 
@@ -607,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             engine, splits.train, pool, web, n_clean=args.n_clean, n_adv=args.n_adv, detectors=keep,
             n_web_adv=args.n_web_adv, target_fpr=args.target_fpr, keep_in_domain=args.keep_in_domain,
             seed=args.seed, steps=args.steps, batch=args.batch_size, data_info=info, console=console,
+            scores_out=args.scores,
         )  # fmt: skip
     except (ValueError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")

@@ -175,3 +175,24 @@ def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, w
     # Re-running with the artefact already in place replaces it (a new seed gives a new fit and version).
     assert calibrate.main([*args, "--seed", "1"]) == 0
     assert calib.load(calib.default_path(robust)).version != artefact.version
+
+
+def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_tarball, web_set, tmp_path):
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    scores = tmp_path / "scores.pt"
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--threads", "1", "--measure", "kl_rs",
+            "--web-dir", str(web_set), "--n-web-adv", "2", "--scores", str(scores)]  # fmt: skip
+    assert calibrate.main(args) == 0
+    artefact = calib.load(calib.default_path(robust))
+    sets = torch.load(scores, weights_only=False)
+    assert len(sets["cifar_clean_held"]["probs"]) == artefact.data["n_threshold_clean"] == 10
+    # The artefact's threshold follows from the saved held-out scores and its own combiner.
+    groups = {"web-clean": artefact.combiner.logit(sets["web_clean_held"]["scores"])}
+    for held, names in (("cifar_benign_held", "cifar_benign_names"), ("web_benign_held", "web_benign_names")):
+        combined = artefact.combiner.logit(sets[held]["scores"])
+        for kind in set(sets[names]):
+            mask = torch.tensor([n == kind for n in sets[names]])
+            groups[kind] = torch.cat([groups.get(kind, combined[:0]), combined[mask]])
+    clean = artefact.combiner.logit(sets["cifar_clean_held"]["scores"])
+    assert calib.operating_threshold(clean, groups, artefact.target_fpr) == pytest.approx(artefact.threshold)
