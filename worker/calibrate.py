@@ -384,17 +384,21 @@ def collect(
 
 
 def benign_groups(sets: CalibrationSets, combiner: Any) -> dict[str, torch.Tensor]:
-    """Held-out combined scores per benign kind (CIFAR-10 and web images of that kind together)."""
+    """Held-out combined scores per population and benign kind ("cifar noise-4", "web noise-4", ...).
+
+    The two populations are kept apart: CIFAR-10 images rarely score high, so a group mixing them with web
+    photos lets the photos' tail run at up to twice the target (measured: web noise-4 2.7% on the test split
+    at a threshold whose mixed group held 1.0%)."""
     groups: dict[str, torch.Tensor] = {}
-    for scored, names in (
-        (sets.cifar_benign_held, sets.cifar_benign_names),
-        (sets.web_benign_held, sets.web_benign_names),
+    for population, scored, names in (
+        ("cifar", sets.cifar_benign_held, sets.cifar_benign_names),
+        ("web", sets.web_benign_held, sets.web_benign_names),
     ):
         combined = combiner.logit(scored.scores)
         for kind in delivery.BENIGN:
             mask = torch.tensor([n == kind for n in names], dtype=torch.bool)
             if mask.any():
-                groups[kind] = torch.cat([groups.get(kind, combined[:0]), combined[mask]])
+                groups[f"{population} {kind}"] = combined[mask]
     return groups
 
 

@@ -113,10 +113,12 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     assert "combined" in table and all(0 <= row["auroc_cifar"] <= 1 for row in table.values())
     # The operating point keeps held-out web images and every benign change at or below the target too.
     benign = artefact.evaluation["benign_flag_rate"]
-    assert set(benign) == {"web-clean", *BENIGN} and all(rate <= artefact.target_fpr for rate in benign.values())
-    # every held-out web image carries every benign kind into its group (not one kind per image)
+    groups = {"web-clean", *(f"{population} {kind}" for population in ("cifar", "web") for kind in BENIGN)}
+    assert set(benign) == groups and all(rate <= artefact.target_fpr for rate in benign.values())
+    # every held-out image carries every benign kind into its population's group (not one kind per image)
     held_web = artefact.data["threshold_groups"]["web-clean"]
-    assert all(artefact.data["threshold_groups"][k] == held_web + 12 for k in BENIGN)  # and the 12 held CIFAR-10
+    assert all(artefact.data["threshold_groups"][f"web {k}"] == held_web for k in BENIGN)
+    assert all(artefact.data["threshold_groups"][f"cifar {k}"] == 12 for k in BENIGN)
     # Web images set the threshold from sources the fit never saw; the artefact records the data and the
     # domain model that decides "no confident class".
     fit_sources = {r.source for r, _ in web if calibrate.source_halves([r])[0]}
@@ -189,10 +191,10 @@ def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_t
     assert len(sets["cifar_clean_held"]["probs"]) == artefact.data["n_threshold_clean"] == 10
     # The artefact's threshold follows from the saved held-out scores and its own combiner.
     groups = {"web-clean": artefact.combiner.logit(sets["web_clean_held"]["scores"])}
-    for held, names in (("cifar_benign_held", "cifar_benign_names"), ("web_benign_held", "web_benign_names")):
-        combined = artefact.combiner.logit(sets[held]["scores"])
-        for kind in set(sets[names]):
-            mask = torch.tensor([n == kind for n in sets[names]])
-            groups[kind] = torch.cat([groups.get(kind, combined[:0]), combined[mask]])
+    for population in ("cifar", "web"):
+        combined = artefact.combiner.logit(sets[f"{population}_benign_held"]["scores"])
+        names = sets[f"{population}_benign_names"]
+        for kind in set(names):
+            groups[f"{population} {kind}"] = combined[torch.tensor([n == kind for n in names])]
     clean = artefact.combiner.logit(sets["cifar_clean_held"]["scores"])
     assert calib.operating_threshold(clean, groups, artefact.target_fpr) == pytest.approx(artefact.threshold)
