@@ -199,6 +199,19 @@ def metadata(
     }
 
 
+def examples_recipe(args: argparse.Namespace, robust: Bundle, standard: Bundle) -> dict[str, Any]:
+    """Everything the examples depend on: a saved ``--examples`` file is reused only when this matches."""
+    options = ("n", "pool", "web_n", "web_attack_n", "hard_negatives", "steps", "seed", "dataset", "data_dir")
+    return {
+        **{name: str(getattr(args, name)) for name in options},
+        "bundles": [robust.version, standard.version],
+        "attacks": [s.describe() for s in TRAINING_ATTACKS] + [a.name for a in NATURAL_ATTACKS],
+        "benign": list(delivery.BENIGN),
+        "deliveries": list(delivery.DELIVERIES),
+        "web": web_images.BUILD_VERSION,
+    }
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker.train_detector", description=__doc__.split("\n\n")[0])
     parser.add_argument("--robust", required=True, help="robust model bundle folder")
@@ -315,14 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     x = to_float(splits.train.images[chosen])
     y = splits.train.labels[chosen]
 
-    if args.examples and args.examples.is_file():
-        saved = torch.load(args.examples, weights_only=False)
+    recipe = examples_recipe(args, robust, standard)
+    saved = torch.load(args.examples, weights_only=False) if args.examples and args.examples.is_file() else None
+    if saved is not None and saved.get("recipe") == recipe:
         small, tiles, counts = saved["small"], saved["tiles"], saved["counts"]
         console.print(f"examples read from {args.examples}")
     else:
+        if saved is not None:
+            console.print(f"{args.examples} holds examples made another way (options, attacks, bundles): remaking")
         small, tiles, counts = build_examples(args, engine, x, y, web, console)
         if args.examples:
-            torch.save({"small": small, "tiles": tiles, "counts": counts}, args.examples)
+            torch.save({"recipe": recipe, "small": small, "tiles": tiles, "counts": counts}, args.examples)
     (small_train, small_held), (tiles_train, tiles_held) = (split_holdout(v, args.holdout) for v in (small, tiles))
     console.print(f"examples: {counts['model_inputs']} model inputs, {counts['tiles']} native tiles")
 

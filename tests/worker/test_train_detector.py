@@ -211,3 +211,23 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     served = Engine.from_bundles(robust, bundle_dirs[1], threads=1)
     verdict = served.analyse_tensor(torch.rand(1, 3, 8, 8))[0]
     assert "perturbation_net" in verdict.scores and verdict.flagged is not None
+
+
+def test_saved_examples_are_reused_only_for_the_same_recipe(bundle_dirs, tiny_tarball, web_set, tmp_path, capsys):
+    """--examples keeps the attacked examples; a run with other options (here --hard-negatives) must not train
+    on the old ones."""
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    saved = tmp_path / "examples.pt"
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n", "20", "--pool", "unseen", "--epochs", "1", "--width", "4", "--batch-size", "8", "--steps", "1",
+            "--threads", "1", "--web-dir", str(web_set), "--examples", str(saved)]  # fmt: skip
+    assert train_detector.main(args) == 0
+    first = torch.load(saved, weights_only=False)
+    assert first["recipe"]["hard_negatives"] == "False"
+    assert train_detector.main(args) == 0
+    assert "examples read from" in capsys.readouterr().err
+    assert train_detector.main([*args, "--hard-negatives"]) == 0
+    assert "made another way" in capsys.readouterr().err
+    second = torch.load(saved, weights_only=False)
+    assert second["recipe"]["hard_negatives"] == "True"
+    assert second["counts"]["model_inputs"] > first["counts"]["model_inputs"]  # one more clean example per image
