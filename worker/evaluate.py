@@ -51,6 +51,7 @@ import random
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -532,6 +533,16 @@ def centre_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + min(side, image.width), top + min(side, image.height)))
 
 
+def false_flags(records: Sequence[web_images.WebImage], combined: torch.Tensor, threshold: float) -> list[dict]:
+    """The ordinary images flagged, highest score first, with their source picture: crops of one picture are
+    not independent, so a reader needs to see whether the false flags are many pictures or one."""
+    flagged = [(float(score), r) for r, score in zip(records, combined.tolist(), strict=True) if score > threshold]
+    return [
+        {"file": r.file, "source": r.source, "kind": r.kind, "score": round(score, 3)}
+        for score, r in sorted(flagged, key=lambda pair: -pair[0])
+    ]
+
+
 def evaluate_web(
     engine: Engine,
     web: Sequence[tuple[web_images.WebImage, Image.Image]],
@@ -553,6 +564,7 @@ def evaluate_web(
         report["clean"]["all"] = {
             "flagged": rate_with_interval(clean.combined > threshold),
             "no_confident_class": rate_with_interval(~clean.confident),
+            "flagged_images": false_flags(records, clean.combined, threshold),
         }
         for kind in kinds:
             mask = torch.tensor([r.kind == kind for r in records])
@@ -781,6 +793,10 @@ def print_web(console: Console, web: dict[str, Any]) -> None:
         table.add_row(kind, str(f["n"]), f"{f['rate']:.2%}", f"{f['ci95'][0]:.2%}-{f['ci95'][1]:.2%}",
                       f"{r['no_confident_class']['rate']:.1%}")  # fmt: skip
     console.print(table)
+    sources = Counter(f["source"] for f in web["clean"]["all"].get("flagged_images", []))
+    if sources:
+        by_source = ", ".join(f"{source} {count}" for source, count in sources.most_common())
+        console.print(f"flagged web images by source picture: {by_source}")
     if web["benign"]:
         console.print(
             "web benign changes flagged: "
