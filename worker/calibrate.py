@@ -74,8 +74,11 @@ class AttackSpec:
         return self.budget if self.objective == "l2" else self.budget / 255
 
     def describe(self, steps: int | None = None) -> str:
-        how = "L2 pgd, eps {:g}" if self.objective == "l2" else f"L-inf {self.objective}, eps {{:g}}/255"
-        return f"{self.name} ({how.format(self.budget)} vs {self.target}" + (f", {steps} steps)" if steps else ")")
+        if self.objective == "l2":
+            budget = f"L2 pgd, eps {self.budget:g}"
+        else:
+            budget = f"L-inf {self.objective}, eps {self.budget:g}/255"
+        return f"{self.name} ({budget} vs {self.target}" + (f", {steps} steps)" if steps else ")")
 
     def run(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
         model = engine.robust.model if self.target == det.ROBUST else engine.standard.model
