@@ -24,6 +24,12 @@ def parse_eps(text: str | float) -> float:
     return float(Fraction(text)) if isinstance(text, str) else float(text)
 
 
+def budget_eps(kind: str, budget: float) -> float:
+    """An attack budget as written in attack names ("pgd-8-s", "l2-0.5-t") in the units the attack takes: L2
+    radii ("l2") as written, L-inf eps written in 1/255."""
+    return budget if kind == "l2" else budget / 255
+
+
 def cross_entropy_objective(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from training.attacks import margin_objective, pgd, pgd_l2, square
+from training.attacks import budget_eps, margin_objective, pgd, pgd_l2, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
@@ -71,7 +71,7 @@ class AttackSpec:
 
     @property
     def eps(self) -> float:
-        return self.budget if self.objective == "l2" else self.budget / 255
+        return budget_eps(self.objective, self.budget)
 
     def describe(self, steps: int | None = None) -> str:
         if self.objective == "l2":

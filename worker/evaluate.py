@@ -66,7 +66,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 
-from training.attacks import margin, margin_objective, pgd, pgd_l2, predict, square
+from training.attacks import budget_eps, margin, margin_objective, pgd, pgd_l2, predict, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
@@ -159,7 +159,7 @@ class AttackSpec:
 
     @property
     def eps(self) -> float:
-        return self.budget if self.kind == "l2" else self.budget / 255
+        return budget_eps(self.kind, self.budget)
 
     @property
     def eps_text(self) -> str:
@@ -536,11 +536,9 @@ def centre_crop(image: Image.Image, side: int) -> Image.Image:
 def false_flags(records: Sequence[web_images.WebImage], combined: torch.Tensor, threshold: float) -> list[dict]:
     """The ordinary images flagged, highest score first, with their source picture: crops of one picture are
     not independent, so a reader needs to see whether the false flags are many pictures or one."""
-    flagged = [(float(score), r) for r, score in zip(records, combined.tolist(), strict=True) if score > threshold]
-    return [
-        {"file": r.file, "source": r.source, "kind": r.kind, "score": round(score, 3)}
-        for score, r in sorted(flagged, key=lambda pair: -pair[0])
-    ]
+    flagged = [(score, r) for r, score in zip(records, combined.tolist(), strict=True) if score > threshold]
+    flagged.sort(key=lambda pair: pair[0], reverse=True)
+    return [{"file": r.file, "source": r.source, "kind": r.kind, "score": round(score, 3)} for score, r in flagged]
 
 
 def evaluate_web(
