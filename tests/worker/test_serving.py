@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 def trained_looking(arch: str, width: float, channels: int = 3) -> nn.Module:
     """A model whose batch norms have non-trivial running statistics and affine weights, in eval mode."""
     torch.manual_seed(0)
-    model = build_model(arch, 10 if arch != "perturbation-cnn2" else 2, [0.5] * channels, [0.25] * channels, width)
+    model = build_model(arch, 2 if arch.startswith("perturbation") else 10, [0.5] * channels, [0.25] * channels, width)
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -35,6 +35,7 @@ def batch_norms(model: nn.Module) -> int:
         ("preact18", 0.25, 32, 8),
         ("perturbation-cnn2", 16, 64, 4),
         ("perturbation-cnn", 16, 48, 4),
+        ("perturbation-residual", 16, 64, 3),
         ("vgg11", 0.25, 32, 8),
     ],
 )

@@ -13,11 +13,13 @@ from torch import nn
 
 from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
+from training.models.residual_detector import ResidualPerturbationNet
 from training.models.vgg import VGG
 from training.models.wide_resnet import WideResNet
 
 ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11")  # classifiers (``python -m training train --arch``)
-DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2")  # ``python -m worker.train_detector``
+# detectors (``python -m worker.train_detector --arch``)
+DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual")
 
 
 class Normalized(nn.Module):
@@ -42,7 +44,7 @@ def build_model(
 ) -> Normalized:
     """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1].
 
-    ``width`` multiplies the classifiers' channels; for ``perturbation-cnn`` it is the channel count itself.
+    ``width`` multiplies the classifiers' channels; for the detectors it is the channel count itself.
     """
     in_channels = len(mean)
     if arch == "preact18":
@@ -52,6 +54,8 @@ def build_model(
         net = WideResNet(depth, 10, num_classes, in_channels, width)
     elif arch == "vgg11":
         net = VGG(num_classes, in_channels, width)
+    elif arch == "perturbation-residual":
+        net = ResidualPerturbationNet(std, num_classes, int(width))
     elif arch in DETECTOR_ARCHITECTURES:
         full_resolution_layers = 1 if arch == "perturbation-cnn2" else 2
         net = PerturbationCNN(num_classes, in_channels, int(width), full_resolution_layers)
