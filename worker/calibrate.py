@@ -15,7 +15,10 @@ CALIBRATION split of the web-image set (``worker.web_images``; the test splits a
   web images attacked through the resize and at native resolution.
 - Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
   the web images of the other half of the sources, and each kind of benign change at or below the target
-  rate.
+  rate, set for two populations apart: images large enough for the detector's native tiles, and smaller
+  ones (CIFAR-10, and the web images shrunk to thumbnails under 64 px), whose scores come from the 32 px model
+  input alone.  The artefact stores the first population's threshold and the offset that puts the second
+  one's scores on the same scale (``Calibration.combined``).
 - In-domain model (``worker.engine.domain``): CIFAR-10 images against web photos and pages; its threshold
   keeps ``--keep-in-domain`` of held-out CIFAR-10 images labelled, and the rest get "no confident class".
 """
@@ -48,7 +51,7 @@ from worker.delivery import quantise
 from worker.detector_data import NATURAL_ATTACKS, cap_size, deliver, web_attack_for
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
-from worker.engine import domain
+from worker.engine import domain, native
 from worker.engine.combiner import fit_combiner
 from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, find_detector
 from worker.engine.images import ImageLimits, decode_image
@@ -227,14 +230,17 @@ class Scored:
 
     probs: torch.Tensor
     scores: dict[str, torch.Tensor]
+    tiled: torch.Tensor  # (N,) bool: the image was large enough for native tiles
 
     def subset(self, mask: torch.Tensor) -> Scored:
-        return Scored(self.probs[mask], {k: v[mask] for k, v in self.scores.items()})
+        return Scored(self.probs[mask], {k: v[mask] for k, v in self.scores.items()}, self.tiled[mask])
 
     @staticmethod
     def concat(parts: Sequence[Scored]) -> Scored:
         return Scored(
-            torch.cat([p.probs for p in parts]), {k: torch.cat([p.scores[k] for p in parts]) for k in parts[0].scores}
+            torch.cat([p.probs for p in parts]),
+            {k: torch.cat([p.scores[k] for p in parts]) for k in parts[0].scores},
+            torch.cat([p.tiled for p in parts]),
         )
 
 
@@ -244,7 +250,7 @@ def score_images(engine: Engine, images: Sequence[Image.Image], progress: Progre
     parts = []
     for start in range(0, len(images), engine.max_batch):
         chunk = images[start : start + engine.max_batch]
-        parts.append(Scored(*engine.score_images(chunk)))
+        parts.append(Scored(*engine.score_images(chunk), native.tiled(chunk)))
         progress.advance(task, len(chunk))
     return Scored.concat(parts)
 
@@ -321,6 +327,8 @@ class CalibrationSets:
     web_benign_names: list[str]
     web_adv: Scored
     web_adv_names: list[str]
+    web_small_fit: Scored  # the web images as thumbnails (``delivery.thumbnail``), then delivered
+    web_small_held: Scored
 
 
 def collect(
@@ -364,6 +372,8 @@ def collect(
         web_benign_all = score_images(engine, web_benign, progress, "scoring web benign")
         cifar_adv = score_images(engine, cifar_adv_images, progress, "scoring CIFAR-10 attacked")
         web_adv_scored = score_images(engine, web_adv, progress, "scoring web attacked")
+        thumbnails = delivered(thumbnailed(web_images_, seed + 5), seed + 6)[0]
+        web_small = score_images(engine, thumbnails, progress, "scoring web thumbnails")
     first = torch.arange(n_clean) < half
     first_benign = first.repeat(len(delivery.BENIGN))
     outside = torch.tensor([r.kind != "stamp" for r in records])
@@ -383,26 +393,65 @@ def collect(
         web_benign_names=[n for n, f in zip(web_benign_names, web_benign_fit_half.tolist(), strict=True) if not f],
         web_adv=web_adv_scored,
         web_adv_names=web_adv_names,
+        web_small_fit=web_small.subset(fit_half),
+        web_small_held=web_small.subset(~fit_half),
     )
 
 
-def benign_groups(sets: CalibrationSets, combiner: Any) -> dict[str, torch.Tensor]:
-    """Held-out combined scores per population and benign kind ("cifar noise-4", "web noise-4", ...).
+def thumbnailed(images: Sequence[Image.Image], seed: int) -> list[Image.Image]:
+    rng = random.Random(seed)
+    return [delivery.thumbnail(image, rng) for image in images]
 
-    The two populations are kept apart: CIFAR-10 images rarely score high, so a group mixing them with web
-    photos lets the photos' tail run at up to twice the target (measured: web noise-4 2.7% on the test split
-    at a threshold whose mixed group held 1.0%)."""
-    groups: dict[str, torch.Tensor] = {}
+
+def threshold_groups(sets: CalibrationSets, combiner: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Held-out combiner logits that set the threshold, as (tiled, untiled) groups.
+
+    Tiled, the images large enough for native tiles: the web images as served ("web-clean") and each benign
+    kind of them ("web noise-4", ...).  Untiled: CIFAR-10 clean and each benign kind ("cifar noise-4", ...),
+    and every held-out web image without tiles pooled in "web small" (the thumbnails, and the few crops that a
+    benign change shrank under 64 px; one kind alone holds too few of them for a 0.5% tail).  CIFAR-10 and web
+    images are kept apart too: CIFAR-10 images rarely score high, so a group mixing them with web photos lets
+    the photos' tail run at up to twice the target (measured: web noise-4 2.7% on the test split at a
+    threshold whose mixed group held 1.0%)."""
+    tiled: dict[str, torch.Tensor] = {}
+    untiled: dict[str, torch.Tensor] = {}
+    small_web: list[torch.Tensor] = []
+
+    def add(name: str, scored: Scored, web: bool) -> None:
+        logit = combiner.logit(scored.scores)
+        if scored.tiled.any():
+            tiled[name if web else f"{name}, tiled"] = logit[scored.tiled]
+        if web:
+            small_web.append(logit[~scored.tiled])
+        elif not scored.tiled.all():
+            untiled[name] = logit[~scored.tiled]
+
+    add("cifar clean", sets.cifar_clean_held, web=False)
+    add("web-clean", sets.web_clean_held, web=True)
     for population, scored, names in (
         ("cifar", sets.cifar_benign_held, sets.cifar_benign_names),
         ("web", sets.web_benign_held, sets.web_benign_names),
     ):
-        combined = combiner.logit(scored.scores)
         for kind in delivery.BENIGN:
             mask = torch.tensor([n == kind for n in names], dtype=torch.bool)
             if mask.any():
-                groups[f"{population} {kind}"] = combined[mask]
-    return groups
+                add(f"{population} {kind}", scored.subset(mask), web=population == "web")
+    add("web small", sets.web_small_held, web=True)
+    if sum(len(part) for part in small_web):
+        untiled["web small"] = torch.cat(small_web)
+    return tiled, untiled
+
+
+def untiled_offset(tiled: dict[str, torch.Tensor], untiled: dict[str, torch.Tensor], target_fpr: float) -> float:
+    """What to add to the untiled images' logits so that one threshold keeps both populations' groups at the
+    target: the difference of the thresholds each population's groups would set alone (0 if one is empty)."""
+    if not tiled or not untiled:
+        return 0.0
+
+    def alone(groups: dict[str, torch.Tensor]) -> float:
+        return max(calib.threshold_for_fpr(g, target_fpr) for g in groups.values())
+
+    return alone(tiled) - alone(untiled)
 
 
 def run_calibration(
@@ -435,11 +484,19 @@ def run_calibration(
     if scores_out is not None:
         torch.save(asdict(sets), scores_out)
     half_adv = torch.arange(len(sets.cifar_adv.probs)) < len(sets.cifar_adv.probs) // 2
-    negatives = Scored.concat([sets.cifar_clean_fit, sets.cifar_benign_fit, sets.web_clean_fit, sets.web_benign_fit])
+    negatives = Scored.concat(
+        [sets.cifar_clean_fit, sets.cifar_benign_fit, sets.web_clean_fit, sets.web_benign_fit, sets.web_small_fit]
+    )
     positives = Scored.concat([sets.cifar_adv.subset(half_adv), sets.web_adv])
     combiner = fit_combiner(negatives.scores, positives.scores, detectors, seed=seed)
-    groups = {"web-clean": combiner.logit(sets.web_clean_held.scores), **benign_groups(sets, combiner)}
-    combined_clean = combiner.logit(sets.cifar_clean_held.scores)
+    tiled_groups, untiled_groups = threshold_groups(sets, combiner)
+    offset = untiled_offset(tiled_groups, untiled_groups, target_fpr)
+    groups = {**tiled_groups, **{name: logit + offset for name, logit in untiled_groups.items()}}
+
+    def calibrated(scored: Scored) -> torch.Tensor:  # = Calibration.combined
+        return combiner.logit(scored.scores) + offset * (~scored.tiled).double()
+
+    combined_clean = calibrated(sets.cifar_clean_held)
     operating = calib.operating_threshold(combined_clean, groups, target_fpr)
 
     domain_model = domain.fit_domain(
@@ -454,7 +511,7 @@ def run_calibration(
     for name in [*held_adv.scores, "combined"]:
 
         def values(scored: Scored, name: str = name) -> torch.Tensor:
-            return combiner.logit(scored.scores) if name == "combined" else scored.scores[name]
+            return calibrated(scored) if name == "combined" else scored.scores[name]
 
         threshold = (
             operating if name == "combined" else calib.threshold_for_fpr(values(sets.cifar_clean_held), target_fpr)
@@ -505,6 +562,7 @@ def run_calibration(
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         combined_benign=groups,
         domain=domain_model,
+        untiled_offset=offset,
     )
     return artefact, table
 

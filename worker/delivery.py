@@ -60,6 +60,13 @@ def scale(image: Image.Image, factor: float) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS if factor < 1 else Image.Resampling.BICUBIC)
 
 
+def thumbnail(image: Image.Image, rng: random.Random, below: int = 64) -> Image.Image:
+    """Shrunk until its shorter side is 24 to ``below`` - 1 px: the icons and thumbnails of a page, smaller than
+    the detector's native tiles (not a BENIGN change: the calibration and evaluation use it to measure that
+    population)."""
+    return scale(image, rng.randrange(24, below) / min(image.size))
+
+
 def downscale(image: Image.Image, _rng: random.Random) -> Image.Image:
     """A CDN's 0.75x rendition (Lanczos)."""
     return scale(image, 0.75)

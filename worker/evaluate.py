@@ -249,6 +249,8 @@ def adaptive_attack(
     """PGD against ``model`` and the engine's detector together (see the module docstring); 8-bit output."""
     assert engine.calibration is not None
     combiner, threshold = engine.calibration.combiner, engine.calibration.threshold
+    # Model-space (32 px) images have no native tiles: their served score carries the calibration's offset.
+    threshold -= engine.calibration.untiled_offset
     step = max(2.5 * eps / steps, 1 / 255)
     x = x.detach()
     x_adv = quantise(torch.min(torch.max(x + torch.empty_like(x).uniform_(-eps, eps), x - eps), x + eps))
@@ -317,7 +319,7 @@ def score_images(
         if progress is not None:
             progress.advance(task, len(chunk))
     detectors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    combined = engine.combined(detectors)
+    combined = engine.combined(detectors, native.tiled(images))
     return Scored(combined.double(), detectors, torch.cat(robust), torch.cat(standard), torch.cat(in_domain))
 
 
@@ -575,6 +577,10 @@ def evaluate_web(
             changed = [delivery.BENIGN[name](image, rng) for image in images]
             scored = score_images(engine, changed, progress, f"web benign {name}")
             report["benign"][name] = {"flagged": rate_with_interval(scored.combined > threshold)}
+        # Icons and thumbnails: too small for native tiles, so the calibration's other population.
+        thumbnails = [delivery.thumbnail(image, rng) for image in images]
+        scored = score_images(engine, thumbnails, progress, "web thumbnails")
+        report["benign"]["thumbnail"] = {"flagged": rate_with_interval(scored.combined > threshold)}
         chosen = random.Random(settings["seed"]).sample(range(len(images)), min(settings["n_web_attack"], len(images)))
         subset = [images[i] for i in chosen]
         torch.manual_seed(settings["seed"])

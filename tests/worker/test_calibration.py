@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import random
 import shutil
@@ -16,6 +18,7 @@ from training.data import ArrayDataset, load_splits, split_holdout
 from worker import calibrate
 from worker.delivery import BENIGN
 from worker.engine import calibration as calib
+from worker.engine import native
 from worker.engine.engine import Engine, EngineError
 
 
@@ -107,18 +110,25 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))]
     clean, _ = calibrate.delivered(calibrate.to_images(splits.train.images[order[:24]].float() / 255), 0)
     _, scores = engine.score_images(clean[12:])
-    combined = artefact.combiner.logit(scores)
+    combined = artefact.combined(scores, native.tiled(clean[12:]))
     assert calib.flag_rate(combined, artefact.threshold) == pytest.approx(artefact.measured_fpr)
     assert set(artefact.detector_thresholds) == set(artefact.detectors)
     assert "combined" in table and all(0 <= row["auroc_cifar"] <= 1 for row in table.values())
     # The operating point keeps held-out web images and every benign change at or below the target too.
+    # CIFAR-10 images and the web thumbnails are the population without native tiles, the web crops as served
+    # the one with them; web images under 64 px (thumbnails, shrunk crops) are pooled in "web small".
     benign = artefact.evaluation["benign_flag_rate"]
-    groups = {"web-clean", *(f"{population} {kind}" for population in ("cifar", "web") for kind in BENIGN)}
-    assert set(benign) == groups and all(rate <= artefact.target_fpr for rate in benign.values())
+    untiled = {"cifar clean", "web small", *(f"cifar {kind}" for kind in BENIGN)}
+    assert untiled <= set(benign) and "web-clean" in benign
+    assert set(benign) - untiled - {"web-clean"} <= {f"web {kind}" for kind in BENIGN}
+    assert all(rate <= artefact.target_fpr for rate in benign.values())
     # every held-out image carries every benign kind into its population's group (not one kind per image)
-    held_web = artefact.data["threshold_groups"]["web-clean"]
-    assert all(artefact.data["threshold_groups"][f"web {k}"] == held_web for k in BENIGN)
-    assert all(artefact.data["threshold_groups"][f"cifar {k}"] == 12 for k in BENIGN)
+    counts = artefact.data["threshold_groups"]
+    held_web = counts["web-clean"]  # the crops are 64 px and up: all tiled
+    assert all(counts.get(f"web {k}", 0) <= held_web for k in BENIGN)
+    assert counts["web noise-4"] == counts["web gamma"] == held_web  # changes that keep the size keep the tiles
+    assert counts["web small"] >= held_web  # every held-out web image as a thumbnail, and the shrunk crops
+    assert all(counts[f"cifar {k}"] == 12 for k in BENIGN)
     # Web images set the threshold from sources the fit never saw; the artefact records the data and the
     # domain model that decides "no confident class".
     fit_sources = {r.source for r, _ in web if calibrate.source_halves([r])[0]}
@@ -189,12 +199,50 @@ def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_t
     artefact = calib.load(calib.default_path(robust))
     sets = torch.load(scores, weights_only=False)
     assert len(sets["cifar_clean_held"]["probs"]) == artefact.data["n_threshold_clean"] == 10
-    # The artefact's threshold follows from the saved held-out scores and its own combiner.
-    groups = {"web-clean": artefact.combiner.logit(sets["web_clean_held"]["scores"])}
+    # The artefact's threshold and offset follow from the saved held-out scores and its own combiner: at
+    # ``Calibration.combined``'s scores, each population's worst group sits exactly at the one threshold.
+    tiled: dict[str, torch.Tensor] = {}
+    untiled: dict[str, torch.Tensor] = {}
+
+    def add(name: str, scored: dict, mask: torch.Tensor | None = None) -> None:
+        mask = torch.ones(len(scored["tiled"]), dtype=torch.bool) if mask is None else mask
+        combined = artefact.combined(scored["scores"], scored["tiled"])
+        for population, part in ((tiled, mask & scored["tiled"]), (untiled, mask & ~scored["tiled"])):
+            if part.any():
+                population[name] = torch.cat([population.get(name, torch.empty(0, dtype=combined.dtype)),
+                                              combined[part]])  # fmt: skip
+
+    add("cifar clean", sets["cifar_clean_held"])
+    add("web-clean", sets["web_clean_held"])
+    add("web small", sets["web_small_held"])
     for population in ("cifar", "web"):
-        combined = artefact.combiner.logit(sets[f"{population}_benign_held"]["scores"])
         names = sets[f"{population}_benign_names"]
         for kind in set(names):
-            groups[f"{population} {kind}"] = combined[torch.tensor([n == kind for n in names])]
-    clean = artefact.combiner.logit(sets["cifar_clean_held"]["scores"])
-    assert calib.operating_threshold(clean, groups, artefact.target_fpr) == pytest.approx(artefact.threshold)
+            add(f"{population} {kind}", sets[f"{population}_benign_held"], torch.tensor([n == kind for n in names]))
+    untiled["web small"] = torch.cat([v for k, v in untiled.items() if k.startswith("web")])
+    untiled = {k: v for k, v in untiled.items() if k.startswith("cifar") or k == "web small"}
+    assert tiled and untiled and not sets["web_small_held"]["tiled"].any()
+    for groups in (tiled, untiled):
+        worst = max(calib.threshold_for_fpr(g, artefact.target_fpr) for g in groups.values())
+        assert worst == pytest.approx(artefact.threshold)
+
+
+def test_images_too_small_for_native_tiles_carry_the_untiled_offset(fitted):
+    """The offset moves the combined score of an image under 64 px (read through the model input alone) and
+    leaves a photo with tiles as it was; the flag is the shifted score against the one threshold."""
+    engine, *_, artefact, _ = fitted
+    shifted = dataclasses.replace(artefact, untiled_offset=artefact.untiled_offset + 5.0)
+    rng = np.random.default_rng(7)
+    files = []
+    for side in (40, 96):
+        buffer = io.BytesIO()
+        calibrate.delivery.from_array(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
+        files.append(buffer.getvalue())
+    before, after = (
+        Engine(engine.robust, engine.standard, a, threads=1, detector=engine.detector).analyse(files)
+        for a in (artefact, shifted)
+    )
+    assert after[0].combined - before[0].combined == pytest.approx(5.0)
+    assert after[1].combined == pytest.approx(before[1].combined)
+    assert after[0].scores == before[0].scores and after[0].threshold == artefact.threshold
+    assert all(v.flagged == (v.combined > artefact.threshold) for v in after)

@@ -113,8 +113,18 @@ class Calibration:
     data: dict[str, Any] = field(default_factory=dict)  # what it was fitted on
     evaluation: dict[str, Any] = field(default_factory=dict)  # held-out measurements
     domain: DomainModel | None = None  # "no confident class" below its threshold (None: labels always shown)
+    # Added to the combined score of images without native tiles (see ``combined``); 0 in older artefacts.
+    untiled_offset: float = 0.0
     created: str = ""
     version: str = ""
+
+    def combined(self, scores: Mapping[str, torch.Tensor], tiled: torch.Tensor) -> torch.Tensor:
+        """The combined score per image: the combiner's logit, plus ``untiled_offset`` for images too small for
+        native tiles.  The detector reads those through the 32 px model input alone, where its scores run on
+        another scale than over tiles of a photo; the offset is the difference of the two populations'
+        thresholds, so that the one ``threshold`` holds each at the target rate."""
+        logit = self.combiner.logit(scores)
+        return logit + self.untiled_offset * (~tiled.to(logit.device)).to(logit.dtype)
 
     def content(self) -> dict[str, Any]:
         """Everything the version hash covers (all but ``version`` and ``created``)."""
@@ -133,6 +143,7 @@ class Calibration:
             "data": self.data,
             "evaluation": self.evaluation,
             **({"domain": self.domain.to_dict()} if self.domain is not None else {}),
+            **({"untiled_offset": self.untiled_offset} if self.untiled_offset else {}),
         }
 
     def content_hash(self) -> str:
@@ -164,9 +175,10 @@ def build(
     created: str = "",
     combined_benign: Mapping[str, torch.Tensor] | None = None,
     domain: DomainModel | None = None,
+    untiled_offset: float = 0.0,
 ) -> Calibration:
     """Set the combined threshold (see ``operating_threshold``) and per-detector ones on held-out scores
-    and version the result."""
+    and version the result.  The combined scores are ``Calibration.combined``'s, ``untiled_offset`` included."""
     threshold = operating_threshold(combined_clean, combined_benign, target_fpr)
     n = len(combined_clean)
     false_positives = int(round(flag_rate(combined_clean, threshold) * n))
@@ -184,6 +196,7 @@ def build(
         data=dict(data),
         evaluation=dict(evaluation or {}),
         domain=domain,
+        untiled_offset=untiled_offset,
         created=created,
     )
     return _with_version(calibration)
@@ -230,6 +243,7 @@ def load(path: str | Path, robust_version: str | None = None, standard_version: 
             data=dict(document.get("data", {})),
             evaluation=dict(document.get("evaluation", {})),
             domain=DomainModel.from_dict(document["domain"]) if "domain" in document else None,
+            untiled_offset=float(document.get("untiled_offset", 0.0)),
             created=str(document.get("created", "")),
             version=str(document.get("version", "")),
         )

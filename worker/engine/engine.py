@@ -257,13 +257,16 @@ class Engine:
         logit = domain.logit(robust_probs, scores)
         return torch.sigmoid(logit), logit >= domain.threshold
 
-    def combined(self, scores: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        return self.calibration.combiner.logit(scores) if self.calibration else None
+    def combined(self, scores: dict[str, torch.Tensor], tiled: torch.Tensor) -> torch.Tensor | None:
+        """The calibrated combined score per image (``Calibration.combined``; ``tiled``: which images had native
+        tiles); None without a calibration."""
+        return self.calibration.combined(scores, tiled) if self.calibration else None
 
     # --- internals ---------------------------------------------------------------------------------------
     def _analyse_chunk(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
         inputs: list[torch.Tensor] = []
         pixels: list[np.ndarray] = []
+        tiled: list[bool] = []
         decode_ms: list[float] = []
         results: list[Verdict | ImageError | None] = []
         for item in items:
@@ -275,11 +278,12 @@ class Engine:
                 results.append(err)
                 continue
             inputs.append(tensor)
+            tiled.append(native.has_tiles(image.height, image.width))
             if self.detector is not None:
                 pixels.append(np.asarray(image))
             decode_ms.append((time.perf_counter() - start) * 1000)
             results.append(None)
-        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels) if inputs else [])
+        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels, tiled) if inputs else [])
         return [r if r is not None else next(verdicts) for r in results]
 
     def _decode(self, item: bytes | Image.Image) -> Image.Image:
@@ -295,8 +299,14 @@ class Engine:
 
     @torch.no_grad()
     def _verdicts(
-        self, x: torch.Tensor, decode_ms: Sequence[float], pixels: Sequence[np.ndarray] = ()
+        self,
+        x: torch.Tensor,
+        decode_ms: Sequence[float],
+        pixels: Sequence[np.ndarray] = (),
+        tiled: Sequence[bool] | None = None,
     ) -> list[Verdict]:
+        """Verdicts for a model-space batch; ``pixels`` the images as served (for the detector's tiles) and
+        ``tiled`` which of them are large enough for tiles (default: none, as for model-space input)."""
         n = len(x)
         x = x.to(self.device, torch.float32)
         start = time.perf_counter()
@@ -305,7 +315,7 @@ class Engine:
         after_inference = time.perf_counter()
         tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
         scores = self._detector_scores(x, robust_probs, tiles, owner)
-        combined = self.combined(scores)
+        combined = self.combined(scores, torch.tensor(tiled or [False] * n, dtype=torch.bool))
         self._synchronise()
         end = time.perf_counter()
         inference_ms = (after_inference - start) * 1000 / n

@@ -20,15 +20,27 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 TILE = 64
 MAX_TILES = 6
 
 
+def has_tiles(height: int, width: int, tile: int = TILE) -> bool:
+    """Whether an image this size gets native tiles (both sides at least a tile); smaller ones are read by the
+    detector through the model input alone, and form their own population for the threshold."""
+    return height >= tile and width >= tile
+
+
+def tiled(images: Sequence[Image.Image]) -> torch.Tensor:
+    """``has_tiles`` per decoded image, as a bool tensor."""
+    return torch.tensor([has_tiles(image.height, image.width) for image in images], dtype=torch.bool)
+
+
 def tile_grid(height: int, width: int, tile: int = TILE, max_tiles: int = MAX_TILES) -> list[tuple[int, int]]:
     """Top-left corners of up to ``max_tiles`` non-overlapping tiles on an even grid; none if a side < tile."""
-    if height < tile or width < tile:
+    if not has_tiles(height, width, tile):
         return []
     rows = max(1, min(height // tile, round(math.sqrt(max_tiles * height / width))))
     cols = max(1, min(width // tile, max_tiles // rows))
