@@ -7,9 +7,9 @@ and whatever was added; a truncation (the TLU, ``clamp(-T, T)`` in 1/255 units) 
 of edges and texture, so that content cannot dominate what the learned layers see.  The first learned
 convolution reads the clamped residuals of all three colour channels together (an attack's gradient-sign
 pattern is correlated across channels, camera noise much less so); the rest is ``perturbation-cnn2``'s
-strided stack with mean and max pooling.  At width 16 it costs what ``perturbation-cnn2`` costs on a 64 px
-tile (measured side by side: 0.9-1.1x).  A learned 1x1 mixing of the residuals at full resolution cost 2.2x
-and is left out.
+strided stack with mean and max pooling.  At width 16 it costs 1.2x ``perturbation-cnn2`` per 64 px tile
+and 1.3x per 32 px input (``benchmarks/detector.py``, one idle core).  A learned 1x1 mixing of the residuals
+at full resolution cost about 2x and is left out.
 """
 
 from __future__ import annotations
