@@ -135,9 +135,11 @@ def add_benign(
     rng: random.Random,
     input_size: Sequence[int],
     hard_negatives: bool,
+    extra: Sequence[str] = (),
 ) -> None:
-    """One randomly chosen benign change of ``image`` and, with ``hard_negatives``, a noisy copy; delivered."""
-    kinds = [delivery.pick(delivery.BENIGN, rng)] + ([HARD_NEGATIVE] if hard_negatives else [])
+    """One randomly chosen benign change of ``image``, with ``hard_negatives`` a noisy copy, and one copy with
+    each ``extra`` benign kind; delivered."""
+    kinds = [delivery.pick(delivery.BENIGN, rng)] + ([HARD_NEGATIVE] if hard_negatives else []) + list(extra)
     for kind in kinds:
         changed = delivery.BENIGN[kind](image, rng)
         add_image(examples, changed, 0, f"{source}|benign:{kind}", rng, input_size, model_view_label=0)
@@ -182,8 +184,10 @@ def natural_examples(
     progress: Progress | None = None,
     attack_n: int | None = None,
     hard_negatives: bool = False,
+    extra_negatives: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Each natural image clean and benignly changed (``add_benign``); ``attack_n`` of them (all when None),
+    """Each natural image clean and benignly changed (``add_benign``, with a copy for each ``extra_negatives``
+    kind); ``attack_n`` of them (all when None),
     spread evenly through the list, also once attacked (round-robin over the attacks and the ``models``).
     Clean and benign examples cost no attack, so more images than the attack budget covers still teach the
     detector what ordinary pictures look like.  Returns how many of each attack ran."""
@@ -195,7 +199,7 @@ def natural_examples(
     for i, original in enumerate(images):
         image = cap_size(original)
         add_image(examples, image, 0, "web|clean", rng, input_size, model_view_label=0)
-        add_benign(examples, image, "web", rng, input_size, hard_negatives)
+        add_benign(examples, image, "web", rng, input_size, hard_negatives, extra_negatives)
         if i not in attacked_ones:
             if progress is not None and task is not None:
                 progress.advance(task)

@@ -193,6 +193,7 @@ def metadata(
             "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
             "benign": ", ".join(delivery.BENIGN),
             "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,
+            "web_hard_negatives": list(args.web_hard_negatives),
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
@@ -202,14 +203,25 @@ def metadata(
 def examples_recipe(args: argparse.Namespace, robust: Bundle, standard: Bundle) -> dict[str, Any]:
     """Everything the examples depend on: a saved ``--examples`` file is reused only when this matches."""
     options = ("n", "pool", "web_n", "web_attack_n", "hard_negatives", "steps", "seed", "dataset", "data_dir")
+    extra = {"web_hard_negatives": list(args.web_hard_negatives)} if args.web_hard_negatives else {}
     return {
         **{name: str(getattr(args, name)) for name in options},
+        **extra,
         "bundles": [robust.version, standard.version],
         "attacks": [s.describe() for s in TRAINING_ATTACKS] + [a.name for a in NATURAL_ATTACKS],
         "benign": list(delivery.BENIGN),
         "deliveries": list(delivery.DELIVERIES),
         "web": web_images.BUILD_VERSION,
     }
+
+
+def benign_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in delivery.BENIGN]
+    if unknown:
+        known = ", ".join(delivery.BENIGN)
+        raise argparse.ArgumentTypeError(f"unknown benign kind(s) {', '.join(unknown)}; choose from {known}")
+    return kinds
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -235,6 +247,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hard-negatives", action="store_true",
         help=f"give every image one extra clean example with {HARD_NEGATIVE} (the benign change nearest an attack)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--web-hard-negatives", type=benign_kinds, default=(), metavar="KIND[,KIND]",
+        help="give every web image one more clean example with each of these benign changes (e.g. brightness)",
     )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
@@ -285,7 +301,7 @@ def build_examples(
         models = [engine.standard.model, engine.robust.model]
         web_counts = natural_examples(
             examples, web, models, engine.input_size, args.seed, engine.device, progress,
-            attack_n=args.web_attack_n, hard_negatives=args.hard_negatives,
+            attack_n=args.web_attack_n, hard_negatives=args.hard_negatives, extra_negatives=args.web_hard_negatives,
         )  # fmt: skip
     # Square leaves the images its target already gets wrong untouched: those copies are clean, not positives.
     changed = (adversarial != x).flatten(1).any(1)

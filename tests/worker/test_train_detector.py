@@ -126,6 +126,15 @@ def test_web_examples_attack_only_the_budgeted_images_and_keep_clean_and_benign_
     tags = everything.tiles.tags
     assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2 * 2  # a random change and the noisy copy
     assert sum(t.startswith(f"web|benign:{detector_data.HARD_NEGATIVE}|") for t in tags) >= 5 * 2
+    brightened = detector_data.DetectorExamples()
+    detector_data.natural_examples(
+        brightened, images, [model, model], [3, 32, 32], seed=0, device=torch.device("cpu"), attack_n=0,
+        extra_negatives=("brightness",),
+    )  # fmt: skip
+    tags = brightened.tiles.tags
+    assert sum(t.startswith("web|benign:") for t in tags) == 5 * 2 * 2  # a random change and the brightened copy
+    assert sum(t.startswith("web|benign:brightness|") for t in tags) >= 5 * 2
+    assert brightened.tiles.labels.count(1) == 0
 
 
 def test_fit_learns_to_tell_a_sign_perturbation_from_clean_images():
@@ -231,3 +240,11 @@ def test_saved_examples_are_reused_only_for_the_same_recipe(bundle_dirs, tiny_ta
     second = torch.load(saved, weights_only=False)
     assert second["recipe"]["hard_negatives"] == "True"
     assert second["counts"]["model_inputs"] > first["counts"]["model_inputs"]  # one more clean example per image
+    assert "web_hard_negatives" not in second["recipe"]  # older examples files stay valid without the option
+    assert train_detector.main([*args, "--hard-negatives", "--web-hard-negatives", "brightness"]) == 0
+    assert "made another way" in capsys.readouterr().err
+    third = torch.load(saved, weights_only=False)
+    assert third["recipe"]["web_hard_negatives"] == ["brightness"]
+    assert third["counts"]["model_inputs"] > second["counts"]["model_inputs"]
+    with pytest.raises(SystemExit):
+        train_detector.parse_args([*args, "--web-hard-negatives", "sepia"])
