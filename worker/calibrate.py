@@ -509,8 +509,8 @@ def run_calibration(
     offset = untiled_offset(tiled_groups, untiled_groups, target_fpr)
     groups = {**tiled_groups, **{name: logit + offset for name, logit in untiled_groups.items()}}
 
-    def calibrated(scored: Scored) -> torch.Tensor:  # = Calibration.combined
-        return combiner.logit(scored.scores) + offset * (~scored.tiled).double()
+    def calibrated(scored: Scored) -> torch.Tensor:  # what the artefact's ``combined`` will give
+        return calib.with_untiled_offset(combiner.logit(scored.scores), scored.tiled, offset)
 
     combined_clean = calibrated(sets.cifar_clean_held)
     operating = calib.operating_threshold(combined_clean, groups, target_fpr)

@@ -41,6 +41,11 @@ def default_path(robust_dir: str | Path) -> Path:
     return Path(robust_dir) / DEFAULT_FILE
 
 
+def with_untiled_offset(logit: torch.Tensor, tiled: torch.Tensor, offset: float) -> torch.Tensor:
+    """``logit`` with ``offset`` added where the image had no native tiles (``Calibration.combined``)."""
+    return logit + offset * (~tiled.to(logit.device)).to(logit.dtype)
+
+
 def threshold_for_fpr(clean_scores: torch.Tensor | np.ndarray, target_fpr: float) -> float:
     """The smallest t with mean(clean > t) <= target_fpr (flag when score > t)."""
     if not 0 <= target_fpr < 1:
@@ -123,8 +128,7 @@ class Calibration:
         native tiles.  The detector reads those through the 32 px model input alone, where its scores run on
         another scale than over tiles of a photo; the offset is the difference of the two populations'
         thresholds, so that the one ``threshold`` holds each at the target rate."""
-        logit = self.combiner.logit(scores)
-        return logit + self.untiled_offset * (~tiled.to(logit.device)).to(logit.dtype)
+        return with_untiled_offset(self.combiner.logit(scores), tiled, self.untiled_offset)
 
     def content(self) -> dict[str, Any]:
         """Everything the version hash covers (all but ``version`` and ``created``)."""
