@@ -125,7 +125,7 @@ def fit(
                 yb = groups[g][1][idx].to(device)
                 flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
-                loss = F.cross_entropy(model(xb), yb, weight=class_weight)
+                loss = detector_loss(model, xb, yb, class_weight)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -136,6 +136,16 @@ def fit(
             console.log(f"epoch {len(losses)}: loss {losses[-1]:.4f}")
     model.eval()
     return losses
+
+
+def detector_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the detector; a design made of several detectors (``branch_logits``, e.g.
+    ``perturbation-pair``) pays it per branch, so that each branch is a detector in its own right."""
+    branches = getattr(getattr(model, "net", None), "branch_logits", None)
+    if branches is None:
+        return F.cross_entropy(model(x), y, weight=class_weight)
+    normalised = (x - model.mean) / model.std
+    return sum(F.cross_entropy(logits, y, weight=class_weight) for logits in branches(normalised))
 
 
 def held_out_metrics(

@@ -36,6 +36,7 @@ def batch_norms(model: nn.Module) -> int:
         ("perturbation-cnn2", 16, 64, 4),
         ("perturbation-cnn", 16, 48, 4),
         ("perturbation-residual", 16, 64, 3),
+        ("perturbation-pair", 16, 64, 7),
         ("vgg11", 0.25, 32, 8),
     ],
 )

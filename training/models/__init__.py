@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from training.models.detector_pair import DetectorPair
 from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
 from training.models.residual_detector import ResidualPerturbationNet
@@ -19,7 +20,7 @@ from training.models.wide_resnet import WideResNet
 
 ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11")  # classifiers (``python -m training train --arch``)
 # detectors (``python -m worker.train_detector --arch``)
-DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual")
+DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual", "perturbation-pair")
 
 
 class Normalized(nn.Module):
@@ -56,6 +57,8 @@ def build_model(
         net = VGG(num_classes, in_channels, width)
     elif arch == "perturbation-residual":
         net = ResidualPerturbationNet(std, num_classes, int(width))
+    elif arch == "perturbation-pair":
+        net = DetectorPair(std, num_classes, int(width))
     elif arch in DETECTOR_ARCHITECTURES:
         full_resolution_layers = 1 if arch == "perturbation-cnn2" else 2
         net = PerturbationCNN(num_classes, in_channels, int(width), full_resolution_layers)
