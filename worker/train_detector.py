@@ -3,8 +3,8 @@
     python -m worker.train_detector --robust models/pgd-at-preact18-w0.25 \
         --standard models/standard-preact18-w0.25 --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
-The detector (``training.models.perturbation_cnn``, fully convolutional) learns "clean or benignly changed"
-against "adversarial" in the two views the engine gives it (``worker.engine.native``): the 32 px model
+The detector (``training.models``, by default ``perturbation-pair``; fully convolutional) learns "clean or
+benignly changed" against "adversarial" in the two views the engine gives it (``worker.engine.native``): the 32 px model
 input and 64 px tiles of the image at its own resolution.  Its examples (``worker.detector_data``):
 
 - CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
@@ -60,7 +60,7 @@ from worker.engine import native
 from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
 from worker.engine.images import ImageLimits, decode_image
 
-DEFAULT_ARCH = "perturbation-cnn2"
+DEFAULT_ARCH = "perturbation-pair"  # cnn2 and residual averaged: fewer clean images in the tail (results/README.md)
 METHOD = "perturbation-detector"
 
 # What the detector learns to flag: eps 4/255 and up, PGD and CW-inf against both models, Square (black box),
