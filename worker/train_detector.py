@@ -144,8 +144,7 @@ def detector_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_weig
     branches = getattr(getattr(model, "net", None), "branch_logits", None)
     if branches is None:
         return F.cross_entropy(model(x), y, weight=class_weight)
-    normalised = (x - model.mean) / model.std
-    return sum(F.cross_entropy(logits, y, weight=class_weight) for logits in branches(normalised))
+    return sum(F.cross_entropy(logits, y, weight=class_weight) for logits in branches(model.normalise(x)))
 
 
 def held_out_metrics(

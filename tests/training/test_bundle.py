@@ -10,7 +10,7 @@ import torch
 
 from training import bundle
 from training.bundle import METADATA_FILE, WEIGHTS_FILE, BundleError, load, save
-from training.models import build_model
+from training.models import DETECTOR_ARCHITECTURES, build_model
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
 
@@ -174,6 +174,19 @@ def test_unreadable_weights_even_with_a_matching_hash(saved):
 
 def test_bundle_error_is_a_value_error():
     assert issubclass(BundleError, ValueError)
+
+
+@pytest.mark.parametrize("arch", DETECTOR_ARCHITECTURES)
+def test_every_detector_design_round_trips_through_a_bundle(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 2, MEAN, STD, 8).train()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        model(torch.rand(8, 3, 32, 32))
+    model.eval()
+    loaded = load(save(model, metadata(arch=arch, width=8, num_classes=2, classes=["clean", "adversarial"]), tmp_path))
+    tile = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(tile), model(tile))
 
 
 @pytest.mark.parametrize("arch", ["perturbation-cnn", "perturbation-cnn2"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training import bundle
 from training.models import build_model
 from worker.train_detector import detector_loss
 
@@ -65,13 +64,3 @@ def test_single_designs_keep_the_plain_cross_entropy():
     model = build_model("perturbation-cnn2", 2, MEAN, STD, 8).eval()
     x, y = torch.rand(6, 3, 32, 32), torch.tensor([0, 1, 1, 0, 1, 0])
     torch.testing.assert_close(detector_loss(model, x, y, WEIGHT), F.cross_entropy(model(x), y, weight=WEIGHT))
-
-
-def test_round_trips_through_a_bundle(tmp_path):
-    model = pair()
-    meta = {"arch": "perturbation-pair", "width": 8, "num_classes": 2, "classes": ["clean", "adversarial"],
-            "input_size": [3, 32, 32], "mean": MEAN, "std": STD, "method": "perturbation-detector"}  # fmt: skip
-    loaded = bundle.load(bundle.save(model, meta, tmp_path))
-    tile = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded.model(tile), model(tile))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from training import bundle
 from training.models import build_model
 from training.models.residual_detector import DEFAULT_TRUNCATION, high_pass_bank
 
@@ -74,13 +73,3 @@ def test_training_moves_the_learned_layers_but_not_the_filters():
     optimiser.step()
     assert torch.equal(model.net.residuals.weight, filters)
     assert not torch.equal(model.net.features[0][0].weight, learned)
-
-
-def test_round_trips_through_a_bundle(tmp_path):
-    model = detector()
-    meta = {"arch": "perturbation-residual", "width": 8, "num_classes": 2, "classes": ["clean", "adversarial"],
-            "input_size": [3, 32, 32], "mean": MEAN, "std": STD, "method": "perturbation-detector"}  # fmt: skip
-    loaded = bundle.load(bundle.save(model, meta, tmp_path))
-    tile = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(loaded.model(tile), model(tile))
