@@ -38,6 +38,7 @@ def batch_norms(model: nn.Module) -> int:
         ("perturbation-residual", 16, 64, 3),
         ("perturbation-pair", 16, 64, 7),
         ("vgg11", 0.25, 32, 8),
+        ("mobilenetv2", 0.25, 32, 30),
     ],
 )
 def test_serving_copy_computes_the_same_logits_and_gradients(arch, width, size, folded_at_least):

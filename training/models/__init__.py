@@ -12,13 +12,15 @@ import torch
 from torch import nn
 
 from training.models.detector_pair import DetectorPair
+from training.models.mobilenet import mobilenet_v2
 from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
 from training.models.residual_detector import ResidualPerturbationNet
 from training.models.vgg import VGG
 from training.models.wide_resnet import WideResNet
 
-ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11")  # classifiers (``python -m training train --arch``)
+# classifiers (``python -m training train --arch``)
+ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11", "mobilenetv2")
 # detectors (``python -m worker.train_detector --arch``)
 DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual", "perturbation-pair")
 
@@ -58,6 +60,8 @@ def build_model(
         net = WideResNet(depth, 10, num_classes, in_channels, width)
     elif arch == "vgg11":
         net = VGG(num_classes, in_channels, width)
+    elif arch == "mobilenetv2":
+        net = mobilenet_v2(num_classes, in_channels, width)
     elif arch == "perturbation-residual":
         net = ResidualPerturbationNet(std, num_classes, int(width))
     elif arch == "perturbation-pair":
