@@ -33,7 +33,7 @@ import math
 import random
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from torch import nn
 
 from training.attacks import budget_eps, margin_objective, pgd, pgd_l2, square
 from training.bundle import Bundle
@@ -66,7 +67,7 @@ SQUARE_QUERIES = 500  # as worker.evaluate and the audits' robustness check run 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    target: str  # "standard" or "robust"
+    target: str  # "standard", "robust", or the architecture of an extra attack source (``sources`` below)
     objective: str  # "pgd" (cross-entropy), "cw" (margin), "square" (black-box, SQUARE_QUERIES queries) or "l2"
     budget: float  # L-inf eps in 1/255; for "l2" (L2 PGD on the cross-entropy) the L2 radius on [0, 1] pixels
 
@@ -85,8 +86,25 @@ class AttackSpec:
             budget = f"L-inf {self.objective}, eps {self.budget:g}/255"
         return f"{self.name} ({budget} vs {self.target}" + (f", {steps} steps)" if steps else ")")
 
-    def run(self, engine: Engine, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-        model = engine.robust.model if self.target == det.ROBUST else engine.standard.model
+    def model(self, engine: Engine, sources: Mapping[str, nn.Module] | None = None) -> nn.Module:
+        """The model attacked: one of the engine's pair, or an extra source model named by its architecture."""
+        if self.target == det.ROBUST:
+            return engine.robust.model
+        if self.target == det.STANDARD:
+            return engine.standard.model
+        if sources and self.target in sources:
+            return sources[self.target]
+        raise ValueError(f"attack {self.name} targets {self.target!r}, which is not among the attacked models")
+
+    def run(
+        self,
+        engine: Engine,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        sources: Mapping[str, nn.Module] | None = None,
+    ) -> torch.Tensor:
+        model = self.model(engine, sources)
         if self.objective == "square":
             return square(model, x, y, self.eps, SQUARE_QUERIES)
         if self.objective == "l2":
@@ -204,9 +222,10 @@ def attack_all(
     seed: int,
     progress: Progress,
     mix: Sequence[AttackSpec] = ATTACK_MIX,
+    sources: Mapping[str, nn.Module] | None = None,
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """Adversarial copies (8-bit), the attack name of each (round-robin over ``mix``) and whether it fooled
-    its target."""
+    its target (the engine's models, or ``sources`` by architecture)."""
     torch.manual_seed(seed)
     assignment = torch.arange(len(x)) % len(mix)
     out = torch.empty_like(x)
@@ -217,8 +236,8 @@ def attack_all(
         for start in range(0, len(chosen), batch):
             idx = chosen[start : start + batch]
             xs, ys = x[idx].to(engine.device), y[idx].to(engine.device)
-            adv = quantise(spec.run(engine, xs, ys, steps))
-            model = engine.robust.model if spec.target == det.ROBUST else engine.standard.model
+            adv = quantise(spec.run(engine, xs, ys, steps, sources))
+            model = spec.model(engine, sources)
             with torch.no_grad():
                 fooled[idx] = (model(adv).argmax(1) != ys).cpu()
             out[idx] = adv.cpu()

@@ -343,6 +343,15 @@ def rate_with_interval(mask: torch.Tensor) -> dict[str, Any]:
 
 
 # --- the run ------------------------------------------------------------------------------------------
+def detector_source_families(engine: Engine) -> set[str]:
+    """Architectures whose attacks the perturbation detector was trained on (its pair's and its extra sources')."""
+    families = {engine.robust.metadata["arch"], engine.standard.metadata["arch"]}
+    if engine.detector is not None:
+        sources = (engine.detector.metadata.get("training") or {}).get("attack_sources") or []
+        families |= {source["arch"] for source in sources}
+    return families
+
+
 def attacked_model(spec: AttackSpec, engine: Engine, transfer: Bundle | None) -> nn.Module:
     if spec.target == "robust":
         return engine.robust.model
@@ -896,6 +905,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
         if transfer.version in (engine.robust.version, engine.standard.version):
             console.print("[yellow]the transfer source is one of the engine's own bundles: that is not a transfer")
+        if transfer.metadata["arch"] in detector_source_families(engine):
+            console.print(
+                f"[yellow]the detector was trained on attacks against a {transfer.metadata['arch']} model: its "
+                "transfer rates do not measure an unseen family"
+            )
     dataset = args.dataset or engine.robust.metadata.get("dataset", "cifar10")
     splits = load_splits(dataset, args.data_dir, Path(args.cache_dir) if args.cache_dir else None)
     if splits.test.classes != engine.classes:

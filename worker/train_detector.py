@@ -11,11 +11,11 @@ input and 64 px tiles of the image at its own resolution.  Its examples (``worke
   saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one
   benign change (``worker.delivery.BENIGN``), with ``--hard-negatives`` also with sensor noise
   (``HARD_NEGATIVE``), and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255,
-  L2 PGD at radius 0.5 and 1 against the standard model); 2/255 attacks are left out, as strong as the sensor
-  noise that must not be flagged;
+  L2 PGD at radius 0.5 and 1 against the standard model, and PGD, CW-inf and L2 PGD against every
+  ``--attack-source``, a standard model of another family); 2/255 attacks are left out, as strong as the
+  sensor noise that must not be flagged;
 - the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed (the same way), and
-  attacked
-  through the resize or at native resolution against both bundles;
+  attacked through the resize or at native resolution against both bundles and every attack source;
 
 and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) before its views are cut, so the
 detector cannot learn a compression signature for "clean".  The images it trains on are recorded (seed and
@@ -40,7 +40,7 @@ from rich.console import Console
 from torch import nn
 
 from training import bundle as bundle_io
-from training.bundle import Bundle
+from training.bundle import Bundle, BundleError
 from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
 from training.models import DETECTOR_ARCHITECTURES, build_model
@@ -80,6 +80,35 @@ TRAINING_ATTACKS: tuple[AttackSpec, ...] = (
     AttackSpec("standard", "l2", 0.5),
     AttackSpec("standard", "l2", 1.0),
 )
+# Against each extra attack source (``--attack-source``, a standard model of another family): the standard
+# model's L-inf and L2 set, so that what the detector learns is a perturbation, not one family's texture.
+SOURCE_ATTACKS: tuple[tuple[str, float], ...] = (("pgd", 4), ("pgd", 8), ("pgd", 16), ("cw", 4), ("cw", 8), ("l2", 1.0))
+
+
+def training_attacks(sources: Sequence[str] = ()) -> tuple[AttackSpec, ...]:
+    """The CIFAR-10 attack mix: ``TRAINING_ATTACKS`` on the engine's pair, then ``SOURCE_ATTACKS`` on each source."""
+    extra = (AttackSpec(arch, objective, budget) for arch in sources for objective, budget in SOURCE_ATTACKS)
+    return TRAINING_ATTACKS + tuple(extra)
+
+
+def load_attack_sources(
+    paths: Sequence[str], robust: Bundle, standard: Bundle, device: torch.device
+) -> dict[str, Bundle]:
+    """The ``--attack-source`` bundles by architecture; each must classify the pair's inputs into the pair's
+    classes, and be neither of the pair nor a second model of an architecture already named."""
+    sources: dict[str, Bundle] = {}
+    for path in paths:
+        source = load_bundle(path, device)
+        arch = source.metadata["arch"]
+        for key in ("classes", "input_size"):
+            if source.metadata[key] != robust.metadata[key]:
+                raise ValueError(f"attack source {path} differs from the robust bundle in {key}")
+        if source.version in (robust.version, standard.version):
+            raise ValueError(f"attack source {path} is one of the pair: its attacks are already in the mix")
+        if arch in sources or arch in (det.ROBUST, det.STANDARD):
+            raise ValueError(f"attack source {path}: a second {arch} model (name one source per architecture)")
+        sources[arch] = source
+    return sources
 
 
 def fit(
@@ -170,8 +199,18 @@ def held_out_metrics(
     return metrics
 
 
+def source_records(sources: dict[str, Bundle], paths: Sequence[str]) -> list[dict[str, str]]:
+    pairs = zip(sources.items(), paths, strict=True)
+    return [{"arch": arch, "version": bundle.version, "path": path} for (arch, bundle), path in pairs]
+
+
 def metadata(
-    robust: Bundle, standard: Bundle, args: argparse.Namespace, counts: dict[str, Any], info: dict[str, Any]
+    robust: Bundle,
+    standard: Bundle,
+    sources: dict[str, Bundle],
+    args: argparse.Namespace,
+    counts: dict[str, Any],
+    info: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "arch": args.arch,
@@ -198,8 +237,12 @@ def metadata(
             "lr": args.lr,
             "batch_size": args.batch_size,
             "attack_steps": args.steps,
-            "attacks": [s.describe() for s in TRAINING_ATTACKS],
-            "web_attacks": [f"{a.name} (L-inf, eps {a.eps_255}/255, vs standard and robust)" for a in NATURAL_ATTACKS],
+            "attacks": [s.describe() for s in training_attacks(list(sources))],
+            "attack_sources": source_records(sources, args.attack_source),
+            "web_attacks": [
+                f"{a.name} (L-inf, eps {a.eps_255}/255, vs {', '.join(['standard', 'robust', *sources])})"
+                for a in NATURAL_ATTACKS
+            ],
             "benign": ", ".join(delivery.BENIGN),
             "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,
             "web_hard_negatives": list(args.web_hard_negatives),
@@ -209,15 +252,17 @@ def metadata(
     }
 
 
-def examples_recipe(args: argparse.Namespace, robust: Bundle, standard: Bundle) -> dict[str, Any]:
+def examples_recipe(
+    args: argparse.Namespace, robust: Bundle, standard: Bundle, sources: dict[str, Bundle]
+) -> dict[str, Any]:
     """Everything the examples depend on: a saved ``--examples`` file is reused only when this matches."""
     options = ("n", "pool", "web_n", "web_attack_n", "hard_negatives", "steps", "seed", "dataset", "data_dir")
     extra = {"web_hard_negatives": list(args.web_hard_negatives)} if args.web_hard_negatives else {}
     return {
         **{name: str(getattr(args, name)) for name in options},
         **extra,
-        "bundles": [robust.version, standard.version],
-        "attacks": [s.describe() for s in TRAINING_ATTACKS] + [a.name for a in NATURAL_ATTACKS],
+        "bundles": [robust.version, standard.version] + [b.version for b in sources.values()],
+        "attacks": [s.describe() for s in training_attacks(list(sources))] + [a.name for a in NATURAL_ATTACKS],
         "benign": list(delivery.BENIGN),
         "deliveries": list(delivery.DELIVERIES),
         "web": web_images.BUILD_VERSION,
@@ -261,6 +306,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--web-hard-negatives", type=benign_kinds, default=(), metavar="KIND[,KIND]",
         help="give every web image one more clean example with each of these benign changes (e.g. brightness)",
     )  # fmt: skip
+    parser.add_argument(
+        "--attack-source", action="append", default=[], metavar="BUNDLE",
+        help="a standard model of another family whose attacks the detector also learns (repeatable; keep the "
+        "evaluation's --transfer-source family out)",
+    )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--arch", choices=DETECTOR_ARCHITECTURES, default=DEFAULT_ARCH, help="detector design")
@@ -299,15 +349,23 @@ def split_holdout(views: ViewSet, fraction: float) -> tuple[tuple[torch.Tensor, 
 
 
 def build_examples(
-    args: argparse.Namespace, engine: Engine, x: torch.Tensor, y: torch.Tensor, web: list[Image.Image], console: Console
+    args: argparse.Namespace,
+    engine: Engine,
+    sources: dict[str, Bundle],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    web: list[Image.Image],
+    console: Console,
 ) -> tuple[ViewSet, ViewSet, dict[str, Any]]:
     """Attack, change and deliver the CIFAR-10 and web images; the model-input and tile examples."""
     examples = DetectorExamples()
+    source_models = {arch: b.model for arch, b in sources.items()}
     with make_progress(console) as progress:
         adversarial, names, fooled = attack_all(
-            engine, x, y, args.steps, args.batch_size, args.seed, progress, mix=TRAINING_ATTACKS
-        )
-        models = [engine.standard.model, engine.robust.model]
+            engine, x, y, args.steps, args.batch_size, args.seed, progress,
+            mix=training_attacks(list(sources)), sources=source_models,
+        )  # fmt: skip
+        models = [engine.standard.model, engine.robust.model, *source_models.values()]
         web_counts = natural_examples(
             examples, web, models, engine.input_size, args.seed, engine.device, progress,
             attack_n=args.web_attack_n, hard_negatives=args.hard_negatives, extra_negatives=args.web_hard_negatives,
@@ -342,18 +400,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]the data set's classes {splits.train.classes} differ from the bundle's {engine.classes}")
         return 2
     try:
+        sources = load_attack_sources(args.attack_source, robust, standard, engine.device)
         web = load_web_images(args.web_dir, "train", args.web_n, engine.limits)
         choose_pool = seen_pool if args.pool == SEEN_POOL else unseen_pool
         pool, pool_note = choose_pool(len(splits.train), [robust, standard])
         chosen = detector_images(pool, args.seed, args.n)
-    except (ValueError, web_images.MissingImagery) as err:
+    except (ValueError, BundleError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")
         return 2
     console.print(f"detector images: {args.n} of the {pool_note}; {len(web)} web images (train split)")
     x = to_float(splits.train.images[chosen])
     y = splits.train.labels[chosen]
 
-    recipe = examples_recipe(args, robust, standard)
+    recipe = examples_recipe(args, robust, standard, sources)
     saved = torch.load(args.examples, weights_only=False) if args.examples and args.examples.is_file() else None
     if saved is not None and saved.get("recipe") == recipe:
         small, tiles, counts = saved["small"], saved["tiles"], saved["counts"]
@@ -361,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         if saved is not None:
             console.print(f"{args.examples} holds examples made another way (options, attacks, bundles): remaking")
-        small, tiles, counts = build_examples(args, engine, x, y, web, console)
+        small, tiles, counts = build_examples(args, engine, sources, x, y, web, console)
         if args.examples:
             torch.save({"recipe": recipe, "small": small, "tiles": tiles, "counts": counts}, args.examples)
     (small_train, small_held), (tiles_train, tiles_held) = (split_holdout(v, args.holdout) for v in (small, tiles))
@@ -382,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "web": f"{len(web)} images of the train split of {args.web_dir} ({web_images.BUILD_VERSION})",
     }  # fmt: skip
     out = Path(args.out) if args.out else default_detector_dir(args.robust)
-    bundle_io.save(model.cpu(), {**metadata(robust, standard, args, counts, info), "metrics": metrics}, out)
+    bundle_io.save(model.cpu(), {**metadata(robust, standard, sources, args, counts, info), "metrics": metrics}, out)
     for view in ("model_input", "tiles"):
         if view in metrics:
             m = metrics[view]

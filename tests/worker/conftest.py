@@ -45,6 +45,29 @@ def make_bundle(directory: Path, seed: int, method: str, train_images: int = 6) 
     return bundle.save(model, metadata, directory)
 
 
+def make_source_model(arch: str = "mobilenetv2", num_classes: int = len(CLASSES), seed: int = 7) -> torch.nn.Module:
+    """A tiny classifier whose logits depend on its input (torchvision's initialisation leaves them near 0)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes, MEAN, STD, width=0.1).train()
+    with torch.no_grad():
+        model(torch.rand(16, *INPUT_SIZE))  # batch-norm statistics of images, not of nothing
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 1)
+    return model.eval()
+
+
+def make_source_bundle(directory: Path, arch: str = "mobilenetv2", seed: int = 7, classes: list[str] = CLASSES) -> Path:
+    """A tiny standard model of another family, for ``worker.train_detector --attack-source``."""
+    model = make_source_model(arch, len(classes), seed)
+    metadata = {
+        "arch": arch, "width": 0.1, "num_classes": len(classes), "classes": classes, "input_size": INPUT_SIZE,
+        "mean": MEAN, "std": STD, "method": "standard", "eps": 8 / 255, "training": {"seed": seed},
+        "command": f"python -m training train --method standard --arch {arch}", "metrics": {},
+    }  # fmt: skip
+    return bundle.save(model, metadata, directory)
+
+
 def make_detector_bundle(directory: Path, seed: int = 3, pool_images: int = 4) -> Path:
     """A tiny perturbation detector (width 4), with the training record ``worker.calibrate`` reads."""
     torch.manual_seed(seed)

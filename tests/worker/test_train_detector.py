@@ -19,6 +19,9 @@ from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
+from worker.evaluate import detector_source_families
+
+from .conftest import make_source_bundle, make_source_model
 
 
 def _two_model_bundles() -> list[Bundle]:
@@ -248,3 +251,68 @@ def test_saved_examples_are_reused_only_for_the_same_recipe(bundle_dirs, tiny_ta
     assert third["counts"]["model_inputs"] > second["counts"]["model_inputs"]
     with pytest.raises(SystemExit):
         train_detector.parse_args([*args, "--web-hard-negatives", "sepia"])
+
+
+def test_attacks_on_an_extra_source_target_that_model_and_stay_in_budget(engine):
+    """An --attack-source's specs attack the source model itself: its loss rises, the pair's specs are kept,
+    and a spec naming a model that is not there fails loudly rather than attacking another one."""
+    source = make_source_model()
+    mix = train_detector.training_attacks(["mobilenetv2"])
+    assert mix[: len(train_detector.TRAINING_ATTACKS)] == train_detector.TRAINING_ATTACKS
+    extra = mix[len(train_detector.TRAINING_ATTACKS) :]
+    assert {s.target for s in extra} == {"mobilenetv2"} and len(extra) == len(train_detector.SOURCE_ATTACKS)
+    spec = next(s for s in extra if (s.objective, s.budget) == ("pgd", 8))
+    assert spec.model(engine, {"mobilenetv2": source}) is source
+    with pytest.raises(ValueError, match="not among the attacked models"):
+        spec.model(engine, {})
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 2, (16,))
+    with Console(file=None, quiet=True) as console, calibrate.make_progress(console) as progress:
+        adv, names, fooled = calibrate.attack_all(
+            engine, x, y, 5, 8, 0, progress, mix=[spec], sources={"mobilenetv2": source}
+        )
+    assert set(names) == {spec.name} and spec.name == "pgd-8-m"
+    assert (adv - x).abs().max() <= 8 / 255 + 1 / 255  # the budget, plus the 8-bit rounding
+    with torch.no_grad():
+        assert F.cross_entropy(source(adv), y) > F.cross_entropy(source(x), y)
+        assert fooled.tolist() == (source(adv).argmax(1) != y).tolist()  # judged on the source, not the pair
+
+
+def test_attack_sources_must_fit_the_pair_and_be_one_per_family(bundle_dirs, tmp_path):
+    robust, standard = (load_bundle(d) for d in bundle_dirs)
+    good = make_source_bundle(tmp_path / "mobilenet")
+    sources = train_detector.load_attack_sources([str(good)], robust, standard, torch.device("cpu"))
+    assert list(sources) == ["mobilenetv2"]
+    twin = make_source_bundle(tmp_path / "twin", seed=8)
+    with pytest.raises(ValueError, match="a second mobilenetv2 model"):
+        train_detector.load_attack_sources([str(good), str(twin)], robust, standard, torch.device("cpu"))
+    other_classes = make_source_bundle(tmp_path / "three", classes=["bright", "dark", "grey"])
+    with pytest.raises(ValueError, match="differs from the robust bundle in classes"):
+        train_detector.load_attack_sources([str(other_classes)], robust, standard, torch.device("cpu"))
+    with pytest.raises(ValueError, match="one of the pair"):
+        train_detector.load_attack_sources([str(bundle_dirs[1])], robust, standard, torch.device("cpu"))
+
+
+def test_a_detector_trained_with_an_attack_source_records_it_and_evaluate_knows_the_family(
+    bundle_dirs, tiny_tarball, web_set, tmp_path, capsys
+):
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    source = make_source_bundle(tmp_path / "mobilenet")
+    saved = tmp_path / "examples.pt"
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n", "20", "--pool", "unseen", "--epochs", "1", "--width", "4", "--batch-size", "8", "--steps", "1",
+            "--threads", "1", "--web-dir", str(web_set), "--examples", str(saved)]  # fmt: skip
+    assert train_detector.main(args) == 0
+    assert train_detector.main([*args, "--attack-source", str(source)]) == 0
+    assert "made another way" in capsys.readouterr().err  # the pair-only examples are not reused
+    recipe = torch.load(saved, weights_only=False)["recipe"]
+    assert recipe["bundles"][-1] == load_bundle(source).version and "pgd-8-m" in " ".join(recipe["attacks"])
+    detector = load_bundle(default_detector_dir(robust))
+    training = detector.metadata["training"]
+    assert training["attack_sources"] == [
+        {"arch": "mobilenetv2", "version": load_bundle(source).version, "path": str(source)}
+    ]
+    assert any(a.startswith("pgd-8-m ") for a in training["attacks"])
+    assert all("mobilenetv2" in a for a in training["web_attacks"])
+    served = Engine.from_bundles(robust, bundle_dirs[1], calibration_path=None, threads=1)
+    assert detector_source_families(served) == {"preact18", "mobilenetv2"}
+    assert train_detector.main([*args, "--attack-source", str(tmp_path / "missing")]) == 2
