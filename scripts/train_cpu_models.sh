@@ -65,7 +65,7 @@ fast() {
 detection() {
   local robust=$1 standard=$2
   $py -m worker.web_images build
-  # Two standard models of other families, side by side (one core each, about 20 min): MobileNetV2, whose
+  # Two standard models of other families, side by side (one core each: 16 and 6 min): MobileNetV2, whose
   # attacks the detector trains on besides the pair's (--attack-source), and VGG-11, kept for the evaluation
   # alone (--transfer-source), so the transfer rates measure a family the detector never saw.
   $py -m training train --method standard --arch mobilenetv2 --width 0.5 --dataset cifar10 --data-dir "$data" \
@@ -78,7 +78,7 @@ detection() {
   families+=($!)
   wait "${families[@]}"  # not the model evaluations that `fast` runs meanwhile
   # --hard-negatives: every image also as a noisy clean example (sensor noise set the threshold before).
-  # perturbation-pair (the default): examples 20 min, then 40 min of training on 2 threads.
+  # perturbation-pair (the default): examples 4-20 min, then 20-40 min of training on 2 threads (idle - busy).
   $py -m worker.train_detector --robust "$robust" --standard "$standard" --data-dir "$data" --n 6000 \
     --web-n 1800 --web-attack-n 900 --epochs 30 --threads 2 --hard-negatives --arch perturbation-pair \
     --attack-source "$runs/mobilenetv2-w0.5-std/best" --examples "$runs/detector-examples.pt"
