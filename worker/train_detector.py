@@ -120,10 +120,12 @@ def fit(
     batch_size: int,
     seed: int,
     console: Console,
+    noise_fraction: float = 0.0,
 ) -> list[float]:
     """AdamW with a one-cycle schedule and horizontal flips on examples of several sizes (uint8 views and their
     labels, one group per size; each batch comes from one group, batches interleaved at random).  Both
-    classes weigh the same.  Returns the epoch losses."""
+    classes weigh the same.  ``noise_fraction`` of each batch, clean and adversarial alike, gets fresh sensor
+    noise (``add_sensor_noise``).  Returns the epoch losses."""
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     labels = torch.cat([y for _x, y in groups])
@@ -154,6 +156,8 @@ def fit(
                 yb = groups[g][1][idx].to(device)
                 flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
+                if noise_fraction > 0:
+                    xb = add_sensor_noise(xb, noise_fraction, generator)
                 loss = detector_loss(model, xb, yb, class_weight)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,6 +169,17 @@ def fit(
             console.log(f"epoch {len(losses)}: loss {losses[-1]:.4f}")
     model.eval()
     return losses
+
+
+def add_sensor_noise(x: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise with sigma drawn from 1-4/255 (``delivery.noise``, the benign change nearest an attack) on
+    a random ``fraction`` of the images in [0, 1], rounded to 8 bits as a saved file would be; labels stay as
+    they are.  On both classes it teaches that noise is neither evidence of an attack nor its absence: the
+    noisy clean images were what set the threshold, and one fixed noisy copy per image did not stop that."""
+    chosen = (torch.rand(len(x), generator=generator) < fraction).to(x.device)
+    sigma = torch.empty(len(x)).uniform_(1 / 255, 4 / 255, generator=generator).to(x.device) * chosen
+    noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma.view(-1, 1, 1, 1)
+    return torch.where(chosen.view(-1, 1, 1, 1), (x + noise).mul(255).round().clamp(0, 255).div(255), x)
 
 
 def detector_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
@@ -246,6 +261,7 @@ def metadata(
             "benign": ", ".join(delivery.BENIGN),
             "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,
             "web_hard_negatives": list(args.web_hard_negatives),
+            "noise_augment": args.noise_augment,
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
@@ -311,6 +327,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a standard model of another family whose attacks the detector also learns (repeatable; keep the "
         "evaluation's --transfer-source family out)",
     )  # fmt: skip
+    parser.add_argument(
+        "--noise-augment", type=float, default=0.0, metavar="FRACTION",
+        help="give this fraction of every training batch, clean and adversarial alike, fresh sensor noise "
+        "(sigma 1-4/255); the saved examples stay valid",
+    )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--arch", choices=DETECTOR_ARCHITECTURES, default=DEFAULT_ARCH, help="detector design")
@@ -329,8 +350,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="bundle folder (default: perturbation-detector/ in the robust bundle)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.n < 10 or not 0 < args.holdout < 1 or args.epochs < 1:
-        parser.error("need --n >= 10, 0 < --holdout < 1 and --epochs >= 1")
+    if args.n < 10 or not 0 < args.holdout < 1 or args.epochs < 1 or not 0 <= args.noise_augment <= 1:
+        parser.error("need --n >= 10, 0 < --holdout < 1, --epochs >= 1 and 0 <= --noise-augment <= 1")
     return args
 
 
@@ -430,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args.arch, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
     losses = fit(
         model, [small_train, tiles_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, console=console,
+        seed=args.seed, console=console, noise_fraction=args.noise_augment,
     )  # fmt: skip
     metrics = {
         **held_out_metrics(model, {"model_input": small_held, "tiles": tiles_held}, args.target_fpr),

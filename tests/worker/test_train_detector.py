@@ -316,3 +316,32 @@ def test_a_detector_trained_with_an_attack_source_records_it_and_evaluate_knows_
     served = Engine.from_bundles(robust, bundle_dirs[1], calibration_path=None, threads=1)
     assert detector_source_families(served) == {"preact18", "mobilenetv2"}
     assert train_detector.main([*args, "--attack-source", str(tmp_path / "missing")]) == 2
+
+
+def test_sensor_noise_augmentation_noises_the_chosen_share_on_the_8_bit_grid():
+    """--noise-augment: the chosen images get Gaussian noise of sigma 1-4/255 (as the benign change), rounded
+    to 8 bits and kept in [0, 1]; the others are returned untouched."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.full((400, 3, 64, 64), 128 / 255)
+    assert torch.equal(train_detector.add_sensor_noise(x, 0.0, generator), x)
+    noisy = train_detector.add_sensor_noise(x, 0.5, generator)
+    changed = (noisy != x).flatten(1).any(1)
+    assert 150 < int(changed.sum()) < 250
+    assert torch.equal(noisy[~changed], x[~changed])
+    assert torch.equal(noisy.mul(255).round(), noisy.mul(255)) and noisy.min() >= 0 and noisy.max() <= 1
+    spread = (noisy[changed] - x[changed]).mul(255).flatten(1).std(1)
+    # sigma 1-4 plus the rounding's 1/12 variance
+    assert spread.min() > 0.9 and spread.max() < 4.1 and spread.max() - spread.min() > 2
+    every = train_detector.add_sensor_noise(torch.ones(8, 3, 16, 16), 1.0, generator)
+    assert every.max() <= 1 and (every < 1).any()  # clipped at white, noisy below it
+
+
+def test_noise_augmentation_is_recorded_and_bounded(bundle_dirs, tiny_tarball, web_set, tmp_path):
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n", "20", "--pool", "unseen", "--epochs", "1", "--width", "4", "--batch-size", "8", "--steps", "1",
+            "--threads", "1", "--web-dir", str(web_set)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        train_detector.parse_args([*args, "--noise-augment", "1.5"])
+    assert train_detector.main([*args, "--noise-augment", "0.5"]) == 0
+    assert load_bundle(default_detector_dir(robust)).metadata["training"]["noise_augment"] == 0.5
