@@ -111,9 +111,12 @@ def blur(image: Image.Image, rng: random.Random) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
 
 
-def noise(image: Image.Image, rng: random.Random, max_sigma: float = 4.0) -> Image.Image:
+NOISE_SIGMA_255 = (1.0, 4.0)  # the sensor noise that must not be flagged, in 1/255 (also the detector's augmentation)
+
+
+def noise(image: Image.Image, rng: random.Random, max_sigma: float = NOISE_SIGMA_255[1]) -> Image.Image:
     """Gaussian sensor-like noise, sigma up to 4/255 (per pixel and channel)."""
-    sigma = rng.uniform(1.0, max_sigma)
+    sigma = rng.uniform(NOISE_SIGMA_255[0], max_sigma)
     generator = np.random.default_rng(rng.randrange(2**32))
     array = np.asarray(image, dtype=np.float32) + generator.normal(0, sigma, (image.height, image.width, 3))
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8))

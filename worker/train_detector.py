@@ -177,7 +177,8 @@ def add_sensor_noise(x: torch.Tensor, fraction: float, generator: torch.Generato
     they are.  On both classes it teaches that noise is neither evidence of an attack nor its absence: the
     noisy clean images were what set the threshold, and one fixed noisy copy per image did not stop that."""
     chosen = (torch.rand(len(x), generator=generator) < fraction).to(x.device)
-    sigma = torch.empty(len(x)).uniform_(1 / 255, 4 / 255, generator=generator).to(x.device) * chosen
+    low, high = (v / 255 for v in delivery.NOISE_SIGMA_255)
+    sigma = torch.empty(len(x)).uniform_(low, high, generator=generator).to(x.device) * chosen
     noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma.view(-1, 1, 1, 1)
     return torch.where(chosen.view(-1, 1, 1, 1), (x + noise).mul(255).round().clamp(0, 255).div(255), x)
 
@@ -214,9 +215,8 @@ def held_out_metrics(
     return metrics
 
 
-def source_records(sources: dict[str, Bundle], paths: Sequence[str]) -> list[dict[str, str]]:
-    pairs = zip(sources.items(), paths, strict=True)
-    return [{"arch": arch, "version": bundle.version, "path": path} for (arch, bundle), path in pairs]
+def source_records(sources: dict[str, Bundle]) -> list[dict[str, str]]:
+    return [{"arch": arch, "version": b.version, "path": str(b.path)} for arch, b in sources.items()]
 
 
 def metadata(
@@ -253,7 +253,7 @@ def metadata(
             "batch_size": args.batch_size,
             "attack_steps": args.steps,
             "attacks": [s.describe() for s in training_attacks(list(sources))],
-            "attack_sources": source_records(sources, args.attack_source),
+            "attack_sources": source_records(sources),
             "web_attacks": [
                 f"{a.name} (L-inf, eps {a.eps_255}/255, vs {', '.join(['standard', 'robust', *sources])})"
                 for a in NATURAL_ATTACKS
