@@ -7,7 +7,10 @@ The perturbation detector and its calibration must meet the images a service rea
 CIFAR-10 JPEGs.  The sources:
 
 - wallpapers and backgrounds (photos of nature, cities, animals, and digital artwork): ``mate-backgrounds``,
-  ``ukui-wallpapers``, ``plasma-workspace-wallpapers``, ``gnome-backgrounds``;
+  ``ukui-wallpapers``, ``plasma-workspace-wallpapers``, ``gnome-backgrounds``, ``lomiri-wallpapers-16.04``,
+  ``lomiri-wallpapers-20.04``;
+- ``stellarium-data``'s deep-sky images: about 550 telescope photographs of nebulae and galaxies (dark, noisy,
+  many small sources: the astronomy images people post are like this);
 - ``tuxpaint-stamps-default``: about 800 photos and drawings of single objects, animals and symbols, mostly
   with transparency (product shots and logos on the web look like this);
 - rendered pages: screenshots and illustrations drawn with Pillow in the packaged fonts (text, flat colour,
@@ -43,23 +46,27 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-BUILD_VERSION = "web-images/1"  # bump when sources, splits or histories change: the cache is rebuilt
+BUILD_VERSION = "web-images/2"  # bump when sources, splits or histories change: the cache is rebuilt
 SPLITS = ("train", "calibration", "test")
 SPLIT_SHARES = (0.6, 0.2, 0.2)
 DEFAULT_DIR = Path.home() / ".cache" / "robust-scanner" / "web-images"
 
+# Package -> (kind of its pictures, the folders of it that hold them).
 PACKAGES = {
-    "mate-backgrounds": ["/usr/share/backgrounds/mate"],
-    "ukui-wallpapers": ["/usr/share/backgrounds"],
-    "plasma-workspace-wallpapers": ["/usr/share/wallpapers"],
-    "gnome-backgrounds": ["/usr/share/backgrounds/gnome"],
-    "tuxpaint-stamps-default": ["/usr/share/tuxpaint/stamps"],
+    "mate-backgrounds": ("wallpaper", "/usr/share/backgrounds/mate"),
+    "ukui-wallpapers": ("wallpaper", "/usr/share/backgrounds"),
+    "plasma-workspace-wallpapers": ("wallpaper", "/usr/share/wallpapers"),
+    "gnome-backgrounds": ("wallpaper", "/usr/share/backgrounds/gnome"),
+    "lomiri-wallpapers-16.04": ("wallpaper", "/usr/share/backgrounds"),
+    "lomiri-wallpapers-20.04": ("wallpaper", "/usr/share/backgrounds"),
+    "tuxpaint-stamps-default": ("stamp", "/usr/share/tuxpaint/stamps"),
+    "stellarium-data": ("astronomy", "/usr/share/stellarium/nebulae"),
 }
 FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation2")
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation2")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Crops per source image: large wallpapers give many distinct web images, a stamp or a page one or two.
-CROPS_PER_SOURCE = {"wallpaper": 24, "stamp": 2, "page": 3}
+CROPS_PER_SOURCE = {"wallpaper": 24, "astronomy": 2, "stamp": 2, "page": 3}
 RENDERED_PAGES = 240
 LIMITED_CROPS = 2
 MIN_SIDE = 32  # smaller packaged pictures (icons) are left out
@@ -124,11 +131,16 @@ def package_licence(package: str) -> str:
 
 
 def _package_files(package: str) -> list[Path]:
+    """The package's pictures under its folder (``dpkg -L``, so another package's files there are left out)."""
+    folder = PACKAGES[package][1] + "/"
     listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True).stdout
     return sorted(
         Path(line)
         for line in listing.splitlines()
-        if line.lower().endswith(IMAGE_SUFFIXES) and "/screenshot" not in line and Path(line).is_file()
+        if line.startswith(folder)
+        and line.lower().endswith(IMAGE_SUFFIXES)
+        and "/screenshot" not in line
+        and Path(line).is_file()
     )
 
 
@@ -144,9 +156,8 @@ def _source_name(package: str, path: Path) -> str:
 def packaged_sources() -> list[Source]:
     """One source per distinct picture in the packages, its largest file kept."""
     best: dict[str, tuple[int, Source]] = {}
-    for package in PACKAGES:
+    for package, (kind, _folder) in PACKAGES.items():
         licence = package_licence(package)
-        kind = "stamp" if package.startswith("tuxpaint") else "wallpaper"
         for path in _package_files(package):
             if kind == "stamp" and ("thumb" in path.stem or path.stem.endswith("_mirror")):
                 continue

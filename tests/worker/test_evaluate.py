@@ -140,13 +140,13 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     pgd = document["attacks"]["pgd-8-s"]
     assert pgd["delivered"]["png"]["flagged"]["rate"] == pgd["flag_rate"]
     web = document["web"]
-    assert web["n"] == 6 and set(web["clean"]) == {"all", "page", "stamp", "wallpaper"}
+    assert web["n"] == 8 and set(web["clean"]) == {"all", "astronomy", "page", "stamp", "wallpaper"}
     false_flags = web["clean"]["all"]["flagged_images"]  # each false flag named, with its source picture
     assert len(false_flags) == web["clean"]["all"]["flagged"]["k"]
     assert all(f["score"] > document["calibration"]["threshold"] and f["source"] for f in false_flags)
     # the web benign changes asked for, and the thumbnails (the population without native tiles) always
     assert set(web["benign"]) == {"jpeg-q50-95", "noise-4", "thumbnail"}
-    assert web["benign"]["thumbnail"]["flagged"]["n"] == 6
+    assert web["benign"]["thumbnail"]["flagged"]["n"] == 8
     assert set(web["attacks"]) == {a.name for a in evaluate.WEB_ATTACKS}
     assert all(r["n"] == 2 and set(r["delivered"]) == {"png", "jpeg90"} for r in web["attacks"].values())
     targets = document["targets"]

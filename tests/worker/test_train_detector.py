@@ -208,7 +208,7 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     assert detector.metadata["for_bundles"]["robust"] == load_bundle(robust).version
     assert "model_input" in detector.metadata["metrics"]  # tiles too, where the held-out tail has both classes
     examples = detector.metadata["training"]["examples"]
-    assert examples["web_images"] == 6 and examples["tiles"] > 0  # the web set's train split, used whole
+    assert examples["web_images"] == 8 and examples["tiles"] > 0  # the web set's train split, used whole
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # found in its default place
     assert engine.detector.version == detector.version
     # Calibration then keeps to images the detector never saw and names the detector it was fitted with.

@@ -20,7 +20,7 @@ def test_every_split_holds_every_kind_and_no_source_crosses_splits(web_set):
     assert all(len(splits) == 1 for splits in splits_of.values())
     for split in web_images.SPLITS:
         kinds = {r.kind for r in records if r.split == split}
-        assert kinds == {"wallpaper", "stamp", "page"}, split
+        assert kinds == {"wallpaper", "astronomy", "stamp", "page"}, split
     # The split is a property of the source name alone (stable across builds and machines).
     source = web_images.Source("x:y", "wallpaper", "p", "l", None)
     assert source.split == web_images.Source("x:y", "stamp", "q", "m", "/z").split
@@ -67,3 +67,16 @@ def test_reserved_check_images_are_never_sources():
     """scikit-image's, matplotlib's and scikit-learn's sample images are the independent check set."""
     for source in web_images.packaged_sources():
         assert not any(name in (source.path or "") for name in ("skimage", "matplotlib", "sklearn"))
+
+
+def test_sources_come_from_their_package_folder_with_its_kind():
+    """A package is read only under its own folder (stellarium-data also ships maps and star-lore drawings), and
+    packages sharing a folder (/usr/share/backgrounds) do not take each other's pictures."""
+    sources = web_images.packaged_sources()
+    for source in sources:
+        kind, folder = web_images.PACKAGES[source.package]
+        assert source.kind == kind and source.path.startswith(folder + "/"), source
+    by_package = {p: sum(s.package == p for s in sources) for p in web_images.PACKAGES}
+    assert all(count > 0 for count in by_package.values()), by_package
+    # one source per picture: the two lomiri sets and ukui share /usr/share/backgrounds without sharing files
+    assert len({s.path for s in sources}) == len(sources)
