@@ -199,14 +199,15 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     shutil.rmtree(default_detector_dir(robust))
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
             "--n", "20", "--pool", "unseen", "--epochs", "2", "--width", "4", "--batch-size", "8", "--steps", "1",
-            "--threads", "1", "--seed", "5", "--web-dir", str(web_set)]  # fmt: skip
+            "--threads", "1", "--seed", "5", "--web-dir", str(web_set), "--holdout", "0.4"]  # fmt: skip
     assert train_detector.main(args) == 0
     detector = load_bundle(default_detector_dir(robust))
     assert detector.metadata["classes"] == ["clean", "adversarial"]
     assert detector.metadata["command"].startswith("python -m worker.train_detector --robust")
     assert detector.metadata["training"]["pool_images"] == 20 and detector.metadata["training"]["seed"] == 5
     assert detector.metadata["for_bundles"]["robust"] == load_bundle(robust).version
-    assert "model_input" in detector.metadata["metrics"]  # tiles too, where the held-out tail has both classes
+    # both views measured: with --holdout 0.4 the held-out tail (the last examples, web images) has both classes
+    assert {"model_input", "tiles"} <= set(detector.metadata["metrics"])
     examples = detector.metadata["training"]["examples"]
     assert examples["web_images"] == 8 and examples["tiles"] > 0  # the web set's train split, used whole
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # found in its default place
