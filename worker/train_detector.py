@@ -178,7 +178,7 @@ def add_sensor_noise(x: torch.Tensor, fraction: float, generator: torch.Generato
     noisy clean images were what set the threshold, and one fixed noisy copy per image did not stop that."""
     chosen = (torch.rand(len(x), generator=generator) < fraction).to(x.device)
     low, high = (v / 255 for v in delivery.NOISE_SIGMA_255)
-    sigma = torch.empty(len(x)).uniform_(low, high, generator=generator).to(x.device) * chosen
+    sigma = torch.empty(len(x)).uniform_(low, high, generator=generator).to(x.device)
     noise = torch.randn(x.shape, generator=generator).to(x.device) * sigma.view(-1, 1, 1, 1)
     return torch.where(chosen.view(-1, 1, 1, 1), (x + noise).mul(255).round().clamp(0, 255).div(255), x)
 

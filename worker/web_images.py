@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -51,16 +52,21 @@ SPLITS = ("train", "calibration", "test")
 SPLIT_SHARES = (0.6, 0.2, 0.2)
 DEFAULT_DIR = Path.home() / ".cache" / "robust-scanner" / "web-images"
 
-# Package -> (kind of its pictures, the folders of it that hold them).
+
+class PackagedPictures(NamedTuple):
+    kind: str  # what its pictures are (wallpaper, astronomy, stamp)
+    folder: str  # where in the package they lie: nothing else of it is read
+
+
 PACKAGES = {
-    "mate-backgrounds": ("wallpaper", "/usr/share/backgrounds/mate"),
-    "ukui-wallpapers": ("wallpaper", "/usr/share/backgrounds"),
-    "plasma-workspace-wallpapers": ("wallpaper", "/usr/share/wallpapers"),
-    "gnome-backgrounds": ("wallpaper", "/usr/share/backgrounds/gnome"),
-    "lomiri-wallpapers-16.04": ("wallpaper", "/usr/share/backgrounds"),
-    "lomiri-wallpapers-20.04": ("wallpaper", "/usr/share/backgrounds"),
-    "tuxpaint-stamps-default": ("stamp", "/usr/share/tuxpaint/stamps"),
-    "stellarium-data": ("astronomy", "/usr/share/stellarium/nebulae"),
+    "mate-backgrounds": PackagedPictures("wallpaper", "/usr/share/backgrounds/mate"),
+    "ukui-wallpapers": PackagedPictures("wallpaper", "/usr/share/backgrounds"),
+    "plasma-workspace-wallpapers": PackagedPictures("wallpaper", "/usr/share/wallpapers"),
+    "gnome-backgrounds": PackagedPictures("wallpaper", "/usr/share/backgrounds/gnome"),
+    "lomiri-wallpapers-16.04": PackagedPictures("wallpaper", "/usr/share/backgrounds"),
+    "lomiri-wallpapers-20.04": PackagedPictures("wallpaper", "/usr/share/backgrounds"),
+    "tuxpaint-stamps-default": PackagedPictures("stamp", "/usr/share/tuxpaint/stamps"),
+    "stellarium-data": PackagedPictures("astronomy", "/usr/share/stellarium/nebulae"),
 }
 FONT_PACKAGES = ("fonts-dejavu-core", "fonts-liberation2")
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation2")
@@ -132,7 +138,7 @@ def package_licence(package: str) -> str:
 
 def _package_files(package: str) -> list[Path]:
     """The package's pictures under its folder (``dpkg -L``, so another package's files there are left out)."""
-    folder = PACKAGES[package][1] + "/"
+    folder = PACKAGES[package].folder + "/"
     listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True, check=True).stdout
     return sorted(
         Path(line)
@@ -156,8 +162,8 @@ def _source_name(package: str, path: Path) -> str:
 def packaged_sources() -> list[Source]:
     """One source per distinct picture in the packages, its largest file kept."""
     best: dict[str, tuple[int, Source]] = {}
-    for package, (kind, _folder) in PACKAGES.items():
-        licence = package_licence(package)
+    for package, pictures in PACKAGES.items():
+        licence, kind = package_licence(package), pictures.kind
         for path in _package_files(package):
             if kind == "stamp" and ("thumb" in path.stem or path.stem.endswith("_mirror")):
                 continue
