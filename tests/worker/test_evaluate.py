@@ -141,9 +141,13 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     assert pgd["delivered"]["png"]["flagged"]["rate"] == pgd["flag_rate"]
     web = document["web"]
     assert web["n"] == 8 and set(web["clean"]) == {"all", "astronomy", "page", "stamp", "wallpaper"}
+    # drawn patterns are reported apart, never among the ordinary images
+    assert set(web["drawn"]) == {"pattern"} and web["drawn"]["pattern"]["flagged"]["n"] == 2
     false_flags = web["clean"]["all"]["flagged_images"]  # each false flag named, with its source picture
     assert len(false_flags) == web["clean"]["all"]["flagged"]["k"]
     assert all(f["score"] > document["calibration"]["threshold"] and f["source"] for f in false_flags)
+    pictures = web["clean"]["all"]["pictures_flagged"]  # the same false flags counted per source picture
+    assert pictures["k"] == len({f["source"] for f in false_flags}) and 0 < pictures["n"] <= 8
     # the web benign changes asked for, and the thumbnails (the population without native tiles) always
     assert set(web["benign"]) == {"jpeg-q50-95", "noise-4", "thumbnail"}
     assert web["benign"]["thumbnail"]["flagged"]["n"] == 8

@@ -20,7 +20,7 @@ def test_every_split_holds_every_kind_and_no_source_crosses_splits(web_set):
     assert all(len(splits) == 1 for splits in splits_of.values())
     for split in web_images.SPLITS:
         kinds = {r.kind for r in records if r.split == split}
-        assert kinds == {"wallpaper", "astronomy", "stamp", "page"}, split
+        assert kinds == {"wallpaper", "astronomy", "stamp", "page", "pattern"}, split
     # The split is a property of the source name alone (stable across builds and machines).
     source = web_images.Source("x:y", "wallpaper", "p", "l", None)
     assert source.split == web_images.Source("x:y", "stamp", "q", "m", "/z").split
@@ -34,7 +34,7 @@ def test_files_are_what_the_manifest_says(web_set):
             assert image.size == (record.width, record.height)
         assert 16 <= max(record.width, record.height) <= 1024
         assert record.licence and record.package and record.history
-        if record.kind != "page":
+        if record.kind not in ("page", "pattern"):
             assert record.package in web_images.PACKAGES
 
 
@@ -80,3 +80,32 @@ def test_sources_come_from_their_package_folder_with_its_kind():
     assert all(count > 0 for count in by_package.values()), by_package
     # one source per picture: the two lomiri sets and ukui share /usr/share/backgrounds without sharing files
     assert len({s.path for s in sources}) == len(sources)
+
+
+def test_drawn_patterns_are_regular_and_repeatable():
+    """A drawn pattern is the same picture for the same seed, and most of its energy away from the mean lies in
+    a few spatial frequencies (a regular pattern, unlike a photo's spread-out spectrum)."""
+    import numpy as np
+
+    assert np.array_equal(np.asarray(web_images.render_pattern(7)), np.asarray(web_images.render_pattern(7)))
+    assert not np.array_equal(np.asarray(web_images.render_pattern(7)), np.asarray(web_images.render_pattern(8)))
+    concentrated = 0
+    for seed in range(len(web_images.PATTERNS) * 2):
+        image = web_images.render_pattern(seed)
+        grey = np.asarray(image.convert("L").crop((0, 0, 512, 512)), dtype=np.float64)
+        power = np.abs(np.fft.fft2(grey - grey.mean())) ** 2
+        top = np.sort(power.ravel())[::-1]
+        concentrated += top[:64].sum() > 0.5 * top.sum()  # 64 of 262,144 frequencies
+    assert concentrated >= len(web_images.PATTERNS) * 2 - 2
+
+
+def test_adding_sources_keeps_earlier_crops(monkeypatch):
+    """The crops are seeded with CROP_SEED, not the build version: a version that only adds sources (drawn
+    patterns) leaves the earlier sources' files byte for byte, so earlier measurements stay comparable."""
+    source = web_images.rendered_sources(3)[2]
+    fonts = web_images._fonts()
+    before = [data for data, _record in web_images.images_of(source, fonts)]
+    monkeypatch.setattr(web_images, "BUILD_VERSION", "web-images/99")
+    assert [data for data, _record in web_images.images_of(source, fonts)] == before
+    monkeypatch.setattr(web_images, "CROP_SEED", "another seed")
+    assert [data for data, _record in web_images.images_of(source, fonts)] != before
