@@ -670,6 +670,7 @@ def check_targets(report: dict[str, Any]) -> dict[str, Any]:
         goals["web images flagged (95% upper bound)"] = (web["clean"]["all"]["flagged"]["ci95"][1], "<=", 0.01)
     benign = {f"cifar {k}": v["flagged"]["rate"] for k, v in report["benign"].items()}
     benign |= {f"web {k}": v["flagged"]["rate"] for k, v in web.get("benign", {}).items()}
+    benign |= {f"drawn {k}s": v["flagged"]["rate"] for k, v in web.get("drawn", {}).items()}
     if benign:
         worst = max(benign, key=lambda k: benign[k])
         goals[f"worst benign change ({worst})"] = (benign[worst], "<=", 0.01)

@@ -167,3 +167,25 @@ def test_evaluate_command_refuses_without_calibration_or_transfer_source(bundle_
     robust, standard = calibrated
     without_source = [*base[:-1], "pgd-2-t"]
     assert evaluate.main(["--robust", str(robust), "--standard", str(standard), *without_source]) == 2
+
+
+def test_drawn_patterns_count_among_the_benign_kinds_of_the_targets():
+    """A benign kind over 1% fails the target whether it is a change of the photos or the drawn patterns."""
+
+    def flagged(rate: float) -> dict:
+        return {"flagged": {"rate": rate, "ci95": [0.0, rate + 0.005]}}
+
+    report = {
+        "attacks": {},
+        "benign": {"noise-4": {"flagged": {"rate": 0.004}}},
+        "web": {
+            "clean": {"all": flagged(0.002)},
+            "benign": {"gamma": flagged(0.008)},
+            "attacks": {},
+            "drawn": {"pattern": flagged(0.03)},
+        },
+    }
+    targets = evaluate.check_targets(report)
+    assert targets["worst benign change (drawn patterns)"] == {"target": "<= 0.01", "value": 0.03, "met": False}
+    report["web"]["drawn"]["pattern"] = flagged(0.0)
+    assert evaluate.check_targets(report)["worst benign change (web gamma)"]["met"] is True
