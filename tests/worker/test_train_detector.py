@@ -209,7 +209,7 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     # both views measured: with --holdout 0.4 the held-out tail (the last examples, web images) has both classes
     assert {"model_input", "tiles"} <= set(detector.metadata["metrics"])
     examples = detector.metadata["training"]["examples"]
-    assert examples["web_images"] == 8 and examples["tiles"] > 0  # the web set's train split, used whole
+    assert examples["web_images"] == 10 and examples["tiles"] > 0  # the web set's train split, used whole
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # found in its default place
     assert engine.detector.version == detector.version
     # Calibration then keeps to images the detector never saw and names the detector it was fitted with.
