@@ -15,7 +15,8 @@ CALIBRATION split of the web-image set (``worker.web_images``; the test splits a
   web images attacked through the resize and at native resolution.
 - Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
   the web images of the other half of the sources, and each kind of benign change at or below the target
-  rate, set for two populations apart: images large enough for the detector's native tiles, and smaller
+  rate (drawn patterns only fit the combiner: their rate is reported, the threshold is set on natural
+  images), set for two populations apart: images large enough for the detector's native tiles, and smaller
   ones (CIFAR-10, and the web images shrunk to thumbnails under 64 px), whose scores come from the 32 px model
   input alone.  The artefact stores the first population's threshold and the offset that puts the second
   one's scores on the same scale (``Calibration.combined``).  A group too small to show the target rate is
@@ -349,6 +350,7 @@ class CalibrationSets:
     web_adv: Scored
     web_adv_names: list[str]
     web_small_held: Scored  # the held-out web images as thumbnails (``delivery.thumbnail``), then delivered
+    web_drawn_held: Scored  # the held-out drawn patterns as served: reported, never setting the threshold
 
 
 def collect(
@@ -376,6 +378,10 @@ def collect(
     records = [r for r, _image in web]
     web_images_ = [image for _r, image in web]
     fit_half = source_halves(records)
+    # Drawn patterns teach the combiner (fitting half) but do not set the threshold: that is set on what the
+    # service sees, natural images and their benign changes; their own flag rate is reported beside it.
+    drawn = torch.tensor([r.kind in web_images.SYNTHETIC_KINDS for r in records], dtype=torch.bool)
+    held = ~fit_half & ~drawn
     with make_progress(console) as progress:
         x_adv, adv_names, _fooled = attack_all(
             engine, to_float(train.images[adv_idx]), train.labels[adv_idx], steps, batch, seed, progress
@@ -384,6 +390,7 @@ def collect(
         cifar_benign, cifar_benign_names = every_benign_version(cifar_clean, seed + 2)
         web_benign, web_benign_names = every_benign_version(web_images_, seed + 3)
         web_benign_fit_half = fit_half.repeat(len(delivery.BENIGN))
+        web_benign_held = held.repeat(len(delivery.BENIGN))
         fitting_web = [image for image, fit in zip(web_images_, fit_half.tolist(), strict=True) if fit]
         web_adv, web_adv_names = web_attacked(engine, fitting_web[:n_web_adv], seed + 4, progress)
         cifar_all = score_images(engine, cifar_clean, progress, "scoring CIFAR-10 clean")
@@ -392,7 +399,7 @@ def collect(
         web_benign_all = score_images(engine, web_benign, progress, "scoring web benign")
         cifar_adv = score_images(engine, cifar_adv_images, progress, "scoring CIFAR-10 attacked")
         web_adv_scored = score_images(engine, web_adv, progress, "scoring web attacked")
-        held_web = [image for image, fit in zip(web_images_, fit_half.tolist(), strict=True) if not fit]
+        held_web = [image for image, keep in zip(web_images_, held.tolist(), strict=True) if keep]
         thumbnails = delivered(thumbnailed(held_web, seed + 5), seed + 6)[0]
         web_small = score_images(engine, thumbnails, progress, "scoring web thumbnails")
     first = torch.arange(n_clean) < half
@@ -407,14 +414,15 @@ def collect(
         cifar_adv=cifar_adv,
         cifar_adv_names=[f"{a}|{d}" for a, d in zip(adv_names, adv_delivery, strict=True)],
         web_clean_fit=web_all.subset(fit_half),
-        web_clean_held=web_all.subset(~fit_half),
+        web_clean_held=web_all.subset(held),
         web_outside_fit=outside[fit_half],
         web_benign_fit=web_benign_all.subset(web_benign_fit_half),
-        web_benign_held=web_benign_all.subset(~web_benign_fit_half),
-        web_benign_names=[n for n, f in zip(web_benign_names, web_benign_fit_half.tolist(), strict=True) if not f],
+        web_benign_held=web_benign_all.subset(web_benign_held),
+        web_benign_names=[n for n, keep in zip(web_benign_names, web_benign_held.tolist(), strict=True) if keep],
         web_adv=web_adv_scored,
         web_adv_names=web_adv_names,
         web_small_held=web_small,
+        web_drawn_held=web_all.subset(~fit_half & drawn),
     )
 
 
@@ -567,6 +575,10 @@ def run_calibration(
         "auroc": {k: v["auroc_cifar"] for k, v in table.items()},
         "auroc_web_fitting_attacks": {k: v["auroc_web"] for k, v in table.items()},
         "benign_flag_rate": {k: calib.flag_rate(v, operating) for k, v in groups.items()},
+        "drawn_patterns_flagged": (
+            calib.flag_rate(calibrated(sets.web_drawn_held), operating) if len(sets.web_drawn_held.probs) else None
+        ),
+        "n_drawn_patterns": len(sets.web_drawn_held.probs),
         "web_without_confident_class": float(web_outside_held.double().mean()),
         "cifar_keeping_label": domain_model.keep,
     }
@@ -621,6 +633,11 @@ def print_report(console: Console, artefact: calib.Calibration, table: dict[str,
     console.print(
         "benign flag rates (held out): " + ", ".join(f"{k} {v:.1%}" for k, v in evaluation["benign_flag_rate"].items())
     )
+    if evaluation.get("drawn_patterns_flagged") is not None:
+        console.print(
+            f"drawn patterns (held out, not setting the threshold): {evaluation['drawn_patterns_flagged']:.1%} of "
+            f"{evaluation['n_drawn_patterns']} flagged"
+        )
     console.print(
         f"no confident class: {evaluation['web_without_confident_class']:.1%} of held-out web images, while "
         f"{evaluation['cifar_keeping_label']:.1%} of held-out CIFAR-10 images keep their label"

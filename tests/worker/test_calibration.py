@@ -102,6 +102,29 @@ def fitted(bundle_dirs, tiny_tarball, web_set):
     return engine, splits, pool, web, artefact, table
 
 
+def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
+    """Held-out drawn patterns are scored apart (reported), not among the held-out web images, their benign
+    changes or thumbnails; fitting-half patterns stay negatives of the combiner's fit."""
+    from rich.console import Console
+
+    engine, splits, pool, web, _artefact, _table = fitted
+    names = (f"drawn:pattern-{i:04d}" for i in range(100))
+    held_name = next(n for n in names if not calibrate.source_halves([dataclasses.replace(web[0][0], source=n)])[0])
+    drawn = [(dataclasses.replace(r, source=held_name), image) for r, image in web if r.kind == "pattern"]
+    natural = [(r, image) for r, image in web if r.kind != "pattern"]
+    assert drawn and natural
+    sets = calibrate.collect(
+        engine, splits.train, pool, natural + drawn, n_clean=4, n_adv=2, n_web_adv=1, seed=0, steps=1, batch=32,
+        console=Console(quiet=True),
+    )  # fmt: skip
+    held_natural = sum(not calibrate.source_halves([r])[0] for r, _image in natural)
+    assert len(sets.web_drawn_held.probs) == len(drawn)
+    assert len(sets.web_clean_held.probs) == held_natural and len(sets.web_small_held.probs) == held_natural
+    assert len(sets.web_benign_held.probs) == held_natural * len(BENIGN) == len(sets.web_benign_names)
+    fitting = sum(calibrate.source_halves([r])[0] for r, _image in natural)
+    assert len(sets.web_clean_fit.probs) == fitting  # the held-out patterns fit nothing either
+
+
 def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     engine, splits, pool, web, artefact, table = fitted
     assert artefact.measured_fpr <= artefact.target_fpr == 0.1
