@@ -63,9 +63,8 @@ fast() {
 }
 
 detection() {
-  # The shipped detector (602d2cd3) and calibration (a6b405ef) were made by this function at commit 3065b7b, on
-  # web-images/1.  Run now, it trains and calibrates on web-images/3 (more photographs, telescope images and
-  # drawn regular patterns); results/README.md says what each later run measured and why it was not shipped.
+  # The shipped detector (a1de292d) and calibration (fffb5add) were made by this function on web-images/3
+  # (photographs, telescope images, stamps, pages and drawn regular patterns), at commit 077f54c.
   local robust=$1 standard=$2
   $py -m worker.web_images build
   # Two standard models of other families, side by side (one core each: 16 and 6 min): MobileNetV2, whose
