@@ -16,7 +16,7 @@ CIFAR-10 JPEGs.  The sources:
 - rendered pages: screenshots and illustrations drawn with Pillow in the packaged fonts (text, flat colour,
   buttons, charts, logos on transparency);
 - drawn patterns (kind ``pattern``): stripes, checks, halftone screens, moire, hatching and dithered
-  gradients at periods of 1-40 px.  Regular high-frequency structure is what the detector confused with a
+  gradients at periods of 2-40 px.  Regular high-frequency structure is what the detector confused with a
   perturbation (a striped wallpaper's crops were most of its false flags), and the packages hold too few such
   pictures to teach it otherwise or to set a threshold on.  ``worker.evaluate`` reports them as a benign kind
   apart from the ordinary images, since they come from the same generator in every split.
@@ -96,7 +96,7 @@ class MissingImagery(RuntimeError):
 @dataclass(frozen=True)
 class Source:
     id: str  # stable name: the split is a hash of it
-    kind: str  # wallpaper, stamp, page
+    kind: str  # wallpaper, astronomy, stamp, page, pattern
     package: str
     licence: str
     path: str | None  # None for rendered pages (drawn from the id's seed)
@@ -326,7 +326,7 @@ def _pattern_field(name: str, x: np.ndarray, y: np.ndarray, rng: random.Random) 
 
 def render_pattern(seed: int) -> Image.Image:
     """A regular pattern as fabric, packaging, print screens and web backgrounds show it: two colours (or a
-    tint of a photo-like gradient) through one of ``PATTERNS``, sometimes drawn at twice the size and halved
+    tint that drifts across it) through one of ``PATTERNS``, sometimes drawn at twice the size and halved
     (anti-aliased edges), sometimes with a flat panel of text-free colour over part of it."""
     rng = random.Random(seed)
     width, height = rng.choice([(1280, 800), (1024, 768), (800, 1200), (1600, 1000), (700, 700)])
