@@ -587,7 +587,9 @@ def evaluate_web(
                 mask = torch.tensor([r.kind == kind for r, _ in drawn])
                 report["drawn"][kind] = {
                     "flagged": rate_with_interval((drawn_scores.combined > threshold)[mask]),
-                    "flagged_images": false_flags([r for r, _ in drawn], drawn_scores.combined, threshold),
+                    "flagged_images": false_flags(
+                        [r for r, _ in drawn if r.kind == kind], drawn_scores.combined[mask], threshold
+                    ),
                 }
         clean = score_images(engine, images, progress, "scoring web images")
         populations["web clean"] = clean.combined
