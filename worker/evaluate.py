@@ -572,12 +572,12 @@ def evaluate_web(
     (the evaluation-only family) through the resize and at native resolution, after each delivery."""
     threshold = engine.calibration.threshold
     drawn = [(r, image) for r, image in web if r.kind in web_images.SYNTHETIC_KINDS]
-    web = [(r, image) for r, image in web if r.kind not in web_images.SYNTHETIC_KINDS]
-    records = [r for r, _ in web]
-    images = [image for _, image in web]
+    ordinary = [(r, image) for r, image in web if r.kind not in web_images.SYNTHETIC_KINDS]
+    records = [r for r, _ in ordinary]
+    images = [image for _, image in ordinary]
     kinds = sorted({r.kind for r in records})
     populations: dict[str, torch.Tensor] = {}
-    report: dict[str, Any] = {"n": len(web), "clean": {}, "benign": {}, "attacks": {}, "drawn": {}}
+    report: dict[str, Any] = {"n": len(ordinary), "clean": {}, "benign": {}, "attacks": {}, "drawn": {}}
     with make_progress(console) as progress:
         # Drawn patterns come from the generator that also made the training split's: a benign kind reported
         # apart, never among the ordinary images (nor changed or attacked, so those samples stay as before).

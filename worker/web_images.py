@@ -300,9 +300,8 @@ def _pattern_field(name: str, x: np.ndarray, y: np.ndarray, rng: random.Random) 
         u = x * math.cos(angle) + y * math.sin(angle)
         v = -x * math.sin(angle) + y * math.cos(angle)
         du, dv = (u / cell) % 1.0 - 0.5, (v / cell) % 1.0 - 0.5
-        tone = 0.5 + 0.5 * np.sin(x / (x.shape[1] * rng.uniform(0.2, 1)) * 2 * math.pi + rng.uniform(0, 6)) * np.cos(
-            y / (x.shape[0] * rng.uniform(0.2, 1)) * 2 * math.pi
-        )
+        wave_x, phase, wave_y = x.shape[1] * rng.uniform(0.2, 1), rng.uniform(0, 6), x.shape[0] * rng.uniform(0.2, 1)
+        tone = 0.5 + 0.5 * np.sin(x / wave_x * 2 * math.pi + phase) * np.cos(y / wave_y * 2 * math.pi)
         return (np.sqrt(du**2 + dv**2) < 0.6 * np.sqrt(tone)).astype(np.float32)
     if name == "moire":  # two fine gratings a little apart in angle and period
         a = _grating(x, y, period, angle, duty, soft)
@@ -320,7 +319,7 @@ def _pattern_field(name: str, x: np.ndarray, y: np.ndarray, rng: random.Random) 
         extent = abs(math.cos(angle)) * x.shape[1] + abs(math.sin(angle)) * x.shape[0]
         tone = (x * math.cos(angle) + y * math.sin(angle)) / extent
         return (tone % 1.0 > bayer[yi % 4, xi % 4]).astype(np.float32)
-    cx, cy = rng.uniform(0, x.shape[1]), rng.uniform(0, x.shape[0])  # rings
+    cx, cy = rng.uniform(0, x.shape[1]), rng.uniform(0, x.shape[0])  # rings: a grating along the radius
     return _grating(np.hypot(x - cx, y - cy), np.zeros_like(x), period, 0.0, duty, soft)
 
 
