@@ -39,6 +39,7 @@ def batch_norms(model: nn.Module) -> int:
         ("perturbation-pair", 16, 64, 7),
         ("vgg11", 0.25, 32, 8),
         ("mobilenetv2", 0.25, 32, 30),
+        ("shufflenetv2", 0.5, 32, 30),
     ],
 )
 def test_serving_copy_computes_the_same_logits_and_gradients(arch, width, size, folded_at_least):

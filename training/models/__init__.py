@@ -16,11 +16,12 @@ from training.models.mobilenet import mobilenet_v2
 from training.models.perturbation_cnn import PerturbationCNN
 from training.models.preact_resnet import PreActResNet18
 from training.models.residual_detector import ResidualPerturbationNet
+from training.models.shufflenet import shufflenet_v2
 from training.models.vgg import VGG
 from training.models.wide_resnet import WideResNet
 
 # classifiers (``python -m training train --arch``)
-ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11", "mobilenetv2")
+ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11", "mobilenetv2", "shufflenetv2")
 # detectors (``python -m worker.train_detector --arch``)
 DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual", "perturbation-pair")
 
@@ -62,6 +63,8 @@ def build_model(
         net = VGG(num_classes, in_channels, width)
     elif arch == "mobilenetv2":
         net = mobilenet_v2(num_classes, in_channels, width)
+    elif arch == "shufflenetv2":
+        net = shufflenet_v2(num_classes, in_channels, width)
     elif arch == "perturbation-residual":
         net = ResidualPerturbationNet(std, num_classes, int(width))
     elif arch == "perturbation-pair":
