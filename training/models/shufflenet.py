@@ -10,24 +10,25 @@ mean pooling keeps it fully convolutional, so it can be attacked at any image si
 
 from __future__ import annotations
 
-from torch import nn
-from torchvision.models import ShuffleNetV2
+from collections.abc import Callable
 
-# torchvision's stage widths per width multiplier (it defines exactly these four)
-STAGE_CHANNELS: dict[float, list[int]] = {
-    0.5: [24, 48, 96, 192, 1024],
-    1.0: [24, 116, 232, 464, 1024],
-    1.5: [24, 176, 352, 704, 1024],
-    2.0: [24, 244, 488, 976, 2048],
+from torch import nn
+from torchvision import models
+
+# torchvision builds ShuffleNetV2 at exactly these width multipliers, one factory each
+BUILDERS: dict[float, Callable[..., models.ShuffleNetV2]] = {
+    0.5: models.shufflenet_v2_x0_5,
+    1.0: models.shufflenet_v2_x1_0,
+    1.5: models.shufflenet_v2_x1_5,
+    2.0: models.shufflenet_v2_x2_0,
 }
-STAGE_REPEATS = [4, 8, 4]
 
 
 def shufflenet_v2(num_classes: int, in_channels: int = 3, width: float = 1.0) -> nn.Module:
     """ShuffleNetV2 at torchvision's ``width`` (0.5, 1.0, 1.5 or 2.0) with a stride-1 stem and no max-pool."""
-    if width not in STAGE_CHANNELS:
-        raise ValueError(f"shufflenetv2 comes in widths {', '.join(map(str, STAGE_CHANNELS))}, not {width}")
-    net = ShuffleNetV2(STAGE_REPEATS, STAGE_CHANNELS[width], num_classes=num_classes)
+    if width not in BUILDERS:
+        raise ValueError(f"shufflenetv2 comes in widths {', '.join(map(str, BUILDERS))}, not {width}")
+    net = BUILDERS[width](weights=None, num_classes=num_classes)
     stem = net.conv1[0]
     net.conv1[0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)
     net.maxpool = nn.Identity()
