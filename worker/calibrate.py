@@ -10,11 +10,11 @@ CALIBRATION split of the web-image set (``worker.web_images``; the test splits a
 0.75x downscale), so compression says nothing about the label.
 
 - Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images and
-  every benign change of each, the web images of half of the sources and every benign change of each, against
+  every benign change of each, the web images of a third of the sources and every benign change of each, against
   attacked CIFAR-10 images (PGD and CW-inf at 2-16/255 against both bundles, L2 PGD at radius 0.5 and 1) and
   web images attacked through the resize and at native resolution.
 - Threshold (``calibration.operating_threshold``): the lowest that keeps the held-out clean CIFAR-10 images,
-  the web images of the other half of the sources, and each kind of benign change at or below the target
+  the web images of the other two thirds of the sources, and each kind of benign change at or below the target
   rate (drawn patterns only fit the combiner: their rate is reported, the threshold is set on natural
   images), set for two populations apart: images large enough for the detector's native tiles, and smaller
   ones (CIFAR-10, and the web images shrunk to thumbnails under 64 px), whose scores come from the 32 px model
@@ -35,7 +35,7 @@ import random
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -324,10 +324,18 @@ def web_attacked(
     return out, names
 
 
-def source_halves(records: Sequence[web_images.WebImage]) -> torch.Tensor:
-    """True for the images whose source falls in the fitting half (the rest set the threshold): no source
-    image is in both."""
-    return torch.tensor([int(hashlib.sha256(r.source.encode()).hexdigest()[:8], 16) % 2 == 0 for r in records])
+# One web source in this many fits the combiner, the rest set the threshold.  A combiner of three or four
+# weights needs few negatives; the threshold is a 0.3-0.5% tail of each group, and the more images the group
+# holds, the less one picture's highest crop decides it (halves left 300-400 per group, web-images/3).
+FIT_ONE_SOURCE_IN = 3
+
+
+def fitting_sources(records: Sequence[web_images.WebImage]) -> torch.Tensor:
+    """True for the images whose source fits the combiner (the rest set the threshold): no source image is in
+    both."""
+    return torch.tensor(
+        [int(hashlib.sha256(r.source.encode()).hexdigest()[:8], 16) % FIT_ONE_SOURCE_IN == 0 for r in records]
+    )
 
 
 @dataclass
@@ -377,11 +385,11 @@ def collect(
     half = n_clean // 2
     records = [r for r, _image in web]
     web_images_ = [image for _r, image in web]
-    fit_half = source_halves(records)
-    # Drawn patterns teach the combiner (fitting half) but do not set the threshold: that is set on what the
+    fitting = fitting_sources(records)
+    # Drawn patterns teach the combiner (fitting sources) but do not set the threshold: that is set on what the
     # service sees, natural images and their benign changes; their own flag rate is reported beside it.
     drawn = torch.tensor([r.kind in web_images.SYNTHETIC_KINDS for r in records], dtype=torch.bool)
-    held = ~fit_half & ~drawn
+    held = ~fitting & ~drawn
     with make_progress(console) as progress:
         x_adv, adv_names, _fooled = attack_all(
             engine, to_float(train.images[adv_idx]), train.labels[adv_idx], steps, batch, seed, progress
@@ -389,9 +397,9 @@ def collect(
         cifar_adv_images, adv_delivery = delivered(to_images(x_adv), seed + 1)
         cifar_benign, cifar_benign_names = every_benign_version(cifar_clean, seed + 2)
         web_benign, web_benign_names = every_benign_version(web_images_, seed + 3)
-        web_benign_fit_half = fit_half.repeat(len(delivery.BENIGN))
+        web_benign_fitting = fitting.repeat(len(delivery.BENIGN))
         web_benign_held = held.repeat(len(delivery.BENIGN))
-        fitting_web = [image for image, fit in zip(web_images_, fit_half.tolist(), strict=True) if fit]
+        fitting_web = [image for image, fit in zip(web_images_, fitting.tolist(), strict=True) if fit]
         web_adv, web_adv_names = web_attacked(engine, fitting_web[:n_web_adv], seed + 4, progress)
         cifar_all = score_images(engine, cifar_clean, progress, "scoring CIFAR-10 clean")
         cifar_benign_all = score_images(engine, cifar_benign, progress, "scoring CIFAR-10 benign")
@@ -413,16 +421,16 @@ def collect(
         cifar_benign_names=[n for n, f in zip(cifar_benign_names, first_benign.tolist(), strict=True) if not f],
         cifar_adv=cifar_adv,
         cifar_adv_names=[f"{a}|{d}" for a, d in zip(adv_names, adv_delivery, strict=True)],
-        web_clean_fit=web_all.subset(fit_half),
+        web_clean_fit=web_all.subset(fitting),
         web_clean_held=web_all.subset(held),
-        web_outside_fit=outside[fit_half],
-        web_benign_fit=web_benign_all.subset(web_benign_fit_half),
+        web_outside_fit=outside[fitting],
+        web_benign_fit=web_benign_all.subset(web_benign_fitting),
         web_benign_held=web_benign_all.subset(web_benign_held),
         web_benign_names=[n for n, keep in zip(web_benign_names, web_benign_held.tolist(), strict=True) if keep],
         web_adv=web_adv_scored,
         web_adv_names=web_adv_names,
         web_small_held=web_small,
-        web_drawn_held=web_all.subset(~fit_half & drawn),
+        web_drawn_held=web_all.subset(~fitting & drawn),
     )
 
 
@@ -517,16 +525,57 @@ def run_calibration(
     console: Console | None = None,
     scores_out: Path | None = None,
 ) -> tuple[calib.Calibration, dict[str, dict[str, float]]]:
-    """Fit the combiner and the domain model and set the threshold; returns the artefact and a table
-    {detector: {column: value}} for display.  ``scores_out``: also save every set's scores there (torch), to
-    try other combiners and thresholds without scoring again."""
+    """Score the calibration sets, then fit the combiner and the domain model and set the threshold
+    (``set_operating_point``); returns the artefact and a table {detector: {column: value}} for display.
+    ``scores_out``: also save every set's scores there, to set the operating point again (another target rate)
+    without attacking and scoring again (``load_sets``)."""
     console = console or Console(stderr=True)
     sets = collect(
         engine, train, pool, web, n_clean=n_clean, n_adv=n_adv, n_web_adv=n_web_adv, seed=seed, steps=steps,
         batch=batch, console=console,
     )  # fmt: skip
+    recorded = {
+        "seed": seed,
+        "steps": steps,
+        "bundles": engine.bundle_versions,
+        "data": {
+            **(data_info or {}),
+            "web": f"{len(web)} images of the calibration split of the web-image set ({web_images.BUILD_VERSION})",
+        },
+    }
     if scores_out is not None:
-        torch.save(asdict(sets), scores_out)
+        torch.save({**asdict(sets), "recorded": recorded}, scores_out)
+    return set_operating_point(
+        sets, recorded, detectors=detectors, target_fpr=target_fpr, keep_in_domain=keep_in_domain
+    )
+
+
+def load_sets(path: Path) -> tuple[CalibrationSets, dict[str, Any]]:
+    """The sets and their record (seed, steps, bundles, data) as ``run_calibration`` saved them."""
+    saved = torch.load(path, weights_only=False)
+    recorded = saved.pop("recorded", None)
+    if recorded is None:
+        raise ValueError(f"{path} holds no record of the bundles it was scored with: calibrate again with --scores")
+    values = {
+        f.name: Scored(**saved[f.name]) if isinstance(saved[f.name], dict) else saved[f.name]
+        for f in fields(CalibrationSets)
+    }
+    return CalibrationSets(**values), recorded
+
+
+def set_operating_point(
+    sets: CalibrationSets,
+    recorded: dict[str, Any],
+    *,
+    detectors: Sequence[str],
+    target_fpr: float = calib.DEFAULT_TARGET_FPR,
+    keep_in_domain: float = domain.DEFAULT_KEEP,
+) -> tuple[calib.Calibration, dict[str, dict[str, float]]]:
+    """Fit the combiner and the domain model on the scored sets and set the threshold."""
+    missing = sorted(set(detectors) - set(sets.cifar_clean_held.scores))
+    if missing:
+        raise ValueError(f"the saved scores hold no {', '.join(missing)}: calibrate again, measuring them")
+    seed, steps = recorded["seed"], recorded["steps"]
     half_adv = torch.arange(len(sets.cifar_adv.probs)) < len(sets.cifar_adv.probs) // 2
     # The thumbnails only set the threshold (their own population's): the combiner is fitted on images as served.
     negatives = Scored.concat([sets.cifar_clean_fit, sets.cifar_benign_fit, sets.web_clean_fit, sets.web_benign_fit])
@@ -583,9 +632,8 @@ def run_calibration(
         "cifar_keeping_label": domain_model.keep,
     }
     data = {
-        **(data_info or {}),
+        **recorded["data"],
         "split": "train (CIFAR-10) and calibration (web images)",
-        "web": f"{len(web)} images of the calibration split of the web-image set ({web_images.BUILD_VERSION})",
         "seed": seed,
         "n_fit_clean": len(negatives.probs),
         "n_fit_adversarial": len(positives.probs),
@@ -603,7 +651,7 @@ def run_calibration(
         combined_clean=combined_clean,
         detector_clean={k: sets.cifar_clean_held.scores[k] for k in detectors},
         target_fpr=target_fpr,
-        bundles=engine.bundle_versions,
+        bundles=recorded["bundles"],
         data=data,
         evaluation=evaluation,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -680,6 +728,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="artefact path (default: calibration.json in the robust bundle's folder)")
     parser.add_argument("--scores", type=Path, help="also save the scores of every calibration set here (torch)")
+    parser.add_argument(
+        "--from-scores", type=Path,
+        help="set the operating point again from scores saved with --scores (another --target-fpr or "
+        "--keep-in-domain), without attacking or scoring: the bundles must be the ones they were scored with",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -714,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_bundle(args.robust), load_bundle(args.standard), None, device=args.device, threads=args.threads,
         max_batch=args.batch_size, detectors=measure, detector=detector,
     )  # fmt: skip
+    if args.from_scores:
+        return recalibrate(args, engine, keep, console)
     dataset = args.dataset or engine.robust.metadata.get("dataset", "cifar10")
     splits = load_splits(dataset, args.data_dir, Path(args.cache_dir) if args.cache_dir else None)
     if splits.train.classes != engine.classes:
@@ -734,6 +789,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, web_images.MissingImagery) as err:
         console.print(f"[red]{err}")
         return 2
+    return write(args, artefact, table, console)
+
+
+def recalibrate(args: argparse.Namespace, engine: Engine, detectors: Sequence[str], console: Console) -> int:
+    """``--from-scores``: the operating point set again on saved scores, for the bundles they were scored with."""
+    try:
+        sets, recorded = load_sets(args.from_scores)
+        if recorded["bundles"] != engine.bundle_versions:
+            raise ValueError(
+                f"{args.from_scores} was scored with bundles {recorded['bundles']}, not {engine.bundle_versions}"
+            )
+        artefact, table = set_operating_point(
+            sets, recorded, detectors=detectors, target_fpr=args.target_fpr, keep_in_domain=args.keep_in_domain
+        )
+    except (OSError, ValueError) as err:
+        console.print(f"[red]{err}")
+        return 2
+    return write(args, artefact, table, console)
+
+
+def write(
+    args: argparse.Namespace, artefact: calib.Calibration, table: dict[str, dict[str, float]], console: Console
+) -> int:
     out = Path(args.out) if args.out else calib.default_path(args.robust)
     calib.save(artefact, out)
     print_report(console, artefact, table)

@@ -109,7 +109,7 @@ def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
 
     engine, splits, pool, web, _artefact, _table = fitted
     names = (f"drawn:pattern-{i:04d}" for i in range(100))
-    held_name = next(n for n in names if not calibrate.source_halves([dataclasses.replace(web[0][0], source=n)])[0])
+    held_name = next(n for n in names if not calibrate.fitting_sources([dataclasses.replace(web[0][0], source=n)])[0])
     drawn = [(dataclasses.replace(r, source=held_name), image) for r, image in web if r.kind == "pattern"]
     natural = [(r, image) for r, image in web if r.kind != "pattern"]
     assert drawn and natural
@@ -117,11 +117,11 @@ def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
         engine, splits.train, pool, natural + drawn, n_clean=4, n_adv=2, n_web_adv=1, seed=0, steps=1, batch=32,
         console=Console(quiet=True),
     )  # fmt: skip
-    held_natural = sum(not calibrate.source_halves([r])[0] for r, _image in natural)
+    held_natural = sum(not calibrate.fitting_sources([r])[0] for r, _image in natural)
     assert len(sets.web_drawn_held.probs) == len(drawn)
     assert len(sets.web_clean_held.probs) == held_natural and len(sets.web_small_held.probs) == held_natural
     assert len(sets.web_benign_held.probs) == held_natural * len(BENIGN) == len(sets.web_benign_names)
-    fitting = sum(calibrate.source_halves([r])[0] for r, _image in natural)
+    fitting = sum(calibrate.fitting_sources([r])[0] for r, _image in natural)
     assert len(sets.web_clean_fit.probs) == fitting  # the held-out patterns fit nothing either
 
 
@@ -151,11 +151,11 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     # every held-out image carries every benign kind into its population's group (not one kind per image)
     counts = artefact.data["threshold_groups"]
     n_untiled = sum(n for name, n in counts.items() if set(name.split(" + ")) & untiled)
-    held_web = sum(not calibrate.source_halves([record])[0] for record, _image in web)
+    held_web = sum(not calibrate.fitting_sources([record])[0] for record, _image in web)
     assert n_untiled >= 12 * (1 + len(BENIGN)) + held_web  # CIFAR-10 clean and changed, a thumbnail of each photo
     # Web images set the threshold from sources the fit never saw; the artefact records the data and the
     # domain model that decides "no confident class".
-    fit_sources = {r.source for r, _ in web if calibrate.source_halves([r])[0]}
+    fit_sources = {r.source for r, _ in web if calibrate.fitting_sources([r])[0]}
     held_sources = {r.source for r, _ in web} - fit_sources
     assert fit_sources and held_sources and "calibration split" in artefact.data["web"]
     assert artefact.domain is not None and 0 < artefact.domain.keep <= 1
@@ -250,6 +250,32 @@ def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_t
         groups = calibrate.pool_small_groups(groups, artefact.target_fpr)
         worst = max(calib.threshold_for_fpr(g, artefact.target_fpr) for g in groups.values())
         assert worst == pytest.approx(artefact.threshold)
+
+
+def test_operating_point_set_again_from_saved_scores(bundle_dirs, tiny_tarball, web_set, tmp_path):
+    """``--from-scores`` gives what scoring again would (the same combiner and threshold) at the same target,
+    a threshold no lower at a stricter target, and refuses scores of other bundles or without their record."""
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    scores = tmp_path / "scores.pt"
+    common = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+              "--threads", "1", "--measure", "kl_rs"]  # fmt: skip
+    scored = [*common, "--n-clean", "20", "--n-adv", "10", "--steps", "1", "--web-dir", str(web_set),
+              "--n-web-adv", "2", "--target-fpr", "0.2", "--scores", str(scores)]  # fmt: skip
+    assert calibrate.main(scored) == 0
+    first = calib.load(calib.default_path(robust))
+    again, stricter = tmp_path / "again.json", tmp_path / "stricter.json"
+    assert calibrate.main([*common, "--from-scores", str(scores), "--target-fpr", "0.2", "--out", str(again)]) == 0
+    assert calibrate.main([*common, "--from-scores", str(scores), "--target-fpr", "0.05", "--out", str(stricter)]) == 0
+    same = calib.load(again)
+    assert dataclasses.replace(same, created=first.created, version=first.version) == first
+    assert calib.load(stricter).threshold >= first.threshold and calib.load(stricter).target_fpr == 0.05
+    # Scores made with another standard bundle (the robust one standing in) or a file without its record: refused.
+    other = [*common[:3], str(robust), *common[4:]]
+    assert calibrate.main([*other, "--from-scores", str(scores), "--out", str(tmp_path / "x.json")]) == 2
+    bare = tmp_path / "bare.pt"
+    torch.save({k: v for k, v in torch.load(scores, weights_only=False).items() if k != "recorded"}, bare)
+    assert calibrate.main([*common, "--from-scores", str(bare), "--out", str(tmp_path / "y.json")]) == 2
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
 
 
 def test_images_too_small_for_native_tiles_carry_the_untiled_offset(fitted):

@@ -109,3 +109,18 @@ def test_adding_sources_keeps_earlier_crops(monkeypatch):
     assert [data for data, _record in web_images.images_of(source, fonts)] == before
     monkeypatch.setattr(web_images, "CROP_SEED", "another seed")
     assert [data for data, _record in web_images.images_of(source, fonts)] != before
+
+
+def test_calibration_sources_get_more_crops_after_the_usual_ones(monkeypatch):
+    """The calibration split's extra crops follow the usual ones, which stay byte for byte; other splits keep
+    the usual count."""
+    sources = web_images.rendered_sources(40)
+    calibration = next(s for s in sources if s.split == "calibration")
+    other = next(s for s in sources if s.split != "calibration")
+    fonts = web_images._fonts()
+    usual = web_images.CROPS_PER_SOURCE["page"]
+    more = [data for data, _record in web_images.images_of(calibration, fonts)]
+    assert len(more) == usual * web_images.CALIBRATION_CROP_FACTOR > usual
+    assert len(list(web_images.images_of(other, fonts))) == usual
+    monkeypatch.setattr(web_images, "CALIBRATION_CROP_FACTOR", 1)
+    assert [data for data, _record in web_images.images_of(calibration, fonts)] == more[:usual]
