@@ -203,7 +203,10 @@ def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, w
     code = calibrate.main(args)
     assert code == 0
     artefact = calib.load(calib.default_path(robust))
-    assert artefact.data["split"].startswith("train") and artefact.data["n_threshold_clean"] == 10
+    assert artefact.data["split"].startswith("train")
+    # 10 clean CIFAR-10 images are too few for 1%: measured in the group they were pooled into
+    pooled = next(n for n in artefact.data["threshold_groups"] if "cifar clean" in n.split(" + "))
+    assert artefact.data["n_threshold_clean"] == artefact.data["threshold_groups"][pooled] > 10
     assert calibrate.main([*args[:-4], "--web-dir", str(tmp_path / "nothing")]) == 2  # says how to build it
     engine = Engine.from_bundles(robust, bundle_dirs[1], threads=1)  # finds it by default
     assert engine.calibration == artefact
@@ -222,7 +225,7 @@ def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_t
     assert calibrate.main(args) == 0
     artefact = calib.load(calib.default_path(robust))
     sets = torch.load(scores, weights_only=False)
-    assert len(sets["cifar_clean_held"]["probs"]) == artefact.data["n_threshold_clean"] == 10
+    assert len(sets["cifar_clean_held"]["probs"]) == 10 < artefact.data["n_threshold_clean"]  # pooled at 1%
     # The artefact's threshold and offset follow from the saved held-out scores and its own combiner: at
     # ``Calibration.combined``'s scores, each population's worst group sits exactly at the one threshold.
     tiled: dict[str, torch.Tensor] = {}
@@ -319,3 +322,17 @@ def test_groups_too_small_for_the_target_join_the_largest():
     assert calib.threshold_for_fpr(groups["tiny"], 0.01) == groups["tiny"].max()  # what it would have set alone
     assert calib.threshold_for_fpr(merged, 0.01) < groups["tiny"].max()
     assert calibrate.pool_small_groups({"tiny": groups["tiny"]}, 0.01).keys() == {"tiny"}  # nothing to join
+
+
+def test_small_groups_pool_within_their_family_first():
+    """Small CIFAR-10 groups pool among themselves before any joins the web photos (whose tail would then run
+    above the target); a family still too small together joins the population's largest group."""
+    generator = torch.Generator().manual_seed(4)
+    groups = {"web small": torch.randn(300, generator=generator)}
+    groups |= {f"cifar {kind}": torch.randn(60, generator=generator) for kind in ("clean", "noise-4")}
+    pooled = calibrate.pool_small_groups(groups, 0.01)
+    assert pooled.keys() == {"web small", "cifar clean + cifar noise-4"}
+    assert torch.equal(pooled["web small"], groups["web small"])
+    assert len(pooled["cifar clean + cifar noise-4"]) == 120
+    fewer = {name: scores[:30] if name.startswith("cifar") else scores for name, scores in groups.items()}
+    assert calibrate.pool_small_groups(fewer, 0.01).keys() == {"web small + cifar clean + cifar noise-4"}
