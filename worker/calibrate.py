@@ -445,8 +445,10 @@ def threshold_groups(sets: CalibrationSets, combiner: Any) -> tuple[dict[str, to
 
     Tiled, the images large enough for native tiles: the web images as served ("web-clean") and each benign
     kind of them ("web noise-4", ...).  Untiled: CIFAR-10 clean and each benign kind ("cifar noise-4", ...),
-    and every held-out web image without tiles pooled in "web small" (the thumbnails, and the few crops that a
-    benign change shrank under 64 px; one kind alone holds too few of them for a 0.5% tail).  CIFAR-10 and web
+    the thumbnails ("web thumbnail"), and the crops that a benign change shrank under 64 px pooled in "web
+    small" (one kind alone holds too few of them).  The thumbnails were in "web small" too until they were
+    enough for a group of their own (1,438 in web-images/4): pooled, their own tail ran at 1.0% against a 0.4%
+    target with the perturbation network alone as the combiner's input.  CIFAR-10 and web
     images are kept apart too: CIFAR-10 images rarely score high, so a group mixing them with web photos lets
     the photos' tail run at up to twice the target (measured: web noise-4 2.7% on the test split at a
     threshold whose mixed group held 1.0%)."""
@@ -473,7 +475,8 @@ def threshold_groups(sets: CalibrationSets, combiner: Any) -> tuple[dict[str, to
             mask = torch.tensor([n == kind for n in names], dtype=torch.bool)
             if mask.any():
                 add(f"{population} {kind}", scored.subset(mask), web=population == "web")
-    add("web small", sets.web_small_held, web=True)
+    if len(sets.web_small_held.probs):
+        untiled["web thumbnail"] = combiner.logit(sets.web_small_held.scores)  # never tiled: all under 64 px
     if sum(len(part) for part in small_web):
         untiled["web small"] = torch.cat(small_web)
     return tiled, untiled
