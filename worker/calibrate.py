@@ -496,13 +496,13 @@ def pool_small_groups(groups: dict[str, torch.Tensor], target_fpr: float) -> dic
     def too_small(candidates: dict[str, torch.Tensor]) -> list[str]:
         return [name for name, scores in candidates.items() if len(scores) < needed]
 
+    families: dict[str, list[str]] = {}
+    for name in too_small(groups):
+        families.setdefault(name.split()[0], []).append(name)
     pooled = dict(groups)
-    small = too_small(groups)
-    for family in dict.fromkeys(name.split()[0] for name in small):
-        members = [name for name in small if name.split()[0] == family]
-        if len(members) > 1:
-            pooled = {name: scores for name, scores in pooled.items() if name not in members}
-            pooled[" + ".join(members)] = torch.cat([groups[name] for name in members])
+    for members in (m for m in families.values() if len(m) > 1):
+        pooled = {name: scores for name, scores in pooled.items() if name not in members}
+        pooled[" + ".join(members)] = torch.cat([groups[name] for name in members])
     small = too_small(pooled)
     large = [name for name in pooled if name not in small]
     if not small or not large:

@@ -430,7 +430,8 @@ def images_of(source: Source, fonts: Sequence[Path], crops: int | None = None) -
     picture = load_source(source, fonts)
     if min(picture.size) < MIN_SIDE:
         return
-    for k in range(min(crops_of(source), crops or crops_of(source))):
+    count = crops_of(source)
+    for k in range(min(count, crops or count)):
         crop = random_crop(picture, rng) if source.kind != "stamp" or k else picture
         if source.kind == "stamp" and max(crop.size) > 1024:
             crop = random_crop(crop, rng)
