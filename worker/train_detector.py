@@ -21,15 +21,20 @@ and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) befor
 detector cannot learn a compression signature for "clean".  The images it trains on are recorded (seed and
 count) in the bundle, and ``worker.calibrate`` leaves them out.  The last ``--holdout`` of the examples
 (whole images) is kept out of training and measured; the numbers land in the bundle's ``metrics``.
+
+``--tail-weight`` adds the loss of each batch's hardest clean examples (``TailLoss``), where the service's
+threshold sits; ``--init`` starts from a trained detector, to fine-tune it that way on the same examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +126,13 @@ def fit(
     seed: int,
     console: Console,
     noise_fraction: float = 0.0,
+    tail: TailLoss | None = None,
 ) -> list[float]:
     """AdamW with a one-cycle schedule and horizontal flips on examples of several sizes (uint8 views and their
     labels, one group per size; each batch comes from one group, batches interleaved at random).  Both
     classes weigh the same.  ``noise_fraction`` of each batch, clean and adversarial alike, gets fresh sensor
-    noise (``add_sensor_noise``).  Returns the epoch losses."""
+    noise (``add_sensor_noise``); ``tail`` adds the hardest clean examples' loss (``TailLoss``).  Returns the
+    epoch losses."""
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     labels = torch.cat([y for _x, y in groups])
@@ -158,7 +165,7 @@ def fit(
                 xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
                 if noise_fraction > 0:
                     xb = add_sensor_noise(xb, noise_fraction, generator)
-                loss = detector_loss(model, xb, yb, class_weight)
+                loss = detector_loss(model, xb, yb, class_weight, tail)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -183,13 +190,38 @@ def add_sensor_noise(x: torch.Tensor, fraction: float, generator: torch.Generato
     return torch.where(chosen.view(-1, 1, 1, 1), (x + noise).mul(255).round().clamp(0, 255).div(255), x)
 
 
-def detector_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the detector; a design made of several detectors (``branch_logits``, e.g.
-    ``perturbation-pair``) pays it per branch, so that each branch is a detector in its own right."""
+@dataclass(frozen=True)
+class TailLoss:
+    """An extra term on the hardest clean examples of each batch: ``weight`` times the mean cross-entropy of
+    the ``fraction`` of its clean examples that look most adversarial.
+
+    Why: the service's threshold sits in the top 0.5% of clean and benignly changed images, so what decides
+    the attacks caught is how far that tail reaches, while plain cross-entropy spends itself on the bulk of
+    easy clean images (online hard-example mining, Shrivastava et al. 2016, applied to one class)."""
+
+    weight: float
+    fraction: float = 0.05
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        clean = F.cross_entropy(logits[y == 0], y[y == 0], reduction="none")
+        if len(clean) == 0:
+            return logits.sum() * 0.0
+        hardest = clean.topk(max(1, math.ceil(self.fraction * len(clean)))).values
+        return self.weight * hardest.mean()
+
+
+def detector_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, class_weight: torch.Tensor, tail: TailLoss | None = None
+) -> torch.Tensor:
+    """Cross-entropy of the detector, plus ``tail`` if given; a design made of several detectors
+    (``branch_logits``, e.g. ``perturbation-pair``) pays it per branch, so that each branch is a detector in
+    its own right."""
     branches = getattr(getattr(model, "net", None), "branch_logits", None)
-    if branches is None:
-        return F.cross_entropy(model(x), y, weight=class_weight)
-    return sum(F.cross_entropy(logits, y, weight=class_weight) for logits in branches(model.normalise(x)))
+    every_logits = [model(x)] if branches is None else branches(model.normalise(x))
+    loss = sum(F.cross_entropy(logits, y, weight=class_weight) for logits in every_logits)
+    if tail is not None:
+        loss = loss + sum(tail(logits, y) for logits in every_logits)
+    return loss
 
 
 def held_out_metrics(
@@ -262,6 +294,8 @@ def metadata(
             "hard_negative": f"{HARD_NEGATIVE}, one extra clean example per image" if args.hard_negatives else None,
             "web_hard_negatives": list(args.web_hard_negatives),
             "noise_augment": args.noise_augment,
+            "tail_loss": {"weight": args.tail_weight, "fraction": args.tail_fraction} if args.tail_weight else None,
+            "init": info.get("init"),
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
@@ -332,6 +366,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="give this fraction of every training batch, clean and adversarial alike, fresh sensor noise "
         "(sigma 1-4/255); the saved examples stay valid",
     )  # fmt: skip
+    parser.add_argument(
+        "--tail-weight", type=float, default=0.0, metavar="W",
+        help="add W times the loss of the hardest --tail-fraction of each batch's clean examples (0: none)",
+    )  # fmt: skip
+    parser.add_argument("--tail-fraction", type=float, default=0.05, help="the clean examples --tail-weight takes")
+    parser.add_argument(
+        "--init", type=Path, metavar="BUNDLE",
+        help="start from this detector bundle's weights (same --arch and --width) instead of at random",
+    )  # fmt: skip
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of the examples kept out and measured")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--arch", choices=DETECTOR_ARCHITECTURES, default=DEFAULT_ARCH, help="detector design")
@@ -352,7 +395,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.n < 10 or not 0 < args.holdout < 1 or args.epochs < 1 or not 0 <= args.noise_augment <= 1:
         parser.error("need --n >= 10, 0 < --holdout < 1, --epochs >= 1 and 0 <= --noise-augment <= 1")
+    if args.tail_weight < 0 or not 0 < args.tail_fraction <= 1:
+        parser.error("need --tail-weight >= 0 and 0 < --tail-fraction <= 1")
     return args
+
+
+def start_from(model: nn.Module, path: Path, args: argparse.Namespace) -> str:
+    """Load a detector bundle's weights into ``model`` (a detector of the same design); returns its version."""
+    start = load_bundle(path)
+    if start.metadata.get("method") != METHOD:
+        raise ValueError(f"--init {path} is not a perturbation detector")
+    design = (start.metadata.get("arch"), start.metadata.get("width", 16))
+    if design != (args.arch, args.width):
+        raise ValueError(f"--init {path} is a {design[0]} of width {design[1]}, not {args.arch} of width {args.width}")
+    model.load_state_dict(start.model.state_dict())
+    return start.version
 
 
 def load_web_images(folder: Path, split: str, limit: int | None, limits: ImageLimits) -> list[Image.Image]:
@@ -449,9 +506,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = build_model(args.arch, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
+    init_version = None
+    if args.init:
+        try:
+            init_version = start_from(model, args.init, args)
+        except (BundleError, ValueError) as err:
+            console.print(f"[red]{err}")
+            return 2
+    tail = TailLoss(args.tail_weight, args.tail_fraction) if args.tail_weight > 0 else None
     losses = fit(
         model, [small_train, tiles_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, console=console, noise_fraction=args.noise_augment,
+        seed=args.seed, console=console, noise_fraction=args.noise_augment, tail=tail,
     )  # fmt: skip
     metrics = {
         **held_out_metrics(model, {"model_input": small_held, "tiles": tiles_held}, args.target_fpr),
@@ -460,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {
         "dataset": dataset, "source": splits.source, "pool": pool_note,
         "web": f"{len(web)} images of the train split of {args.web_dir} ({web_images.BUILD_VERSION})",
+        "init": {"path": str(args.init), "version": init_version} if args.init else None,
     }  # fmt: skip
     out = Path(args.out) if args.out else default_detector_dir(args.robust)
     bundle_io.save(model.cpu(), {**metadata(robust, standard, sources, args, counts, info), "metrics": metrics}, out)

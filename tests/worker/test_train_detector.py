@@ -346,3 +346,71 @@ def test_noise_augmentation_is_recorded_and_bounded(bundle_dirs, tiny_tarball, w
         train_detector.parse_args([*args, "--noise-augment", "1.5"])
     assert train_detector.main([*args, "--noise-augment", "0.5"]) == 0
     assert load_bundle(default_detector_dir(robust)).metadata["training"]["noise_augment"] == 0.5
+
+
+def test_tail_loss_is_the_mean_cross_entropy_of_the_hardest_clean_examples():
+    """Against a float64 reference: the ceil(fraction * n_clean) clean examples with the largest loss, and no
+    gradient reaches the easier clean examples or any adversarial one."""
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(40, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    y = (torch.arange(40) % 4 == 0).long()  # 30 clean, 10 adversarial
+    tail = train_detector.TailLoss(weight=2.0, fraction=0.1)
+    loss = tail(logits, y)
+    per_clean = -F.log_softmax(logits.detach(), dim=1)[y == 0, 0]
+    expected = 2.0 * per_clean.sort(descending=True).values[:3].mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    touched = logits.grad.abs().sum(1) > 0
+    hardest = torch.zeros(40, dtype=torch.bool)
+    clean_index = (y == 0).nonzero().squeeze(1)
+    hardest[clean_index[per_clean.topk(3).indices]] = True
+    assert torch.equal(touched, hardest)
+    # A batch of adversarial examples only: no tail, and still a graph to backpropagate through.
+    only_adversarial = tail(logits[y == 1], y[y == 1])
+    assert only_adversarial.item() == 0 and only_adversarial.requires_grad
+
+
+def test_tail_loss_lowers_the_hardest_clean_score_more_than_cross_entropy_alone():
+    """One SGD step of ``detector_loss`` on a two-branch detector: with the tail term, the clean image that
+    scored highest falls further than with cross-entropy alone (both branches pay it)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 3, 16, 16, generator=generator)
+    y = (torch.arange(64) % 2).long()
+    class_weight = torch.ones(2)
+
+    def after_one_step(tail: train_detector.TailLoss | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model("perturbation-pair", 2, [0.5] * 3, [0.25] * 3, width=4).eval()  # BN in eval: fixed
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.05)
+        optimiser.zero_grad()
+        train_detector.detector_loss(model, x, y, class_weight, tail).backward()
+        optimiser.step()
+        with torch.no_grad():
+            return native.adversarial_logit(model, x)
+
+    torch.manual_seed(0)
+    untrained = build_model("perturbation-pair", 2, [0.5] * 3, [0.25] * 3, width=4).eval()
+    with torch.no_grad():
+        before = native.adversarial_logit(untrained, x)
+    hardest = (y == 0).nonzero().squeeze(1)[before[y == 0].argmax()]
+    plain, tailed = after_one_step(None), after_one_step(train_detector.TailLoss(weight=5.0, fraction=0.05))
+    assert tailed[hardest] < plain[hardest] < before[hardest] + 1e-3
+
+
+def test_init_starts_from_a_detector_of_the_same_design_and_records_it(bundle_dirs, tiny_tarball, web_set, tmp_path):
+    robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
+    start = load_bundle(default_detector_dir(robust))
+    design = ["--arch", start.metadata["arch"], "--width", str(start.metadata["width"])]
+    args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
+            "--n", "20", "--pool", "unseen", "--epochs", "1", "--batch-size", "8", "--steps", "1", "--threads", "1",
+            "--web-dir", str(web_set), "--tail-weight", "1", "--out", str(tmp_path / "tuned")]  # fmt: skip
+    wider = ["--arch", start.metadata["arch"], "--width", str(start.metadata["width"] * 2)]
+    assert train_detector.main([*args, *wider, "--init", str(default_detector_dir(robust))]) == 2
+    assert train_detector.main([*args, *design, "--init", str(bundle_dirs[1])]) == 2  # not a detector
+    assert train_detector.main([*args, *design, "--init", str(default_detector_dir(robust))]) == 0
+    tuned = load_bundle(tmp_path / "tuned")
+    assert tuned.metadata["training"]["init"] == {"path": str(default_detector_dir(robust)), "version": start.version}
+    assert tuned.metadata["training"]["tail_loss"] == {"weight": 1.0, "fraction": 0.05}
+    assert tuned.version != start.version
+    with pytest.raises(SystemExit):
+        train_detector.parse_args([*args, "--tail-fraction", "0"])
