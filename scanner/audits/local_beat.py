@@ -37,16 +37,22 @@ class LocalScheduler:
         self.sessions: sessionmaker[Session] = make_sessionmaker(self._engine)
         self._runs: dict[int, asyncio.Task[Any]] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
+        # The ticker is asked to stop, not cancelled: its tick runs in a thread that a cancellation would not
+        # stop, and a run claimed there after the cancel was never launched, so never failed below.
+        self._stopping.set()
+        if self._ticker is not None:
+            with contextlib.suppress(Exception):
+                await self._ticker
         runs = dict(self._runs)
-        tasks = [task for task in (self._ticker, *runs.values()) if task is not None]
-        for task in tasks:
+        for task in runs.values():
             task.cancel()
-        for task in tasks:
+        for task in runs.values():
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # A run cut short would hold its lock until the lease expires; say why it ended instead.
@@ -56,7 +62,7 @@ class LocalScheduler:
         self._engine.dispose()
 
     async def _tick_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 started = await asyncio.to_thread(tick, self.sessions, _ignore, self.tick_s)
             except Exception:  # noqa: BLE001 - a database hiccup must not end the schedule
@@ -64,7 +70,8 @@ class LocalScheduler:
                 started = []
             for run_id in started:
                 self._launch(run_id)
-            await asyncio.sleep(self.tick_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.tick_s)
 
     def _launch(self, run_id: int) -> None:
         log.info("audit run %s started by the schedule", run_id)
