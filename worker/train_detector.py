@@ -295,7 +295,7 @@ def metadata(
             "web_hard_negatives": list(args.web_hard_negatives),
             "noise_augment": args.noise_augment,
             "tail_loss": {"weight": args.tail_weight, "fraction": args.tail_fraction} if args.tail_weight else None,
-            "init": info.get("init"),
+            "init": info["init"],
             "deliveries": ", ".join(delivery.DELIVERIES),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
@@ -400,16 +400,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def start_from(model: nn.Module, path: Path, args: argparse.Namespace) -> str:
-    """Load a detector bundle's weights into ``model`` (a detector of the same design); returns its version."""
-    start = load_bundle(path)
+def load_init(args: argparse.Namespace) -> Bundle | None:
+    """The ``--init`` detector, checked before any example is made: a perturbation detector of the design
+    being trained."""
+    if args.init is None:
+        return None
+    start = load_bundle(args.init)
     if start.metadata.get("method") != METHOD:
-        raise ValueError(f"--init {path} is not a perturbation detector")
-    design = (start.metadata.get("arch"), start.metadata.get("width", 16))
+        raise ValueError(f"--init {args.init} is not a perturbation detector")
+    design = (start.metadata["arch"], start.metadata["width"])
     if design != (args.arch, args.width):
-        raise ValueError(f"--init {path} is a {design[0]} of width {design[1]}, not {args.arch} of width {args.width}")
-    model.load_state_dict(start.model.state_dict())
-    return start.version
+        raise ValueError(
+            f"--init {args.init} is a {design[0]} of width {design[1]}, not {args.arch} of width {args.width}"
+        )
+    return start
 
 
 def load_web_images(folder: Path, split: str, limit: int | None, limits: ImageLimits) -> list[Image.Image]:
@@ -478,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]the data set's classes {splits.train.classes} differ from the bundle's {engine.classes}")
         return 2
     try:
+        init = load_init(args)
         sources = load_attack_sources(args.attack_source, robust, standard, engine.device)
         web = load_web_images(args.web_dir, "train", args.web_n, engine.limits)
         choose_pool = seen_pool if args.pool == SEEN_POOL else unseen_pool
@@ -506,13 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = build_model(args.arch, 2, robust.metadata["mean"], robust.metadata["std"], args.width).to(engine.device)
-    init_version = None
-    if args.init:
-        try:
-            init_version = start_from(model, args.init, args)
-        except (BundleError, ValueError) as err:
-            console.print(f"[red]{err}")
-            return 2
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
     tail = TailLoss(args.tail_weight, args.tail_fraction) if args.tail_weight > 0 else None
     losses = fit(
         model, [small_train, tiles_train], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = {
         "dataset": dataset, "source": splits.source, "pool": pool_note,
         "web": f"{len(web)} images of the train split of {args.web_dir} ({web_images.BUILD_VERSION})",
-        "init": {"path": str(args.init), "version": init_version} if args.init else None,
+        "init": {"path": str(args.init), "version": init.version} if init is not None else None,
     }  # fmt: skip
     out = Path(args.out) if args.out else default_detector_dir(args.robust)
     bundle_io.save(model.cpu(), {**metadata(robust, standard, sources, args, counts, info), "metrics": metrics}, out)
