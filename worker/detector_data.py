@@ -76,6 +76,9 @@ class ViewSet:
 class DetectorExamples:
     model_inputs: ViewSet = field(default_factory=ViewSet)  # 32 px
     tiles: ViewSet = field(default_factory=ViewSet)  # native.TILE px
+    # The deliveries every example goes through one of (``delivery.DELIVERIES`` names); fewer than all of them
+    # makes a detector for those deliveries only (e.g. lossless files, where a perturbation survives intact).
+    deliveries: tuple[str, ...] = tuple(delivery.DELIVERIES)
 
 
 def model_view(image: Image.Image, input_size: Sequence[int]) -> np.ndarray:
@@ -105,9 +108,13 @@ def web_attack_for(index: int, models: Sequence[torch.nn.Module]) -> tuple[Nativ
     return NATURAL_ATTACKS[index % len(NATURAL_ATTACKS)], models[(index // len(NATURAL_ATTACKS)) % len(models)]
 
 
-def deliver(image: Image.Image, rng: random.Random) -> tuple[Image.Image, str]:
-    name = delivery.pick(delivery.DELIVERIES, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
-    return delivery.DELIVERIES[name](image, rng), name
+def deliver(
+    image: Image.Image, rng: random.Random, names: Sequence[str] = tuple(delivery.DELIVERIES)
+) -> tuple[Image.Image, str]:
+    """``image`` through one of the deliveries ``names``, drawn with the training weights."""
+    catalogue = {name: delivery.DELIVERIES[name] for name in names}
+    name = delivery.pick(catalogue, rng, delivery.TRAINING_DELIVERY_WEIGHTS)
+    return catalogue[name](image, rng), name
 
 
 def add_image(
@@ -121,7 +128,7 @@ def add_image(
     model_view_label: int | None = None,
 ) -> None:
     """Deliver ``image`` and add its views; ``model_view_label`` None leaves the model input out."""
-    delivered, how = deliver(image, rng)
+    delivered, how = deliver(image, rng, examples.deliveries)
     if model_view_label is not None:
         examples.model_inputs.add(model_view(delivered, input_size), model_view_label, f"{tag}|{how}")
     for tile in random_tiles(delivery.to_array(delivered), rng):

@@ -24,6 +24,8 @@ count) in the bundle, and ``worker.calibrate`` leaves them out.  The last ``--ho
 
 ``--tail-weight`` adds the loss of each batch's hardest clean examples (``TailLoss``), where the service's
 threshold sits; ``--init`` starts from a trained detector, to fine-tune it that way on the same examples.
+``--deliveries`` narrows the deliveries, e.g. to lossless files only (``png,downscale0.75``): a detector for
+images served losslessly, where a perturbation arrives intact, need not also learn what survives a JPEG.
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ def metadata(
             "noise_augment": args.noise_augment,
             "tail_loss": {"weight": args.tail_weight, "fraction": args.tail_fraction} if args.tail_weight else None,
             "init": info["init"],
-            "deliveries": ", ".join(delivery.DELIVERIES),
+            "deliveries": ", ".join(args.deliveries),
         },
         "command": "python -m worker.train_detector " + shlex.join(args.argv),
     }
@@ -314,7 +316,7 @@ def examples_recipe(
         "bundles": [robust.version, standard.version] + [b.version for b in sources.values()],
         "attacks": [s.describe() for s in training_attacks(list(sources))] + [a.name for a in NATURAL_ATTACKS],
         "benign": list(delivery.BENIGN),
-        "deliveries": list(delivery.DELIVERIES),
+        "deliveries": list(args.deliveries),
         "web": web_images.BUILD_VERSION,
     }
 
@@ -326,6 +328,15 @@ def benign_kinds(text: str) -> tuple[str, ...]:
         known = ", ".join(delivery.BENIGN)
         raise argparse.ArgumentTypeError(f"unknown benign kind(s) {', '.join(unknown)}; choose from {known}")
     return kinds
+
+
+def delivery_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in delivery.DELIVERIES]
+    if unknown or not names:
+        known = ", ".join(delivery.DELIVERIES)
+        raise argparse.ArgumentTypeError(f"unknown or no deliveries {', '.join(unknown)}; choose from {known}")
+    return names
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -355,6 +366,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--web-hard-negatives", type=benign_kinds, default=(), metavar="KIND[,KIND]",
         help="give every web image one more clean example with each of these benign changes (e.g. brightness)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deliveries", type=delivery_names, default=tuple(delivery.DELIVERIES), metavar="NAME[,NAME]",
+        help="deliver every example through one of these only (default: all); e.g. png,downscale0.75 makes a "
+        "detector for lossless files, where the perturbation arrives intact",
     )  # fmt: skip
     parser.add_argument(
         "--attack-source", action="append", default=[], metavar="BUNDLE",
@@ -440,7 +456,7 @@ def build_examples(
     console: Console,
 ) -> tuple[ViewSet, ViewSet, dict[str, Any]]:
     """Attack, change and deliver the CIFAR-10 and web images; the model-input and tile examples."""
-    examples = DetectorExamples()
+    examples = DetectorExamples(deliveries=args.deliveries)
     source_models = {arch: b.model for arch, b in sources.items()}
     with make_progress(console) as progress:
         adversarial, names, fooled = attack_all(
@@ -458,7 +474,7 @@ def build_examples(
         f"CIFAR-10 attacks fooled their target on {fooled.float().mean():.1%}; {int((~changed).sum())} unchanged "
         "copies are not used as adversarial"
     )
-    cifar = DetectorExamples()
+    cifar = DetectorExamples(deliveries=args.deliveries)
     cifar_examples(cifar, x, adversarial, names, changed, args.seed, engine.input_size, args.hard_negatives)
     # CIFAR examples first, web ones after: the held-out tail of each view is whole images, never seen.
     small = ViewSet(cifar.model_inputs.images + examples.model_inputs.images,

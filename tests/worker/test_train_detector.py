@@ -85,6 +85,29 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
     assert web.tiles.images[0].shape[1:] == (64, 64) or web.tiles.images[0].shape[1:] == (48, 48)
 
 
+def test_examples_restricted_to_lossless_deliveries_never_pass_through_a_lossy_one():
+    """``--deliveries png,downscale0.75``: every example's recorded delivery is one of those two, both occur,
+    and the default still draws from all of them (the same draws as before the option existed)."""
+    from worker import detector_data
+
+    x = torch.rand(60, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    usable = torch.ones(60, dtype=torch.bool)
+
+    def deliveries_used(examples: detector_data.DetectorExamples) -> set[str]:
+        detector_data.cifar_examples(examples, x, x.flip(3), ["pgd-8-s"] * 60, usable, 0, [3, 8, 8])
+        return {tag.rsplit("|", 1)[1] for tag in examples.model_inputs.tags}
+
+    lossless = ("png", "downscale0.75")
+    assert deliveries_used(detector_data.DetectorExamples(deliveries=lossless)) == set(lossless)
+    assert len(deliveries_used(detector_data.DetectorExamples()) - set(lossless)) >= 4  # JPEG and WebP ones too
+    args = train_detector.parse_args(
+        ["--robust", "r", "--standard", "s", "--data-dir", "d", "--deliveries", "png, downscale0.75"]
+    )
+    assert args.deliveries == lossless
+    with pytest.raises(SystemExit):
+        train_detector.parse_args(["--robust", "r", "--standard", "s", "--data-dir", "d", "--deliveries", "gif"])
+
+
 def test_spread_picks_evenly_spaced_distinct_indices():
     from worker.detector_data import spread
 
