@@ -40,6 +40,9 @@ TILES_PER_IMAGE = 2
 # ``hard_negatives`` every image gives one extra example with it, on top of its randomly chosen benign change,
 # so the detector sees noise as often as it sees attacks instead of in one benign example of nine.
 HARD_NEGATIVE = "noise-4"
+# What an extra clean copy of a web image may be (``--web-hard-negatives``): a benign change, or a thumbnail
+# (24-63 px, read through the model input alone: an image kind the service meets that no benign change makes).
+EXTRA_NEGATIVES = {**delivery.BENIGN, "thumbnail": delivery.thumbnail}
 
 # Against the standard and the robust bundle in turn; eps 4-16/255, as for CIFAR-10.  Five PGD steps (step
 # 2.5 eps / 5) keep one image's attack near a second on two CPU cores; the perturbations look the same.
@@ -145,10 +148,10 @@ def add_benign(
     extra: Sequence[str] = (),
 ) -> None:
     """One randomly chosen benign change of ``image``, with ``hard_negatives`` a noisy copy, and one copy with
-    each ``extra`` benign kind; delivered."""
+    each ``extra`` kind (``EXTRA_NEGATIVES``); delivered."""
     kinds = [delivery.pick(delivery.BENIGN, rng)] + ([HARD_NEGATIVE] if hard_negatives else []) + list(extra)
     for kind in kinds:
-        changed = delivery.BENIGN[kind](image, rng)
+        changed = EXTRA_NEGATIVES[kind](image, rng)
         add_image(examples, changed, 0, f"{source}|benign:{kind}", rng, input_size, model_view_label=0)
 
 

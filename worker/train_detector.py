@@ -54,6 +54,7 @@ from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker import delivery, web_images
 from worker.calibrate import SEEN_POOL, AttackSpec, attack_all, detector_images, make_progress, seen_pool, unseen_pool
 from worker.detector_data import (
+    EXTRA_NEGATIVES,
     HARD_NEGATIVE,
     NATURAL_ATTACKS,
     DetectorExamples,
@@ -323,9 +324,9 @@ def examples_recipe(
 
 def benign_kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in delivery.BENIGN]
+    unknown = [k for k in kinds if k not in EXTRA_NEGATIVES]
     if unknown:
-        known = ", ".join(delivery.BENIGN)
+        known = ", ".join(EXTRA_NEGATIVES)
         raise argparse.ArgumentTypeError(f"unknown benign kind(s) {', '.join(unknown)}; choose from {known}")
     return kinds
 
@@ -365,7 +366,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--web-hard-negatives", type=benign_kinds, default=(), metavar="KIND[,KIND]",
-        help="give every web image one more clean example with each of these benign changes (e.g. brightness)",
+        help="give every web image one more clean example with each of these benign changes (e.g. brightness) "
+        "or as a thumbnail (thumbnail: 24-63 px, read through the model input alone)",
     )  # fmt: skip
     parser.add_argument(
         "--deliveries", type=delivery_names, default=tuple(delivery.DELIVERIES), metavar="NAME[,NAME]",

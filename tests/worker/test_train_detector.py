@@ -108,6 +108,32 @@ def test_examples_restricted_to_lossless_deliveries_never_pass_through_a_lossy_o
         train_detector.parse_args(["--robust", "r", "--standard", "s", "--data-dir", "d", "--deliveries", "gif"])
 
 
+def test_a_thumbnail_negative_is_read_through_the_model_input_alone():
+    """``--web-hard-negatives thumbnail``: each web image gives one clean 24-63 px copy, a model-input example
+    with no tiles (it is smaller than a tile), labelled clean."""
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from worker import detector_data
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (240, 256, 3), dtype=np.uint8)) for _ in range(4)]
+    examples = detector_data.DetectorExamples()
+    detector_data.natural_examples(
+        examples, images, [model], [3, 32, 32], seed=0, device=torch.device("cpu"), attack_n=0,
+        extra_negatives=("thumbnail",),
+    )  # fmt: skip
+    thumbnails = [i for i, t in enumerate(examples.model_inputs.tags) if t.startswith("web|benign:thumbnail|")]
+    assert len(thumbnails) == 4 and {examples.model_inputs.labels[i] for i in thumbnails} == {0}
+    assert not any(t.startswith("web|benign:thumbnail|") for t in examples.tiles.tags)
+    args = train_detector.parse_args(
+        ["--robust", "r", "--standard", "s", "--data-dir", "d", "--web-hard-negatives", "thumbnail,brightness"]
+    )
+    assert args.web_hard_negatives == ("thumbnail", "brightness")
+
+
 def test_spread_picks_evenly_spaced_distinct_indices():
     from worker.detector_data import spread
 
