@@ -47,13 +47,13 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits
 from worker import delivery, web_images
-from worker.calibrate import unseen_pool
-from worker.detector_data import cap_size
+from worker.calibrate import SEEN_POOL, unseen_pool
+from worker.detector_data import HARD_NEGATIVE
 from worker.engine import native
 from worker.engine.calibration import roc_auc, wilson_interval
 from worker.engine.engine import NATIVE_DRAFT_SIZE
 from worker.engine.images import ImageLimits, decode_image, to_model_input
-from worker.evaluate import NATIVE_EVAL_SIDE, RESIZE_EVAL_SIDE, centre_crop
+from worker.evaluate import web_attack_start
 from worker.native_attacks import NativeAttack
 
 DELIVERIES = ("png", "jpeg90")
@@ -90,7 +90,7 @@ def cifar_sets(args: argparse.Namespace, source: Bundle, pair: list[Bundle], det
     splits = load_splits("cifar10", args.data_dir)
     pool, _note = unseen_pool(len(splits.train), pair)
     for detector in detectors:
-        if detector.metadata["training"].get("pool_kind") != "models-trained":
+        if detector.metadata["training"].get("pool_kind") != SEEN_POOL:
             raise SystemExit(
                 f"{detector.path} was drawn from the calibration pool; it would be measured on its own data"
             )
@@ -124,12 +124,8 @@ def web_sets(args: argparse.Namespace, source: Bundle, input_size: Sequence[int]
     sets |= {f"benign {k}": ([change(im, rng) for im in images], False) for k, change in delivery.BENIGN.items()}
     subset = images[: args.n_web_attack]
     for spec in WEB_ATTACKS:
-        attacked = []
-        for image in subset:
-            start = (
-                centre_crop(image, NATIVE_EVAL_SIDE) if spec.route == "native" else cap_size(image, RESIZE_EVAL_SIDE)
-            )
-            attacked.append(delivery.from_array(spec.run(source.model, delivery.to_array(start), input_size, "cpu")))
+        starts = [delivery.to_array(web_attack_start(image, spec)) for image in subset]
+        attacked = [delivery.from_array(spec.run(source.model, pixels, input_size, "cpu")) for pixels in starts]
         sets[f"attack {spec.name}"] = (attacked, True)
     return sets
 
@@ -162,7 +158,7 @@ def compare(scores: dict[str, tuple[torch.Tensor, bool]]) -> dict[str, Any]:
             report["attacks"][name] = {
                 "detected": rate(s[1::2] > threshold),
                 "auroc_vs_clean": round(roc_auc(benign["clean"], s), 4),
-                "auroc_vs_noise4": round(roc_auc(benign["benign noise-4"], s), 4),
+                "auroc_vs_noise4": round(roc_auc(benign[f"benign {HARD_NEGATIVE}"], s), 4),
             }
     return report
 
@@ -187,13 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "version": detector.version,
             "deliveries": detector.metadata["training"]["deliveries"],
         }
-        for how in DELIVERIES:
-            rng = random.Random(args.seed)
-            for population, sets in populations.items():
-                scores = {
-                    k: (logits(detector, [delivery.DELIVERIES[how](im, rng) for im in images], input_size), attack)
-                    for k, (images, attack) in sets.items()
-                }
+    for how in DELIVERIES:
+        rng = random.Random(args.seed)
+        for population, sets in populations.items():
+            # delivered once, scored by every detector: all of them read the very same files
+            deliver = delivery.DELIVERIES[how]
+            delivered = {k: ([deliver(im, rng) for im in images], a) for k, (images, a) in sets.items()}
+            for name, detector in detectors.items():
+                scores = {k: (logits(detector, images, input_size), a) for k, (images, a) in delivered.items()}
                 report["detectors"][name][f"{population} {how}"] = compare(scores)
                 console.log(f"{name} {population} {how} done")
     print_table(console, report)

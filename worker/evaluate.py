@@ -544,6 +544,12 @@ def centre_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + min(side, image.width), top + min(side, image.height)))
 
 
+def web_attack_start(image: Image.Image, spec: NativeAttack) -> Image.Image:
+    """What a web attack of the evaluation runs on (CPU cost): a centre crop at native resolution, the image
+    capped in size through the resize."""
+    return centre_crop(image, NATIVE_EVAL_SIDE) if spec.route == "native" else cap_size(image, RESIZE_EVAL_SIDE)
+
+
 def false_flags(records: Sequence[web_images.WebImage], combined: torch.Tensor, threshold: float) -> list[dict]:
     """The ordinary images flagged, highest score first, with their source picture: crops of one picture are
     not independent, so a reader needs to see whether the false flags are many pictures or one."""
@@ -622,8 +628,7 @@ def evaluate_web(
             task = progress.add_task(f"web attack {spec.name}", total=len(subset))
             sources, attacked, fooled = [], [], []
             for image in subset:
-                native_route = spec.route == "native"
-                source = centre_crop(image, NATIVE_EVAL_SIDE) if native_route else cap_size(image, RESIZE_EVAL_SIDE)
+                source = web_attack_start(image, spec)
                 pixels = delivery.to_array(source)
                 adv = spec.run(target, pixels, engine.input_size, engine.device)
                 sources.append(source)
