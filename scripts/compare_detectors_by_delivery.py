@@ -18,7 +18,8 @@ been drawn from the models' own training images, so none saw them) and the web-i
 split (ordinary images, at their own size: the detector reads their tiles).  Each clean, after each benign
 change, and attacked from the evaluation-only family (--transfer-source): CIFAR-10 PGD 4 and 8/255 and
 CW 8/255 (10 steps), web PGD 8/255 through the resize and at native resolution; every image then delivered
-as PNG and as JPEG 90.
+as PNG and as JPEG 90.  The web images shrunk to thumbnails (24-63 px) join CIFAR-10's benign groups: the
+service reads them from the 32 px input alone, against CIFAR-10's threshold.
 
 Per detector, delivery and population (CIFAR-10 32 px; web, tiled): the threshold is the largest 99th
 percentile over the benign groups (clean and each benign kind) of one half of the images, as the service's
@@ -177,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cifar": cifar_sets(args, source, pair, list(detectors.values())),
             "web": web_sets(args, source, input_size),
         }
+        # The service scores icons and thumbnails (under 64 px) like CIFAR-10 images, from the 32 px input
+        # alone, against the same threshold: they are one of that population's benign groups.
+        rng = random.Random(args.seed + 1)
+        web_clean = populations["web"]["clean"][0]
+        populations["cifar"]["benign web thumbnail"] = ([delivery.thumbnail(im, rng) for im in web_clean], False)
     report: dict[str, Any] = {"target_per_benign_kind": TARGET, "detectors": {}, "command": sys.argv}
     for name, detector in detectors.items():
         report["detectors"][name] = {
