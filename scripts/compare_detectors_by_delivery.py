@@ -131,6 +131,13 @@ def web_sets(args: argparse.Namespace, source: Bundle, input_size: Sequence[int]
     return sets
 
 
+def thumbnails(web_images: Images, seed: int) -> Images:
+    """The web images as the icons and thumbnails (24-63 px) that the service reads from the 32 px input alone,
+    against CIFAR-10's threshold: one of that population's benign groups."""
+    rng = random.Random(seed + 1)
+    return [delivery.thumbnail(image, rng) for image in web_images]
+
+
 def logits(detector: Bundle, images: Images, input_size: Sequence[int]) -> torch.Tensor:
     out = []
     with torch.no_grad():
@@ -178,11 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cifar": cifar_sets(args, source, pair, list(detectors.values())),
             "web": web_sets(args, source, input_size),
         }
-        # The service scores icons and thumbnails (under 64 px) like CIFAR-10 images, from the 32 px input
-        # alone, against the same threshold: they are one of that population's benign groups.
-        rng = random.Random(args.seed + 1)
-        web_clean = populations["web"]["clean"][0]
-        populations["cifar"]["benign web thumbnail"] = ([delivery.thumbnail(im, rng) for im in web_clean], False)
+        populations["cifar"]["benign web thumbnail"] = (thumbnails(populations["web"]["clean"][0], args.seed), False)
     report: dict[str, Any] = {"target_per_benign_kind": TARGET, "detectors": {}, "command": sys.argv}
     for name, detector in detectors.items():
         report["detectors"][name] = {

@@ -1,5 +1,5 @@
 """scripts/compare_detectors_by_delivery.py: the threshold is set on one half of every benign group and the
-rates are read on the other half."""
+rates are read on the other half; web thumbnails are read without native tiles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+
+from worker.engine import native
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_detectors_by_delivery.py"
 
@@ -52,3 +55,17 @@ def test_an_attack_the_detector_cannot_see_is_detected_at_about_the_false_flag_r
     attack = report["attacks"]["attack invisible"]
     assert attack["auroc_vs_clean"] == pytest.approx(0.5, abs=0.04)
     assert attack["detected"]["rate"] < 0.03
+
+
+def test_thumbnails_are_too_small_for_native_tiles_and_keep_the_aspect(script):
+    wide = Image.new("RGB", (640, 320), (120, 80, 40))
+    tall = Image.new("RGB", (90, 400), (10, 200, 30))
+    small = script.thumbnails([wide, tall] * 20, seed=0)
+    assert len(small) == 40
+    for original, thumb in zip([wide, tall] * 20, small, strict=True):
+        assert 24 <= min(thumb.size) < 64
+        assert not native.has_tiles(thumb.height, thumb.width)
+        ratio = original.width / original.height
+        assert thumb.width / thumb.height == pytest.approx(ratio, rel=0.1)
+    assert len({thumb.size for thumb in small}) > 2  # sizes drawn, not one fixed size
+    assert [t.size for t in script.thumbnails([wide, tall] * 20, seed=0)] == [t.size for t in small]
