@@ -48,7 +48,7 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits
 from worker import delivery, web_images
-from worker.calibrate import SEEN_POOL, unseen_pool
+from worker.calibrate import SEEN_POOL, thumbnailed, unseen_pool
 from worker.detector_data import HARD_NEGATIVE
 from worker.engine import native
 from worker.engine.calibration import roc_auc, wilson_interval
@@ -131,13 +131,6 @@ def web_sets(args: argparse.Namespace, source: Bundle, input_size: Sequence[int]
     return sets
 
 
-def thumbnails(web_images: Images, seed: int) -> Images:
-    """The web images as the icons and thumbnails (24-63 px) that the service reads from the 32 px input alone,
-    against CIFAR-10's threshold: one of that population's benign groups."""
-    rng = random.Random(seed + 1)
-    return [delivery.thumbnail(image, rng) for image in web_images]
-
-
 def logits(detector: Bundle, images: Images, input_size: Sequence[int]) -> torch.Tensor:
     out = []
     with torch.no_grad():
@@ -185,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cifar": cifar_sets(args, source, pair, list(detectors.values())),
             "web": web_sets(args, source, input_size),
         }
-        populations["cifar"]["benign web thumbnail"] = (thumbnails(populations["web"]["clean"][0], args.seed), False)
+        # icons and thumbnails (24-63 px): the service reads them from the 32 px input against CIFAR-10's threshold
+        thumbnails = thumbnailed(populations["web"]["clean"][0], args.seed + 1)
+        populations["cifar"]["benign web thumbnail"] = (thumbnails, False)
     report: dict[str, Any] = {"target_per_benign_kind": TARGET, "detectors": {}, "command": sys.argv}
     for name, detector in detectors.items():
         report["detectors"][name] = {

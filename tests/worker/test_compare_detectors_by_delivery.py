@@ -1,5 +1,6 @@
 """scripts/compare_detectors_by_delivery.py: the threshold is set on one half of every benign group and the
-rates are read on the other half; web thumbnails are read without native tiles."""
+rates are read on the other half; the web thumbnails it counts (``worker.calibrate.thumbnailed``) are read
+without native tiles."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from worker.calibrate import thumbnailed
 from worker.engine import native
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_detectors_by_delivery.py"
@@ -57,10 +59,10 @@ def test_an_attack_the_detector_cannot_see_is_detected_at_about_the_false_flag_r
     assert attack["detected"]["rate"] < 0.03
 
 
-def test_thumbnails_are_too_small_for_native_tiles_and_keep_the_aspect(script):
+def test_thumbnails_are_too_small_for_native_tiles_and_keep_the_aspect():
     wide = Image.new("RGB", (640, 320), (120, 80, 40))
     tall = Image.new("RGB", (90, 400), (10, 200, 30))
-    small = script.thumbnails([wide, tall] * 20, seed=0)
+    small = thumbnailed([wide, tall] * 20, seed=0)
     assert len(small) == 40
     for original, thumb in zip([wide, tall] * 20, small, strict=True):
         assert 24 <= min(thumb.size) < 64
@@ -68,4 +70,4 @@ def test_thumbnails_are_too_small_for_native_tiles_and_keep_the_aspect(script):
         ratio = original.width / original.height
         assert thumb.width / thumb.height == pytest.approx(ratio, rel=0.1)
     assert len({thumb.size for thumb in small}) > 2  # sizes drawn, not one fixed size
-    assert [t.size for t in script.thumbnails([wide, tall] * 20, seed=0)] == [t.size for t in small]
+    assert [t.size for t in thumbnailed([wide, tall] * 20, seed=0)] == [t.size for t in small]
