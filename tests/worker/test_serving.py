@@ -37,6 +37,7 @@ def batch_norms(model: nn.Module) -> int:
         ("perturbation-cnn", 16, 48, 4),
         ("perturbation-residual", 16, 64, 3),
         ("perturbation-pair", 16, 64, 7),
+        ("perturbation-pair-ensemble", [8, 16], 64, 14),
         ("vgg11", 0.25, 32, 8),
         ("mobilenetv2", 0.25, 32, 30),
         ("shufflenetv2", 0.5, 32, 30),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from training.models.detector_ensemble import DetectorEnsemble
 from training.models.detector_pair import DetectorPair
 from training.models.mobilenet import mobilenet_v2
 from training.models.perturbation_cnn import PerturbationCNN
@@ -24,6 +25,8 @@ from training.models.wide_resnet import WideResNet
 ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11", "mobilenetv2", "shufflenetv2")
 # detectors (``python -m worker.train_detector --arch``)
 DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual", "perturbation-pair")
+# put together from trained detectors (``python -m worker.ensemble_detector``), not trained as such
+ENSEMBLE_ARCHITECTURE = "perturbation-pair-ensemble"
 
 
 class Normalized(nn.Module):
@@ -47,11 +50,12 @@ def build_model(
     num_classes: int,
     mean: Sequence[float],
     std: Sequence[float],
-    width: float = 1.0,
+    width: float | Sequence[int] = 1.0,
 ) -> Normalized:
     """Build ``arch`` for inputs with ``len(mean)`` channels in [0, 1].
 
-    ``width`` multiplies the classifiers' channels; for the detectors it is the channel count itself.
+    ``width`` multiplies the classifiers' channels; for the detectors it is the channel count itself, and for
+    an ensemble of detectors the list of its members' channel counts.
     """
     in_channels = len(mean)
     if arch == "preact18":
@@ -69,10 +73,14 @@ def build_model(
         net = ResidualPerturbationNet(std, num_classes, int(width))
     elif arch == "perturbation-pair":
         net = DetectorPair(std, num_classes, int(width))
+    elif arch == ENSEMBLE_ARCHITECTURE:
+        if not isinstance(width, Sequence):
+            raise ValueError(f"{arch} takes a list of member widths, not {width!r}")
+        net = DetectorEnsemble(std, num_classes, width)
     elif arch in DETECTOR_ARCHITECTURES:
         full_resolution_layers = 1 if arch == "perturbation-cnn2" else 2
         net = PerturbationCNN(num_classes, in_channels, int(width), full_resolution_layers)
     else:
-        known = ", ".join(ARCHITECTURES + DETECTOR_ARCHITECTURES)
+        known = ", ".join((*ARCHITECTURES, *DETECTOR_ARCHITECTURES, ENSEMBLE_ARCHITECTURE))
         raise ValueError(f"unknown architecture {arch!r}; choose one of {known}")
     return Normalized(net, mean, std)
