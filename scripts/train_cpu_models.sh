@@ -66,12 +66,13 @@ detection() {
   # The shipped detector (a1de292d) and calibration (fffb5add) were made by this function on web-images/3
   # (photographs, telescope images, stamps, pages and drawn regular patterns), at commit 077f54c.  The later
   # trials with a third family (--arch shufflenetv2, a second --attack-source) and more data, not shipped, have
-  # their commands in results/README.md ("Four rounds before").  Since web-images/4 (twice the calibration
+  # their commands in results/README.md ("Five rounds before").  Since web-images/4 (twice the calibration
   # split's crops, a third of its sources fitting the combiner) this calibrate command sets another artefact
   # than fffb5add (1bc0d1f7 here): it catches more attacks but flags 1.4% of noisy CIFAR-10 test images, so
-  # it was not shipped; it and the other measured alternatives are in results/README.md ("Two rounds before",
-  # "Three rounds before"); with --width 32 the same commands flag drawn patterns at 1.1% but fewer attacks
-  # ("Latest round").
+  # it was not shipped; it and the other measured alternatives are in results/README.md ("Three rounds before",
+  # "Four rounds before"); with --width 32 the same commands flag drawn patterns at 1.1% but fewer attacks
+  # ("The round before"), and that detector averaged with the shipped one (python -m worker.ensemble_detector)
+  # flags 2.6% of them and trades web attacks for CIFAR-10 ones ("Latest round").
   local robust=$1 standard=$2
   $py -m worker.web_images build
   # Two standard models of other families, side by side (one core each: 16 and 6 min): MobileNetV2, whose
