@@ -23,6 +23,7 @@ from training import bundle as bundle_io
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import ENSEMBLE_ARCHITECTURE, build_model
+from worker import delivery
 from worker.calibrate import SEEN_POOL
 
 MEMBER_ARCH = "perturbation-pair"
@@ -56,7 +57,9 @@ def ensemble_metadata(members: Sequence[Bundle], command: str) -> dict[str, Any]
     first = members[0].metadata
     records = [member.metadata["training"] for member in members]
     sources = {s["version"]: s for record in records for s in record.get("attack_sources") or []}
-    deliveries = dict.fromkeys(d.strip() for record in records for d in record["deliveries"].split(","))
+    # detectors trained before --deliveries existed record none: they used every delivery
+    every = ", ".join(delivery.DELIVERIES)
+    deliveries = dict.fromkeys(d.strip() for record in records for d in record.get("deliveries", every).split(","))
     return {
         **{field: first[field] for field in SHARED_FIELDS},
         "arch": ENSEMBLE_ARCHITECTURE,

@@ -13,6 +13,7 @@ from tests.worker.conftest import INPUT_SIZE, MEAN, STD
 from training import bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
+from worker import delivery
 from worker.calibrate import SEEN_POOL
 from worker.engine import native
 from worker.engine.engine import Engine
@@ -106,3 +107,11 @@ def test_one_member_is_not_an_ensemble_and_the_command_says_why(members, tmp_pat
         main(["--member", str(members[0]), "--out", str(tmp_path / "ens")])
     assert exit_info.value.code == 2
     assert "at least two member detectors" in capsys.readouterr().err
+
+
+def test_a_member_without_a_deliveries_record_counts_as_trained_on_every_delivery(bundle_dirs, members, tmp_path):
+    robust, standard = bundle_dirs
+    older = make_pair_bundle(tmp_path / "older", robust, standard, width=4, seed=4,
+                             training={"kind": "perturbation-detector", "pool_kind": SEEN_POOL})  # fmt: skip
+    ensemble = build_ensemble([load_bundle(members[0]), load_bundle(older)], tmp_path / "ens", "test")
+    assert sorted(ensemble.metadata["training"]["deliveries"].split(", ")) == sorted(delivery.DELIVERIES)
