@@ -363,7 +363,7 @@ def bare_seconds(engine: Any, images: list[bytes], batch: int) -> float:
 
 
 def load_bare_engine(args: argparse.Namespace, warm: list[bytes]) -> Any:
-    """The worker's engine, built the way ``worker.tasks`` builds it, warmed up on the worker's warm-up batch."""
+    """The worker's engine, built the way ``scanner.analysis.tasks`` builds it, warmed up on its warm-up batch."""
     from worker.engine import load_engine
 
     engine = load_engine(str(args.robust), str(args.standard), None, args.device, args.batch, args.threads)

@@ -33,7 +33,7 @@ from rich.table import Table
 from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker.engine.native import TILE
 from worker.engine.serving import for_serving
-from worker.train_detector import DEFAULT_ARCH
+from worker.research.train_detector import DEFAULT_ARCH
 
 BASELINE = "perturbation-cnn2"
 TARGET_RATIO = 2.5
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['inputs_per_second']['model_input'][arch]:.0f}", f"{ratios['model_input'][arch]:.2f}x",
             )  # fmt: skip
         Console().print(table)
-        print(f"* shipped (worker.train_detector's default); ratios to {BASELINE}, measured side by side")
+        print(f"* shipped (worker.research.train_detector's default); ratios to {BASELINE}, measured side by side")
     print(json.dumps(result))
     return 0
 

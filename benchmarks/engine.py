@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="encoded image side in pixels (default: the model input)")
     parser.add_argument("--web-sizes", default="256,512,1024", help="JPEG sides for the web-size comparison")
     parser.add_argument("--web-batch", type=int, default=16, help="files per web size")
-    parser.add_argument("--web-dir", type=Path, help="web-image set (default: worker.web_images.DEFAULT_DIR)")
+    parser.add_argument("--web-dir", type=Path, help="web-image set (default: worker.research.web_images.DEFAULT_DIR)")
     parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.warmup < 0:
@@ -120,7 +120,7 @@ def encode(pixels: np.ndarray, size: int) -> list[bytes]:
 def web_files(size: int, n: int, web_dir: Path | None) -> tuple[list[bytes], str]:
     """``n`` JPEG files (quality 85) of ``size`` px on the longest side, from the web-image test split (the
     largest pictures, centre-cropped or scaled), or synthetic when the set is not built."""
-    from worker import web_images
+    from worker.research import web_images
 
     folder = web_dir or web_images.DEFAULT_DIR
     try:

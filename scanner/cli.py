@@ -334,9 +334,9 @@ def _worker(args: argparse.Namespace, settings) -> int:  # noqa: ANN001
             file=sys.stderr,
         )
         return 2
+    from scanner.analysis.celery_app import QUEUE
+    from scanner.analysis.tasks import create_worker_app
     from scanner.db import migrate
-    from worker.celery_app import QUEUE
-    from worker.tasks import create_worker_app
 
     try:
         migrate.current_engine(settings.db_url, upgrade_if_behind=False).dispose()

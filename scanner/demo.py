@@ -67,7 +67,7 @@ def _photos(args: Any, console: Console) -> list[tuple[bytes, bool]]:
     if args.photos == 0:
         return []
     from scanner.demo_site import demo_photos
-    from worker import web_images
+    from worker.research import web_images
 
     folder = web_images.DEFAULT_DIR
     if not (folder / "BUILT").is_file():

@@ -52,8 +52,8 @@ def demo_photos(web_dir: Path, standard_dir: Path, n: int, eps: str, seed: int) 
     JPEG quality 90, as a site would serve it."""
     import random
 
-    from worker import delivery, web_images
-    from worker.native_attacks import NativeAttack
+    from worker.research import delivery, web_images
+    from worker.research.native_attacks import NativeAttack
 
     records = [r for r in web_images.load_manifest(web_dir, "test") if r.kind in ("wallpaper", "stamp")]
     records = random.Random(seed).sample(records, min(n, len(records)))

@@ -24,7 +24,7 @@ from scanner.db.session import transaction
 from scanner.fetch import FetchError, FetchPolicy, SafeFetcher
 from scanner.settings import Settings
 from scanner.versions import ServedVersions
-from worker.imaging import ImageError, ImageLimits, probe_image
+from worker.engine.imaging import ImageError, ImageLimits, probe_image
 
 
 @dataclass

@@ -2,7 +2,7 @@
 ``POST /v1/scans`` calls) in this process, are analysed by a thread of this process with its one engine, and are
 read back from the configured database.  ``scanner crawl`` without ``--api`` and the audit runs use it: no
 loopback HTTP server, no short-lived API key, and no second copy of the model in a process that already has one
-(``worker.pipeline.engine_for`` keeps one engine per process).
+(``scanner.analysis.pipeline.engine_for`` keeps one engine per process).
 
 It answers the same three calls as ``scanner.client.ScannerClient`` (``whoami``, ``submit``, ``scan``), so the
 crawler does not know which of the two it feeds.
@@ -33,7 +33,7 @@ SCOPES = ["scans:write", "reports:read"]
 
 class LocalAnalysis:
     """Hands recorded images to one analysis thread of this process (``intake.Handover``).  A failed batch is
-    tried again until ``worker.pipeline`` dead-letters its images, so a scan never stays pending for ever."""
+    tried again until ``scanner.analysis.pipeline`` dead-letters its images, so a scan never stays pending for ever."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings, self.sessions = settings, sessions
@@ -54,7 +54,7 @@ class LocalAnalysis:
             queries.mark_enqueued(session, image_ids)
 
     async def _analyse(self, image_ids: list[int]) -> None:
-        from worker.pipeline import analyse_images, engine_for
+        from scanner.analysis.pipeline import analyse_images, engine_for
 
         loop = asyncio.get_running_loop()
         for attempt in range(self.settings.max_deliveries + 1):

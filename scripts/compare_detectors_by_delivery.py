@@ -8,7 +8,7 @@
 
 Why: a detector trained on every delivery (PNG, JPEG 70-95, WebP, a downscale) must find what survives a
 JPEG, and it reads a perturbation that arrives intact (a PNG) little better than one that did not.  One
-trained on lossless deliveries only (``worker.train_detector --deliveries png,downscale0.75``) can read the
+trained on lossless deliveries only (``worker.research.train_detector --deliveries png,downscale0.75``) can read the
 perturbation itself.  This measures the detectors alone (their logit, not the engine's combined score), so
 that the question "would routing lossless files to a detector of their own pay?" is answered before the
 engine is changed for it.
@@ -47,15 +47,15 @@ from training.attacks import margin_objective, pgd
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits
-from worker import delivery, web_images
-from worker.calibrate import SEEN_POOL, thumbnailed, unseen_pool
-from worker.detector_data import HARD_NEGATIVE
 from worker.engine import native
 from worker.engine.calibration import roc_auc, wilson_interval
 from worker.engine.engine import NATIVE_DRAFT_SIZE
 from worker.engine.images import ImageLimits, decode_image, to_model_input
-from worker.evaluate import web_attack_start
-from worker.native_attacks import NativeAttack
+from worker.research import delivery, web_images
+from worker.research.calibrate import SEEN_POOL, thumbnailed, unseen_pool
+from worker.research.detector_data import HARD_NEGATIVE
+from worker.research.evaluate import web_attack_start
+from worker.research.native_attacks import NativeAttack
 
 DELIVERIES = ("png", "jpeg90")
 TARGET = 0.01  # per benign kind, the target

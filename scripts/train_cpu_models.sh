@@ -71,10 +71,10 @@ detection() {
   # than fffb5add (1bc0d1f7 here): it catches more attacks but flags 1.4% of noisy CIFAR-10 test images, so
   # it was not shipped; it and the other measured alternatives are in results/README.md ("Three rounds before",
   # "Four rounds before"); with --width 32 the same commands flag drawn patterns at 1.1% but fewer attacks
-  # ("The round before"), and that detector averaged with the shipped one (python -m worker.ensemble_detector)
+  # ("The round before"), and that detector averaged with the shipped one (python -m worker.research.ensemble_detector)
   # flags 2.6% of them and trades web attacks for CIFAR-10 ones ("Latest round").
   local robust=$1 standard=$2
-  $py -m worker.web_images build
+  $py -m worker.research.web_images build
   # Two standard models of other families, side by side (one core each: 16 and 6 min): MobileNetV2, whose
   # attacks the detector trains on besides the pair's (--attack-source), and VGG-11, kept for the evaluation
   # alone (--transfer-source), so the transfer rates measure a family the detector never saw.
@@ -89,14 +89,14 @@ detection() {
   wait "${families[@]}"  # not the model evaluations that `fast` runs meanwhile
   # --hard-negatives: every image also as a noisy clean example (sensor noise set the threshold before).
   # perturbation-pair (the default): examples 4-20 min, then 20-40 min of training on 2 threads (idle - busy).
-  $py -m worker.train_detector --robust "$robust" --standard "$standard" --data-dir "$data" --n 6000 \
+  $py -m worker.research.train_detector --robust "$robust" --standard "$standard" --data-dir "$data" --n 6000 \
     --web-n 1800 --web-attack-n 900 --epochs 30 --threads 2 --hard-negatives --arch perturbation-pair \
     --attack-source "$runs/mobilenetv2-w0.5-std/best" --examples "$runs/detector-examples.pt"
   # Calibrated for 0.5%: each web group that sets the threshold holds about 330 images, and at 1% the test
   # split's photos and noisy photos came out at 0.8-1.1%.
-  $py -m worker.calibrate --robust "$robust" --standard "$standard" --data-dir "$data" --n-clean 600 \
+  $py -m worker.research.calibrate --robust "$robust" --standard "$standard" --data-dir "$data" --n-clean 600 \
     --n-adv 400 --n-web-adv 160 --target-fpr 0.005 --measure kl_rs,disagree,perturbation_net --threads 1
-  $py -m worker.evaluate --robust "$robust" --standard "$standard" --transfer-source "$runs/vgg11-w0.25-std/best" \
+  $py -m worker.research.evaluate --robust "$robust" --standard "$standard" --transfer-source "$runs/vgg11-w0.25-std/best" \
     --data-dir "$data" --n 500 --steps 10 --adaptive-steps 40 --square-queries 500 --n-web-attack 100 \
     --attacks pgd-4-t,pgd-8-t,cw-8-t,l2-0.5-t,l2-1-t,pgd-8-s,pgd-8-r,square-8,adaptive-8 --threads 2 --out results
 }

@@ -35,7 +35,7 @@ def tiny_tarball(tiny_tree: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def web_set(tmp_path_factory) -> Path:
     """A small web-image set built from the Debian packages (one source per kind and split, two crops each);
-    the packages are installed when missing, as `python -m worker.web_images build` does."""
-    from worker import web_images
+    the packages are installed when missing, as `python -m worker.research.web_images build` does."""
+    from worker.research import web_images
 
     return web_images.build(tmp_path_factory.mktemp("web") / "set", limit=1, progress=False)

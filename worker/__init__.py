@@ -1,2 +1,2 @@
-"""The worker side of the scanner: ``worker.engine`` turns images into verdicts; ``worker.calibrate`` fits the
-detector combiner and its thresholds for a pair of model bundles."""
+"""The analysis: ``worker.engine`` turns images into verdicts (serving only); ``worker.research`` holds the offline
+tools that make and measure its detectors. Nothing here knows of the web service or its database."""

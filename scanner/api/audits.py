@@ -202,8 +202,8 @@ async def _start(request: web.Request, run_id: int) -> None:
         request.app[BACKGROUND].add(task)
         task.add_done_callback(request.app[BACKGROUND].discard)
         return
+    from scanner.analysis.celery_app import make_celery
     from scanner.audits.tasks import RUN_TASK
-    from worker.celery_app import make_celery
 
     await in_thread(lambda: make_celery(settings).send_task(RUN_TASK, args=[run_id]))
 

@@ -125,7 +125,7 @@ class CeleryDispatcher(Dispatcher):
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         super().__init__(settings, sessions)
-        from worker.celery_app import make_celery
+        from scanner.analysis.celery_app import make_celery
 
         self.celery = make_celery(settings)
         # One thread publishes, so a broker outage blocks at most that thread, never the event loop.
@@ -134,7 +134,7 @@ class CeleryDispatcher(Dispatcher):
         self._broker_run_id: str | None = None
 
     async def _hand_over(self, image_ids: list[int], model_version: str, calibration_version: str) -> None:
-        from worker.celery_app import ANALYSE_TASK
+        from scanner.analysis.celery_app import ANALYSE_TASK
 
         if self._broker_down:  # fail fast: the relay hands the work over once a probe reaches the broker
             raise ConnectionError("the broker is unreachable")
@@ -202,7 +202,7 @@ class CeleryDispatcher(Dispatcher):
 
     async def _probe(self) -> tuple[str, int] | None:
         """(the broker's run id, messages waiting in the analysis queue), or None when it does not answer."""
-        from worker.celery_app import QUEUE
+        from scanner.analysis.celery_app import QUEUE
 
         def probe() -> tuple[str, int]:
             with self.celery.connection_for_write() as connection:
@@ -256,7 +256,7 @@ class InProcessDispatcher(Dispatcher):
         await super().start()
 
     def _load_engine(self) -> Any:
-        from worker.pipeline import engine_for
+        from scanner.analysis.pipeline import engine_for
 
         return engine_for(self.settings)
 
@@ -268,7 +268,7 @@ class InProcessDispatcher(Dispatcher):
         return self._loop_task is not None and not self._loop_task.done()
 
     async def _analyse_forever(self) -> None:
-        from worker.pipeline import analyse_images
+        from scanner.analysis.pipeline import analyse_images
 
         loop = asyncio.get_running_loop()
         while True:

@@ -4,7 +4,7 @@ Why not beat: the embedded mode has no broker, so no Celery worker could take a 
 beat runs (``scanner.audits.tasks.tick``): the compare-and-set on ``next_run_at``, the run lock and the
 missed-run policy are the same, so a ``scanner serve`` and a ``scanner worker --beat`` on one database still
 start each slot once.  Runs execute in the server's event loop (``runner.execute_run``) and analyse with the
-engine the server already loaded (``worker.pipeline.engine_for`` is one engine per process).
+engine the server already loaded (``scanner.analysis.pipeline.engine_for`` is one engine per process).
 """
 
 from __future__ import annotations

@@ -171,9 +171,9 @@ def _robustness_check(
     settings: Settings, sessions: sessionmaker[Session], audit: Audit, outcome: CrawlOutcome, run_id: int
 ) -> dict[str, Any]:
     """The run's black-box attack on a seeded sample of the images it met (``scanner.audits.robustness``)."""
+    from scanner.analysis.pipeline import engine_for
     from scanner.audits import robustness
     from scanner.db import queries
-    from worker.pipeline import engine_for
 
     shas = sorted(image.sha256 for image in outcome.images.values() if image.state == "done")
     chosen = robustness.sample_images(shas, audit.robustness_sample, seed=audit.id)

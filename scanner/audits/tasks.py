@@ -64,7 +64,7 @@ def _claim_slot(
 
 
 def register(app: Celery, settings: Settings) -> None:
-    """Register the audit tasks on the worker's app (``worker.tasks.create_worker_app`` calls it)."""
+    """Register the audit tasks on the worker's app (``scanner.analysis.tasks.create_worker_app`` calls it)."""
     holder: dict[str, sessionmaker[Session]] = {}
 
     def sessions() -> sessionmaker[Session]:  # per process, created on first use (after the fork)

@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
+from scanner.analysis.pipeline import engine_for
 from scanner.audits import robustness, runner
 from scanner.db.models import AuditRun
 from scanner.settings import Settings
 from tests.audits.conftest import Site, png
-from worker.pipeline import engine_for
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from scanner.analysis.celery_app import ANALYSE_TASK, make_celery
 from scanner.db import keys, migrate, queries
 from scanner.db.models import Image, ScanItem, Verdict
 from scanner.db.session import make_engine, make_sessionmaker, transaction
@@ -19,7 +20,6 @@ from scanner.settings import Settings
 from scanner.versions import served_versions
 from tests.service.conftest import RedisServer, RunningApi, WorkerProcess, http, start_api, upload, wait_for
 from tests.service.test_api import png
-from worker.celery_app import ANALYSE_TASK, make_celery
 
 
 def distributed_settings(tmp_path: Path, database_url: str, broker_url: str, **overrides: object) -> Settings:

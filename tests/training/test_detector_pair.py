@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from training.models import build_model
-from worker.train_detector import detector_loss
+from worker.research.train_detector import detector_loss
 
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 WEIGHT = torch.tensor([0.7, 1.6])

@@ -58,7 +58,7 @@ def make_source_model(arch: str = "mobilenetv2", num_classes: int = len(CLASSES)
 
 
 def make_source_bundle(directory: Path, arch: str = "mobilenetv2", seed: int = 7, classes: list[str] = CLASSES) -> Path:
-    """A tiny standard model of another family, for ``worker.train_detector --attack-source``."""
+    """A tiny standard model of another family, for ``worker.research.train_detector --attack-source``."""
     model = make_source_model(arch, len(classes), seed)
     metadata = {
         "arch": arch, "width": 0.1, "num_classes": len(classes), "classes": classes, "input_size": INPUT_SIZE,
@@ -69,7 +69,7 @@ def make_source_bundle(directory: Path, arch: str = "mobilenetv2", seed: int = 7
 
 
 def make_detector_bundle(directory: Path, seed: int = 3, pool_images: int = 4) -> Path:
-    """A tiny perturbation detector (width 4), with the training record ``worker.calibrate`` reads."""
+    """A tiny perturbation detector (width 4), with the training record ``worker.research.calibrate`` reads."""
     torch.manual_seed(seed)
     model = build_model("perturbation-cnn", 2, MEAN, STD, width=4)
     metadata = {
@@ -82,7 +82,7 @@ def make_detector_bundle(directory: Path, seed: int = 3, pool_images: int = 4) -
         "std": STD,
         "method": "perturbation-detector",
         "training": {"kind": "perturbation-detector", "seed": seed, "pool_images": pool_images},
-        "command": f"python -m worker.train_detector --n {pool_images} --seed {seed}",
+        "command": f"python -m worker.research.train_detector --n {pool_images} --seed {seed}",
         "metrics": {},
     }
     return bundle.save(model, metadata, directory)

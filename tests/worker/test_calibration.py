@@ -15,11 +15,11 @@ import torch
 
 from training.bundle import Bundle
 from training.data import ArrayDataset, load_splits, split_holdout
-from worker import calibrate
-from worker.delivery import BENIGN
 from worker.engine import calibration as calib
 from worker.engine import native
 from worker.engine.engine import Engine, EngineError
+from worker.research import calibrate
+from worker.research.delivery import BENIGN
 
 
 def test_threshold_hits_the_target_fpr_exactly_on_distinct_scores():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker import delivery
+from worker.research import delivery
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Detector ensembles (worker/ensemble_detector.py): trained pair detectors averaged into one bundle."""
+"""Detector ensembles (worker/research/ensemble_detector.py): trained pair detectors averaged into one bundle."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from tests.worker.conftest import INPUT_SIZE, MEAN, STD
 from training import bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
-from worker import delivery
-from worker.calibrate import SEEN_POOL
 from worker.engine import native
 from worker.engine.engine import Engine
-from worker.ensemble_detector import EnsembleError, build_ensemble, main
+from worker.research import delivery
+from worker.research.calibrate import SEEN_POOL
+from worker.research.ensemble_detector import EnsembleError, build_ensemble, main
 
 
 def make_pair_bundle(directory: Path, robust: Path, standard: Path, width: int, seed: int, **changes) -> Path:
@@ -35,7 +35,7 @@ def make_pair_bundle(directory: Path, robust: Path, standard: Path, width: int, 
             "kind": "perturbation-detector", "pool_kind": SEEN_POOL, "deliveries": "png, jpeg90",
             "attack_sources": [{"arch": "mobilenetv2", "version": f"source{seed}"}],
         },
-        "command": f"python -m worker.train_detector --width {width}", "metrics": {"tiles": {"auroc": 0.8}},
+        "command": f"python -m worker.research.train_detector --width {width}", "metrics": {"tiles": {"auroc": 0.8}},
     }  # fmt: skip
     return bundle.save(model.eval(), metadata | changes, directory)
 

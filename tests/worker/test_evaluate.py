@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tests.worker.conftest import make_bundle
-from worker import calibrate, evaluate
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.engine import Engine
+from worker.research import calibrate, evaluate
 
 
 def brute_force_auroc(negatives, positives) -> float:

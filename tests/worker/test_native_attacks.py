@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from worker.engine.images import to_model_input
-from worker.native_attacks import NativeAttack, ResizedInput, fooled
+from worker.research.native_attacks import NativeAttack, ResizedInput, fooled
 
 
 def test_the_differentiable_resize_matches_the_engines_preprocessing():

@@ -1,4 +1,4 @@
-"""worker.pipeline against a real SQLite database and the tiny real engine: idempotent verdicts, typed decode
+"""scanner.analysis.pipeline against a real SQLite database and the tiny real engine: idempotent verdicts, typed decode
 failures, the careful redelivery after a crash, and dead-lettering of a poison input."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
+from scanner.analysis.pipeline import analyse_images
 from scanner.db import migrate, queries
 from scanner.db.models import DeadLetter, Image, ScanItem, Verdict
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.versions import UNCALIBRATED
-from worker.pipeline import analyse_images
 
 
 def png(seed: int) -> bytes:

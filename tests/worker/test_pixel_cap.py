@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from worker.imaging import ImageError, ImageLimits, probe_image
+from worker.engine.imaging import ImageError, ImageLimits, probe_image
 
 
 def _image(fmt: str, width: int, height: int) -> bytes:

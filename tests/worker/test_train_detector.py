@@ -14,12 +14,12 @@ from rich.console import Console
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
-from worker import calibrate, train_detector
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
-from worker.evaluate import detector_source_families
+from worker.research import calibrate, train_detector
+from worker.research.evaluate import detector_source_families
 
 from .conftest import make_source_bundle, make_source_model
 
@@ -63,7 +63,7 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
     import numpy as np
     from PIL import Image
 
-    from worker import detector_data
+    from worker.research import detector_data
 
     examples = detector_data.DetectorExamples()
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -88,7 +88,7 @@ def test_every_example_goes_through_a_delivery_and_attacks_label_only_the_views_
 def test_examples_restricted_to_lossless_deliveries_never_pass_through_a_lossy_one():
     """``--deliveries png,downscale0.75``: every example's recorded delivery is one of those two, both occur,
     and the default still draws from all of them (the same draws as before the option existed)."""
-    from worker import detector_data
+    from worker.research import detector_data
 
     x = torch.rand(60, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     usable = torch.ones(60, dtype=torch.bool)
@@ -115,7 +115,7 @@ def test_a_thumbnail_negative_is_read_through_the_model_input_alone():
     from PIL import Image
     from torch import nn
 
-    from worker import detector_data
+    from worker.research import detector_data
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
     rng = np.random.default_rng(3)
@@ -135,7 +135,7 @@ def test_a_thumbnail_negative_is_read_through_the_model_input_alone():
 
 
 def test_spread_picks_evenly_spaced_distinct_indices():
-    from worker.detector_data import spread
+    from worker.research.detector_data import spread
 
     for n in range(0, 30):
         for k in range(0, n + 3):
@@ -153,7 +153,7 @@ def test_web_examples_attack_only_the_budgeted_images_and_keep_clean_and_benign_
     from PIL import Image
     from torch import nn
 
-    from worker import detector_data
+    from worker.research import detector_data
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
@@ -235,7 +235,7 @@ def test_engine_serves_minus_log_p_clean_of_the_detector(engine):
 def test_engine_without_a_detector_says_how_to_get_one(engine):
     served = Engine(engine.robust, engine.standard, None, threads=1)  # uncalibrated: what it can compute
     assert "perturbation_net" not in {d.name for d in served.detectors}
-    with pytest.raises(EngineError, match="worker.train_detector"):
+    with pytest.raises(EngineError, match="worker.research.train_detector"):
         Engine(engine.robust, engine.standard, None, threads=1, detectors=["perturbation_net"])
     with pytest.raises(EngineError, match="not a perturbation detector"):
         Engine(engine.robust, engine.standard, None, threads=1, detector=engine.standard)
@@ -252,7 +252,7 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     assert train_detector.main(args) == 0
     detector = load_bundle(default_detector_dir(robust))
     assert detector.metadata["classes"] == ["clean", "adversarial"]
-    assert detector.metadata["command"].startswith("python -m worker.train_detector --robust")
+    assert detector.metadata["command"].startswith("python -m worker.research.train_detector --robust")
     assert detector.metadata["training"]["pool_images"] == 20 and detector.metadata["training"]["seed"] == 5
     assert detector.metadata["for_bundles"]["robust"] == load_bundle(robust).version
     # both views measured: with --holdout 0.4 the held-out tail (the last examples, web images) has both classes

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from worker import web_images
+from worker.research import web_images
 
 
 def test_every_split_holds_every_kind_and_no_source_crosses_splits(web_set):
@@ -58,7 +58,7 @@ def test_rebuild_is_kept_and_a_missing_set_says_how_to_build_it(web_set, tmp_pat
     manifest = (web_set / "manifest.jsonl").read_text()
     assert web_images.build(web_set, limit=1, progress=False) == web_set  # finished build kept
     assert (web_set / "manifest.jsonl").read_text() == manifest
-    with pytest.raises(web_images.MissingImagery, match="python -m worker.web_images build"):
+    with pytest.raises(web_images.MissingImagery, match="python -m worker.research.web_images build"):
         web_images.load_manifest(tmp_path)
     assert json.loads(json.dumps(web_images.summary(web_set)))["test"]["page"] == 2
 

@@ -23,9 +23,9 @@ from training.models.wide_resnet import WideResNet
 
 # classifiers (``python -m training train --arch``)
 ARCHITECTURES = ("preact18", "wrn34-10", "wrn28-10", "vgg11", "mobilenetv2", "shufflenetv2")
-# detectors (``python -m worker.train_detector --arch``)
+# detectors (``python -m worker.research.train_detector --arch``)
 DETECTOR_ARCHITECTURES = ("perturbation-cnn", "perturbation-cnn2", "perturbation-residual", "perturbation-pair")
-# put together from trained detectors (``python -m worker.ensemble_detector``), not trained as such
+# put together from trained detectors (``python -m worker.research.ensemble_detector``), not trained as such
 ENSEMBLE_ARCHITECTURE = "perturbation-pair-ensemble"
 
 

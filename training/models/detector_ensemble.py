@@ -6,7 +6,7 @@ reads sharpened photos more like a perturbation (results/README.md).  Averaging 
 ``DetectorPair`` averages its two branches, halves the excess score an image gets from one member alone,
 while a perturbation that every member sees keeps its full score.
 
-The members are whole trained detectors (``python -m worker.ensemble_detector`` puts their bundles together);
+The members are whole trained detectors (``python -m worker.research.ensemble_detector`` puts their bundles together);
 nothing is trained here.  The bundle's ``width`` is the list of the members' widths.
 """
 

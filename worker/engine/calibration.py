@@ -162,7 +162,7 @@ class Calibration:
         if self.bundles != wanted:
             raise CalibrationError(
                 f"calibration {self.version} was fitted for bundles {self.bundles}, not for the loaded {wanted}; "
-                "run `python -m worker.calibrate` for these bundles"
+                "run `python -m worker.research.calibrate` for these bundles"
             )
 
 

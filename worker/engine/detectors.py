@@ -12,7 +12,7 @@ Each detector compares class distributions ("views") of the robust model R and t
   one fixed pattern (seeded), so a verdict never depends on which batch an image travelled in.
 - ``uncertainty_r``: 1 - max p_R(x); attacks on R leave it unsure.
 - ``perturbation_net``: -log p_clean from the perturbation detector D, a small CNN trained to tell clean
-  (and benignly changed) images from adversarial ones (``python -m worker.train_detector``), read on the
+  (and benignly changed) images from adversarial ones (``python -m worker.research.train_detector``), read on the
   model input and on tiles of the image at its own resolution (``worker.engine.native``; the engine computes
   it, since it needs the pixels as served).  Unlike the
   others it does not need the attack to have fooled anything: it sees the perturbation itself, so it
@@ -21,7 +21,7 @@ Each detector compares class distributions ("views") of the robust model R and t
 
 Views a detector set needs are computed with one forward per model (all squeezed copies concatenated), so
 adding a squeezer costs one extra batch through that model and nothing else.  The default set is the one
-measurements supported within the compute budget (see ``DEFAULT_DETECTORS``); ``worker.calibrate`` measures
+measurements supported within the compute budget (see ``DEFAULT_DETECTORS``); ``worker.research.calibrate`` measures
 every detector in the catalogue on each run, so the choice can be revisited per pair of bundles (the
 artefact records the set it was fitted with, and the engine serves exactly that set).
 """
@@ -161,7 +161,7 @@ def _build_catalogue() -> dict[str, Detector]:
 
 
 CATALOGUE = _build_catalogue()
-# The default set, chosen by measurement (`python -m worker.calibrate --measure all`: held-out images of the
+# The default set, chosen by measurement (`python -m worker.research.calibrate --measure all`: held-out images of the
 # training split, CIFAR-10 JPEG, PreActResNet-18 at width 1/8, 1,200 attacked images of nine attacks) and by
 # the compute budget (full verdict <= 4x the bare robust forward: R(x), S(x) and D(x), D costing about half of R):
 # - perturbation_net carries the decision: AUROC 0.999 over the nine attacks from 2 to 16/255 (0.989 at
@@ -169,7 +169,7 @@ CATALOGUE = _build_catalogue()
 #   squeezers (below).
 # - kl_rs and disagree come with the S forward and add nothing on those attacks (the combiner's held-out TPR
 #   is the same with or without them), but they are what an attacker who evades D must also beat: fooling S
-#   while R keeps the true label makes the models disagree.  Against the adaptive attack of worker.evaluate
+#   while R keeps the true label makes the models disagree.  Against the adaptive attack of worker.research.evaluate
 #   (1,000 test images) the combined score keeps AUROC 0.60 where D's own score falls to 0.40; neither stops it.
 # - uncertainty_r (AUROC 0.50) was dropped; squeeze_median_s (0.59) no longer pays for its extra S forward.
 # - squeeze_jpeg_* stay out although they score AUROC 0.94-0.98: the data set is itself JPEG at quality 75,

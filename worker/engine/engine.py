@@ -2,7 +2,7 @@
 
 One ``Engine`` holds the robust bundle (the model whose label we report), its standard companion (the
 reference the detectors compare against), the perturbation detector (a small CNN bundle kept in the robust
-bundle's ``perturbation-detector/`` folder, trained for this pair by ``worker.train_detector``) and the
+bundle's ``perturbation-detector/`` folder, trained for this pair by ``worker.research.train_detector``) and the
 detector calibration.  It is built once per process
 (``load_engine`` memoises it; a Celery worker builds it in ``worker_process_init``, since CUDA cannot be
 re-initialised in a forked child) and then fed batches of at most ``max_batch`` images.
@@ -138,7 +138,8 @@ class Engine:
         if missing:
             raise EngineError(
                 f"detector(s) {', '.join(missing)} need the perturbation detector bundle; train one with "
-                "`python -m worker.train_detector` (it is looked for in the robust bundle's perturbation-detector/)"
+                "`python -m worker.research.train_detector`"
+                " (it is looked for in the robust bundle's perturbation-detector/)"
             )
         compared = {name: model for name, model in self.serving.items() if name != det.DETECTOR}
         self.views = det.ViewComputer(compared, self.input_size, self.device)

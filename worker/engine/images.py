@@ -1,4 +1,4 @@
-"""The model's input from decoded images; the decoding rules themselves live in ``worker.imaging``."""
+"""The model's input from decoded images; the decoding rules themselves live in ``worker.engine.imaging``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.imaging import (  # noqa: F401 - re-exported: the engine's public image API
+from worker.engine.imaging import (  # noqa: F401 - re-exported: the engine's public image API
     ALLOWED_FORMATS,
     BACKGROUND,
     JPEG_FORMATS,

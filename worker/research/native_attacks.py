@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.attacks import margin_objective, pgd
-from worker.imaging import crop_box
+from worker.engine.imaging import crop_box
 
 
 class ResizedInput(nn.Module):

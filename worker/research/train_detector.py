@@ -1,25 +1,25 @@
 """Train the perturbation detector for a pair of bundles; writes a bundle beside the robust one.
 
-    python -m worker.train_detector --robust models/pgd-at-preact18-w0.25 \
+    python -m worker.research.train_detector --robust models/pgd-at-preact18-w0.25 \
         --standard models/standard-preact18-w0.25 --data-dir ../shared/data/cifar10-jpeg.tar.gz
 
 The detector (``training.models``, by default ``perturbation-pair``; fully convolutional) learns "clean or
 benignly changed" against "adversarial" in the two views the engine gives it (``worker.engine.native``): the 32 px model
-input and 64 px tiles of the image at its own resolution.  Its examples (``worker.detector_data``):
+input and 64 px tiles of the image at its own resolution.  Its examples (``worker.research.detector_data``):
 
 - CIFAR-10 images of the TRAINING split (by default ones the models trained on, ``--pool``: the few they never
-  saw are kept for ``worker.calibrate``, whose scores must look like the service's), each as it is, after one
-  benign change (``worker.delivery.BENIGN``), with ``--hard-negatives`` also with sensor noise
+  saw are kept for ``worker.research.calibrate``, whose scores must look like the service's), each as it is, after one
+  benign change (``worker.research.delivery.BENIGN``), with ``--hard-negatives`` also with sensor noise
   (``HARD_NEGATIVE``), and attacked (PGD and CW-inf at 4-16/255 against both bundles, Square at 4 and 8/255,
   L2 PGD at radius 0.5 and 1 against the standard model, and PGD, CW-inf and L2 PGD against every
   ``--attack-source``, a standard model of another family); 2/255 attacks are left out, as strong as the
   sensor noise that must not be flagged;
-- the web-image set's TRAIN split (``worker.web_images``), each as served, benignly changed (the same way), and
+- the web-image set's TRAIN split (``worker.research.web_images``), each as served, benignly changed (the same way), and
   attacked through the resize or at native resolution against both bundles and every attack source;
 
 and every one of them delivered (PNG, JPEG 70-95, WebP, a 0.75x downscale) before its views are cut, so the
 detector cannot learn a compression signature for "clean".  The images it trains on are recorded (seed and
-count) in the bundle, and ``worker.calibrate`` leaves them out.  The last ``--holdout`` of the examples
+count) in the bundle, and ``worker.research.calibrate`` leaves them out.  The last ``--holdout`` of the examples
 (whole images) is kept out of training and measured; the numbers land in the bundle's ``metrics``.
 
 ``--tail-weight`` adds the loss of each batch's hardest clean examples (``TailLoss``), where the service's
@@ -51,9 +51,22 @@ from training.bundle import Bundle, BundleError
 from training.bundle import load as load_bundle
 from training.data import load_splits, to_float
 from training.models import DETECTOR_ARCHITECTURES, build_model
-from worker import delivery, web_images
-from worker.calibrate import SEEN_POOL, AttackSpec, attack_all, detector_images, make_progress, seen_pool, unseen_pool
-from worker.detector_data import (
+from worker.engine import calibration as calib
+from worker.engine import detectors as det
+from worker.engine import native
+from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
+from worker.engine.images import ImageLimits, decode_image
+from worker.research import delivery, web_images
+from worker.research.calibrate import (
+    SEEN_POOL,
+    AttackSpec,
+    attack_all,
+    detector_images,
+    make_progress,
+    seen_pool,
+    unseen_pool,
+)
+from worker.research.detector_data import (
     EXTRA_NEGATIVES,
     HARD_NEGATIVE,
     NATURAL_ATTACKS,
@@ -62,11 +75,6 @@ from worker.detector_data import (
     cifar_examples,
     natural_examples,
 )
-from worker.engine import calibration as calib
-from worker.engine import detectors as det
-from worker.engine import native
-from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
-from worker.engine.images import ImageLimits, decode_image
 
 DEFAULT_ARCH = "perturbation-pair"  # cnn2 and residual averaged: fewer clean images in the tail (results/README.md)
 METHOD = "perturbation-detector"
@@ -301,7 +309,7 @@ def metadata(
             "init": info["init"],
             "deliveries": ", ".join(args.deliveries),
         },
-        "command": "python -m worker.train_detector " + shlex.join(args.argv),
+        "command": "python -m worker.research.train_detector " + shlex.join(args.argv),
     }
 
 
@@ -341,7 +349,9 @@ def delivery_names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.train_detector", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.research.train_detector", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--robust", required=True, help="robust model bundle folder")
     parser.add_argument("--standard", required=True, help="standard companion bundle folder")
     parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
@@ -353,7 +363,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "images no model saw",
     )  # fmt: skip
     parser.add_argument(
-        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+        "--web-dir",
+        type=Path,
+        default=web_images.DEFAULT_DIR,
+        help="web-image set (python -m worker.research.web_images build)",
+
     )
     parser.add_argument("--web-n", type=int, help="use at most this many web images of its train split")
     parser.add_argument(
@@ -554,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"held out, {view}: AUROC {m['auroc']:.4f}, TPR {m['tpr']:.3f} at {args.target_fpr:.0%} FPR "
                 f"({m['n_clean']} clean, {m['n_adversarial']} adversarial)"
             )
-    console.print(f"wrote {out}; recalibrate with `python -m worker.calibrate` (the detector changed)")
+    console.print(f"wrote {out}; recalibrate with `python -m worker.research.calibrate` (the detector changed)")
     return 0
 
 

@@ -20,7 +20,7 @@ from scanner.db import queries
 from scanner.db.models import Image
 from scanner.db.session import transaction
 from scanner.versions import UNCALIBRATED
-from worker.imaging import ImageError
+from worker.engine.imaging import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Detection on test images nothing was fitted on: CIFAR-10 and web images, attacks after delivery, benign changes.
 
-    python -m worker.evaluate --robust models/pgd-at-preact18-w0.25 --standard models/standard-preact18-w0.25 \
+    python -m worker.research.evaluate --robust models/pgd-at-preact18-w0.25 --standard models/standard-preact18-w0.25 \
         --transfer-source runs/vgg11-w0.25-std/best --data-dir ../shared/data/cifar10-jpeg.tar.gz --n 1000 \
         --out results
 
 What is measured
     A seeded random subset of the CIFAR-10 TEST split, and the whole TEST split of the web-image set
-    (``worker.web_images``: photos, stamps and rendered pages whose source images never appear in the
+    (``worker.research.web_images``: photos, stamps and rendered pages whose source images never appear in the
     training or calibration splits).  Every image is scored by the engine itself (``Engine.score_images``:
     the model input and the native-resolution tiles, then the calibration's combiner), so the numbers are
     those of the served verdicts.  Every attacked or changed image is 8-bit, as a file on the web is.
@@ -34,7 +34,7 @@ What is measured
 
     Per population: the flag rate at the calibrated operating point with its 95% Wilson interval; AUROC and
     TPR at 1% and 5% FPR against the clean images.  Web images as served are reported per kind, with the
-    share that gets "no confident class".  Benign changes (``worker.delivery.BENIGN``) are applied to the
+    share that gets "no confident class".  Benign changes (``worker.research.delivery.BENIGN``) are applied to the
     CIFAR-10 and to the web test images.
 
 Outputs: ``detection.json``, ``detection_roc.png`` (ROC curves of the main attacks) and
@@ -70,18 +70,18 @@ from training.attacks import budget_eps, margin, margin_objective, pgd, pgd_l2, 
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits, seeded_subset, to_float
-from worker import delivery, web_images
-from worker.calibrate import load_web_split, make_progress, to_images
-from worker.delivery import quantise
-from worker.detector_data import cap_size
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.combiner import Combiner
 from worker.engine.engine import Engine, EngineError
 from worker.engine.images import to_model_input
-from worker.native_attacks import NativeAttack
-from worker.native_attacks import fooled as native_fooled
+from worker.research import delivery, web_images
+from worker.research.calibrate import load_web_split, make_progress, to_images
+from worker.research.delivery import quantise
+from worker.research.detector_data import cap_size
+from worker.research.native_attacks import NativeAttack
+from worker.research.native_attacks import fooled as native_fooled
 
 FPRS = (0.01, 0.05)
 TARGETS = {  # the issue's targets: (attack, statistic, comparison, value)
@@ -439,7 +439,9 @@ def evaluate(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The CIFAR-10 part of the report (JSON-ready) and the combined scores per population (for the plots)."""
     if engine.calibration is None:
-        raise EngineError("the engine has no calibration: run `python -m worker.calibrate` for these bundles first")
+        raise EngineError(
+            "the engine has no calibration: run `python -m worker.research.calibrate` for these bundles first"
+        )
     console = console or Console(stderr=True)
     threshold = engine.calibration.threshold
     batch = settings["batch_size"]
@@ -860,7 +862,7 @@ def bundle_info(bundle: Bundle) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m worker.research.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--robust", required=True, help="robust model bundle folder")
     parser.add_argument("--standard", required=True, help="standard companion bundle folder")
     parser.add_argument("--transfer-source", help="a separately trained model bundle for the transfer attacks")
@@ -878,7 +880,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"how attacked images are delivered before scoring (of {','.join(delivery.DELIVERIES)})",
     )  # fmt: skip
     parser.add_argument(
-        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+        "--web-dir",
+        type=Path,
+        default=web_images.DEFAULT_DIR,
+        help="web-image set (python -m worker.research.web_images build)",
+
     )
     parser.add_argument("--no-web", action="store_true", help="CIFAR-10 only (no web-image test split)")
     parser.add_argument("--n-web-attack", type=int, default=120, help="web test images attacked per attack")
@@ -926,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if engine.calibration is None:
         console.print(
-            f"[red]no calibration for {args.robust}: run `python -m worker.calibrate` (or pass --calibration)"
+            f"[red]no calibration for {args.robust}: run `python -m worker.research.calibrate` (or pass --calibration)"
         )
         return 2
     transfer = None
@@ -984,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_scores(out / "detection_scores.png", combined, histogram, calibration.threshold)
     document = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m worker.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m worker.research.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
         "n": len(x),
         "data": {
             "dataset": dataset,

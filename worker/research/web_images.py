@@ -1,7 +1,7 @@
 """Real web imagery as data: photos, artwork and rendered pages from Debian packages, cut into web-sized images.
 
-    python -m worker.web_images build            # installs the packages when missing (as root), then builds
-    python -m worker.web_images summary          # what the built set holds, per split and kind
+    python -m worker.research.web_images build            # installs the packages when missing (as root), then builds
+    python -m worker.research.web_images summary          # what the built set holds, per split and kind
 
 The perturbation detector and its calibration must meet the images a service really sees, not only 32x32
 CIFAR-10 JPEGs.  The sources:
@@ -18,7 +18,7 @@ CIFAR-10 JPEGs.  The sources:
 - drawn patterns (kind ``pattern``): stripes, checks, halftone screens, moire, hatching and dithered
   gradients at periods of 2-40 px.  Regular high-frequency structure is what the detector confused with a
   perturbation (a striped wallpaper's crops were most of its false flags), and the packages hold too few such
-  pictures to teach it otherwise or to set a threshold on.  ``worker.evaluate`` reports them as a benign kind
+  pictures to teach it otherwise or to set a threshold on.  ``worker.research.evaluate`` reports them as a benign kind
   apart from the ordinary images, since they come from the same generator in every split.
 
 Each source image is cut into crops at several scales (64-1024 px on the longest side; twice as many for the
@@ -485,7 +485,9 @@ def build(out: Path, *, install: bool = True, limit: int | None = None, progress
 def load_manifest(folder: Path, split: str | None = None, kinds: Sequence[str] | None = None) -> list[WebImage]:
     path = folder / "manifest.jsonl"
     if not path.is_file():
-        raise MissingImagery(f"no web-image set at {folder}: build it with `python -m worker.web_images build`")
+        raise MissingImagery(
+            f"no web-image set at {folder}: build it with `python -m worker.research.web_images build`"
+        )
     records = [WebImage(**json.loads(line)) for line in path.read_text().splitlines()]
     return [r for r in records if (split is None or r.split == split) and (kinds is None or r.kind in kinds)]
 
@@ -498,7 +500,7 @@ def summary(folder: Path) -> dict[str, dict[str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.web_images", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m worker.research.web_images", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("build", "summary"))
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="the set's folder (default: %(default)s)")
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing missing packages")

@@ -1,12 +1,12 @@
 """Put trained perturbation detectors together into one that averages their logits.
 
-    python -m worker.ensemble_detector --member models/pgd-at-preact18-w0.25/perturbation-detector \
+    python -m worker.research.ensemble_detector --member models/pgd-at-preact18-w0.25/perturbation-detector \
         --member runs/cand-w32/robust/perturbation-detector --out runs/ensemble/robust/perturbation-detector
 
 The members must be ``perturbation-pair`` detectors trained for the same robust and standard bundles (the
 engine checks the calibration against the detector's version, and the detector against the pair).  The result
 is an ordinary detector bundle (``perturbation-pair-ensemble``, ``training.models.detector_ensemble``) that
-the engine, ``worker.calibrate`` and ``worker.evaluate`` take like any other; it records each member's
+the engine, ``worker.research.calibrate`` and ``worker.research.evaluate`` take like any other; it records each member's
 version, command and held-out metrics.  Nothing is trained: calibrate the ensemble before serving it.
 """
 
@@ -23,8 +23,8 @@ from training import bundle as bundle_io
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import ENSEMBLE_ARCHITECTURE, build_model
-from worker import delivery
-from worker.calibrate import SEEN_POOL
+from worker.research import delivery
+from worker.research.calibrate import SEEN_POOL
 
 MEMBER_ARCH = "perturbation-pair"
 SHARED_FIELDS = ("num_classes", "classes", "input_size", "tile", "mean", "std", "method", "dataset", "for_bundles")
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--member", action="append", required=True, help="a detector bundle (give two or more)")
     parser.add_argument("--out", required=True, help="the ensemble bundle's folder")
     args = parser.parse_args(argv)
-    command = shlex.join(["python", "-m", "worker.ensemble_detector", *(sys.argv[1:] if argv is None else argv)])
+    arguments = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "-m", "worker.research.ensemble_detector", *arguments])
     try:
         members = [load_bundle(path) for path in args.member]
         ensemble = build_ensemble(members, args.out, command)

@@ -1,10 +1,10 @@
 """The Celery application, configured from ``Settings``.  Importing this module loads no model code: the API
-uses it to enqueue tasks by name, and ``worker.tasks`` registers the tasks themselves.
+uses it to enqueue tasks by name, and ``scanner.analysis.tasks`` registers the tasks themselves.
 
 Choices, each for a failure people hit (see ../shared/docs/field-notes.md):
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its verdicts are
   committed, and a worker killed mid-batch gives its message back; the task is idempotent (verdicts are unique
-  per image and versions), and ``worker.pipeline`` counts deliveries itself and dead-letters a poison input,
+  per image and versions), and ``scanner.analysis.pipeline`` counts deliveries itself and dead-letters a poison input,
   so a requeue can never loop forever.
 - prefetch multiplier 1: a batch is long; a worker must not hoard messages another worker could run.
 - Redis ``visibility_timeout`` (redelivery of unacknowledged messages) is set from settings and must exceed

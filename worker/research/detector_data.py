@@ -7,9 +7,9 @@ each image come its model input (32 px, the engine's resize) and up to ``TILES_P
 
 Two sources:
 - CIFAR-10 images that no bundle trained on (32 px: the model input is the image; no tiles), attacked by
-  ``TRAINING_ATTACKS`` of ``worker.train_detector`` against the standard and robust bundles;
+  ``TRAINING_ATTACKS`` of ``worker.research.train_detector`` against the standard and robust bundles;
 - the web-image set's *train* split (photos, stamps, rendered pages at 64-1024 px, capped at
-  ``MAX_SIDE``), attacked through the resize or at native resolution (``worker.native_attacks``).
+  ``MAX_SIDE``), attacked through the resize or at native resolution (``worker.research.native_attacks``).
 
 A view is labelled adversarial only where the attack is visible in it: an attack made at native
 resolution on a large image is averaged away in the 32 px model input, so that input is not used as a
@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
-from worker import delivery
 from worker.engine import native
 from worker.engine.images import to_model_input
-from worker.native_attacks import NativeAttack
+from worker.research import delivery
+from worker.research.native_attacks import NativeAttack
 
 MAX_SIDE = 384  # natural images are attacked at most this large (cost); the evaluation uses them as served
 NATIVE_CROP = 96  # native-resolution attacks run on a crop of this size (the tiles come from it)

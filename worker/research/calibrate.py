@@ -1,13 +1,15 @@
 """Fit the detector combiner and the in-domain model and set the threshold; writes the calibration artefact.
 
-    python -m worker.calibrate --robust models/pgd-at-preact18-w0.25 --standard models/standard-preact18-w0.25 \
+    python -m worker.research.calibrate --robust models/pgd-at-preact18-w0.25 \
+        --standard models/standard-preact18-w0.25 \
         --data-dir ../shared/data/cifar10-jpeg.tar.gz [--scores scores.pt]
-    python -m worker.calibrate ... --from-scores scores.pt --target-fpr 0.004   # again on the saved scores
+    python -m worker.research.calibrate ... --from-scores scores.pt --target-fpr 0.004   # again on the saved scores
 
 What the service will see is what the threshold is set on: CIFAR-10 images of the TRAINING split that
 neither model nor the perturbation detector trained on (their training records say which), and the
-CALIBRATION split of the web-image set (``worker.web_images``; the test splits are kept for
-``worker.evaluate``).  Every image goes through a delivery (``worker.delivery``: PNG, JPEG 70-95, WebP, a
+CALIBRATION split of the web-image set (``worker.research.web_images``; the test splits are kept for
+``worker.research.evaluate``).  Every image goes through a delivery (``worker.research.delivery``: PNG,
+JPEG 70-95, WebP, a
 0.75x downscale), so compression says nothing about the label.
 
 - Fit (the combiner, a logistic regression on the detector scores): half of the clean CIFAR-10 images and
@@ -51,20 +53,20 @@ from training.attacks import budget_eps, margin_objective, pgd, pgd_l2, square
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import ArrayDataset, load_splits, to_float
-from worker import delivery, web_images
-from worker.delivery import quantise
-from worker.detector_data import NATURAL_ATTACKS, cap_size, deliver, web_attack_for
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import domain, native
 from worker.engine.combiner import fit_combiner
 from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, find_detector
 from worker.engine.images import ImageLimits, decode_image
+from worker.research import delivery, web_images
+from worker.research.delivery import quantise
+from worker.research.detector_data import NATURAL_ATTACKS, cap_size, deliver, web_attack_for
 
 DEFAULT_HOLDOUT = 1000  # training.trainer.TrainConfig.holdout
 
 
-SQUARE_QUERIES = 500  # as worker.evaluate and the audits' robustness check run it
+SQUARE_QUERIES = 500  # as worker.research.evaluate and the audits' robustness check run it
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def holdout_of(metadata: dict[str, Any]) -> int:
 
 
 def detector_images(pool: torch.Tensor, seed: int, n: int) -> torch.Tensor:
-    """The pool images a perturbation detector trained with ``seed`` and ``n`` used (``worker.train_detector``)."""
+    """The pool images a perturbation detector trained with ``seed`` and ``n`` used (``research.train_detector``)."""
     if n > len(pool):
         raise ValueError(f"asked for {n} images but the pool holds {len(pool)}")
     return pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:n]]
@@ -174,7 +176,7 @@ def unseen_pool(n_train: int, bundles: Sequence[Bundle], detector: Bundle | None
     if record.get("pool_kind") == SEEN_POOL:
         return pool, f"{note} (the perturbation detector trained on images the bundles saw)"
     if "seed" not in record or "pool_images" not in record:
-        raise ValueError(f"{detector.path} records no training images; retrain it with worker.train_detector")
+        raise ValueError(f"{detector.path} records no training images; retrain it with worker.research.train_detector")
     used = torch.zeros(n_train, dtype=torch.bool)
     used[detector_images(pool, int(record["seed"]), int(record["pool_images"]))] = True
     keep = pool[~used[pool]]
@@ -719,7 +721,7 @@ def print_report(console: Console, artefact: calib.Calibration, table: dict[str,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.calibrate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m worker.research.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--robust", required=True, help="robust model bundle folder")
     parser.add_argument("--standard", required=True, help="standard companion bundle folder")
     parser.add_argument("--data-dir", required=True, help="the data set the bundles were trained on")
@@ -738,7 +740,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--web-dir", type=Path, default=web_images.DEFAULT_DIR, help="web-image set (python -m worker.web_images build)"
+        "--web-dir",
+        type=Path,
+        default=web_images.DEFAULT_DIR,
+        help="web-image set (python -m worker.research.web_images build)",
+
     )
     parser.add_argument("--n-web-adv", type=int, default=160, help="web images attacked for the fit")
     parser.add_argument(
@@ -784,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if needing:
         console.print(
             f"[red]{', '.join(needing)} need a perturbation detector: train one with `python -m "
-            "worker.train_detector`, or leave them out of --detectors"
+            "worker.research.train_detector`, or leave them out of --detectors"
         )
         return 2
     measure = [d.name for d in det.resolve(measure) if d.computable_with(available)]

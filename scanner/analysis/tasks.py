@@ -12,10 +12,10 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
+from scanner.analysis.celery_app import ANALYSE_TASK, make_celery
+from scanner.analysis.pipeline import analyse_images, engine_for
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from worker.celery_app import ANALYSE_TASK, make_celery
-from worker.pipeline import analyse_images, engine_for
 
 log = logging.getLogger(__name__)
 
