@@ -17,6 +17,7 @@ scores, but ``combined`` and ``flagged`` are None: it never guesses a threshold.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -35,7 +36,7 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
-from worker.engine import native
+from worker.engine import domain_gate, native
 from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
 from worker.engine.serving import for_serving
 
@@ -98,9 +99,12 @@ class Engine:
         top_k: int = 5,
         detectors: Sequence[str] | None = None,
         detector: Bundle | None = None,
+        gate: domain_gate.DomainGate | None = None,
     ) -> None:
         """``threads``: torch CPU threads for this process (default: the cores this process may use);
-        ``detector``: the perturbation detector bundle (needed by the ``perturbation_net`` detector)."""
+        ``detector``: the perturbation detector bundle (needed by the ``perturbation_net`` detector);
+        ``gate``: the domain gate trained on the robust bundle's features (without one, the calibration's
+        domain model, if any, says which labels are confident)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         torch.set_num_threads(threads or available_cores())
@@ -108,6 +112,12 @@ class Engine:
         _check_compatible(robust, standard)
         if detector is not None:
             _check_detector(robust, detector)
+        if gate is not None and gate.metadata["for_bundles"]["robust"] != robust.version:
+            raise EngineError(
+                f"the domain gate {gate.version} was trained on robust bundle {gate.metadata['for_bundles']['robust']}"
+                f", not {robust.version}; train one with `python -m worker.research.train_gate`"
+            )
+        self.gate = gate
         if calibration is not None:
             calibration.check_bundles(robust.version, standard.version, detector.version if detector else None)
             if calibration.detector_set != det.DETECTOR_SET:
@@ -157,14 +167,17 @@ class Engine:
         max_batch: int = 64,
         threads: int | None = None,
         detector_dir: str | Path | None = None,
+        gate_dir: str | Path | None = None,
         **kwargs: Any,
     ) -> Engine:
         """Load the bundles and the calibration (default: ``calibration.json`` in the robust bundle's folder;
         an explicit path must exist, the default may be absent and then the engine runs uncalibrated).
         The perturbation detector is ``detector_dir`` or, by default, the robust bundle's
-        ``perturbation-detector/`` folder when it exists."""
+        ``perturbation-detector/`` folder when it exists; the domain gate likewise ``gate_dir`` or its
+        ``domain-gate/`` folder."""
         robust, standard = load_bundle(robust_dir), load_bundle(standard_dir)
         detector = find_detector(robust_dir, detector_dir)
+        gate = domain_gate.find(robust_dir, gate_dir)
         calibration = None
         if calibration_path is not None:
             calibration = calib.load(calibration_path)  # checked against the bundles in __init__
@@ -174,7 +187,7 @@ class Engine:
             log.warning("no calibration for %s: verdicts will carry scores but no flag", robust_dir)
         return cls(
             robust, standard, calibration, device=device, max_batch=max_batch, threads=threads, detector=detector,
-            **kwargs,
+            gate=gate, **kwargs,
         )  # fmt: skip
 
     @property
@@ -249,14 +262,39 @@ class Engine:
         return torch.cat(probs), {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
     def in_domain(
-        self, robust_probs: torch.Tensor, scores: dict[str, torch.Tensor]
+        self,
+        robust_probs: torch.Tensor,
+        scores: dict[str, torch.Tensor],
+        images: Sequence[Image.Image] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The in-domain score per image (None without a domain model) and whether its label is confident."""
+        """The in-domain probability or score per image (None without a gate or a domain model) and whether its
+        label is confident.  With a domain gate it reads the decoded ``images`` as served (required then)."""
+        if self.gate is not None:
+            if images is None:
+                raise ValueError("the domain gate reads the images as served: pass them")
+            x = to_model_input(images, self.input_size).to(self.device)
+            with torch.no_grad(), domain_gate.penultimate(self.serving[det.ROBUST]) as caught:
+                logits = self.serving[det.ROBUST](x).float()
+            return self._gate(caught.value, logits, self._cues(images, x))
         domain = self.calibration.domain if self.calibration else None
         if domain is None:
             return None, torch.ones(len(robust_probs), dtype=torch.bool)
         logit = domain.logit(robust_probs, scores)
         return torch.sigmoid(logit), logit >= domain.threshold
+
+    def _gate(
+        self, features: torch.Tensor | None, logits: torch.Tensor, cues: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.gate is not None and features is not None
+        probability = self.gate.probability(features.flatten(1), logits, cues)
+        return probability, self.gate.confident(probability)
+
+    def _cues(self, images: Sequence[Image.Image | np.ndarray] | None, x: torch.Tensor) -> torch.Tensor:
+        """The gate's cues of the images as served; of the model input when there are none (model-space input);
+        zeros when the gate reads no cues (computing them would cost time for nothing)."""
+        if self.gate is None or not self.gate.cues:
+            return torch.zeros(len(x), len(domain_gate.CUES))
+        return domain_gate.cues_of(images) if images else domain_gate.model_space_cues(x)
 
     def combined(self, scores: dict[str, torch.Tensor], tiled: torch.Tensor) -> torch.Tensor | None:
         """The calibrated combined score per image (``Calibration.combined``; ``tiled``: which images had native
@@ -267,6 +305,7 @@ class Engine:
     def _analyse_chunk(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
         inputs: list[torch.Tensor] = []
         pixels: list[np.ndarray] = []
+        served: list[np.ndarray] = []  # the images as served, for the domain gate's cues
         tiled: list[bool] = []
         decode_ms: list[float] = []
         results: list[Verdict | ImageError | None] = []
@@ -282,9 +321,11 @@ class Engine:
             tiled.append(native.has_tiles(image.height, image.width))
             if self.detector is not None:
                 pixels.append(np.asarray(image))
+            if self.gate is not None and self.gate.cues:
+                served.append(np.asarray(image))
             decode_ms.append((time.perf_counter() - start) * 1000)
             results.append(None)
-        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels, tiled) if inputs else [])
+        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels, tiled, served) if inputs else [])
         return [r if r is not None else next(verdicts) for r in results]
 
     def _decode(self, item: bytes | Image.Image) -> Image.Image:
@@ -305,18 +346,26 @@ class Engine:
         decode_ms: Sequence[float],
         pixels: Sequence[np.ndarray] = (),
         tiled: Sequence[bool] | None = None,
+        served: Sequence[np.ndarray] = (),
     ) -> list[Verdict]:
-        """Verdicts for a model-space batch; ``pixels`` the images as served (for the detector's tiles) and
-        ``tiled`` which of them are large enough for tiles (default: none, as for model-space input)."""
+        """Verdicts for a model-space batch; ``pixels`` the images as served (for the detector's tiles),
+        ``tiled`` which of them are large enough for tiles (default: none, as for model-space input) and
+        ``served`` the images as served for the domain gate's cues (default: the model input)."""
         n = len(x)
         x = x.to(self.device, torch.float32)
         start = time.perf_counter()
-        robust_probs = F.softmax(self.serving[det.ROBUST](x).float(), dim=1)
+        # The gate reads the robust model's penultimate features from this same forward.
+        tap = domain_gate.penultimate(self.serving[det.ROBUST]) if self.gate else contextlib.nullcontext()
+        with tap as caught:
+            logits = self.serving[det.ROBUST](x).float()
+        robust_probs = F.softmax(logits, dim=1)
         self._synchronise()
         after_inference = time.perf_counter()
         tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
         scores = self._detector_scores(x, robust_probs, tiles, owner)
         combined = self.combined(scores, torch.tensor(tiled or [False] * n, dtype=torch.bool))
+        if self.gate is not None:
+            in_domain, confident = self._gate(caught.value, logits, self._cues(served, x))
         self._synchronise()
         end = time.perf_counter()
         inference_ms = (after_inference - start) * 1000 / n
@@ -326,7 +375,8 @@ class Engine:
         top_p, top_i = robust_probs.topk(self.top_k, dim=1)
         threshold = self.calibration.threshold if self.calibration else None
         calibration_version = self.calibration.version if self.calibration else None
-        in_domain, confident = self.in_domain(robust_probs, scores)
+        if self.gate is None:
+            in_domain, confident = self.in_domain(robust_probs, scores)
         verdicts = []
         for i in range(n):
             score = float(combined[i]) if combined is not None else None

@@ -78,7 +78,8 @@ def serve(engine: Engine, images: Sequence[Image.Image], progress: Progress | No
         x = to_model_input(chunk, engine.input_size).to(engine.device)
         standard.append(predict(engine.standard.model, x).cpu())
         part = slice(start, start + len(chunk))
-        confident.append(engine.in_domain(scored.probs[part], {k: v[part] for k, v in scored.scores.items()})[1])
+        scores = {k: v[part] for k, v in scored.scores.items()}
+        confident.append(engine.in_domain(scored.probs[part], scores, chunk)[1])
     combined = engine.combined(scored.scores, scored.tiled)
     return Served(combined.double(), scored.scores, scored.probs.argmax(1), torch.cat(standard), torch.cat(confident))
 
