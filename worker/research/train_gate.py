@@ -1,0 +1,489 @@
+"""Train the domain gate (``worker.engine.domain_gate``) with outlier exposure; writes its bundle and results.
+
+    nice -n 15 python -m worker.research.train_gate --robust models/pgd-at-preact18-w0.25 \
+        --data-dir ../shared/data/cifar10-jpeg.tar.gz --ablation --threads 1
+
+Inliers are CIFAR-10 training images the robust model trained on; outliers the web-image set's TRAIN split
+less the pictures that show a class (``worker.research.gate_data``), each as a service receives them.  The
+robust model is frozen: the gate is a small perceptron on its penultimate features and logit statistics, and,
+by ``--cues``, on cues of the image as served.  Held out for calibration (the Platt scaling that makes its
+output a probability, and the threshold that keeps ``--keep`` of in-domain images labelled): the CIFAR-10
+training images the robust model did NOT train on, and the web-image CALIBRATION split.  Measured on what
+nothing was fitted on: the CIFAR-10 test set (as stored, and shown larger: 96-128 px then JPEG q90) and the
+web-image TEST split.  ``--ablation`` trains one gate per cue set (none, size, native, all) on the same inputs
+and reports each, so what a cue buys is measured; the one named by ``--cues`` is shipped.
+
+The inputs are computed once, in chunks cached under ``--work`` (an interrupted run resumes there), and each
+gate's training saves a checkpoint every epoch (and resumes from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import hashlib
+import json
+import random
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.bundle import Bundle
+from training.bundle import load as load_bundle
+from training.data import load_splits
+from worker.engine import calibration as calib
+from worker.engine import detectors as det
+from worker.engine import domain, domain_gate
+from worker.engine.images import ImageLimits, to_model_input
+from worker.engine.serving import for_serving
+from worker.research import delivery, web_images
+from worker.research.gate_data import (
+    GateInputs,
+    Models,
+    arrays_to_images,
+    cached_inputs,
+    saved,
+    seeded,
+    served_inlier,
+    shown_larger,
+    shows_a_class,
+    stamp_folders,
+    upscaled,
+    web_views,
+)
+from worker.research.gate_evaluation import cifar_report, keep_threshold, web_report
+from worker.research.pools import decode_web_images, seen_pool, unseen_pool
+
+CUE_SETS = {
+    "none": (),
+    "size": domain_gate.CUE_GROUPS["size"],
+    "native": domain_gate.CUE_GROUPS["native"],
+    "all": domain_gate.CUES,
+}
+DATA_VERSION = "gate-inputs/1"  # bump when the served views or the cues change: the cached inputs are remade
+CHUNK = 1000
+WEB_CHUNK = 100  # web records per chunk (up to 1024 px each, three views)
+DEFAULT_WORK = Path.home() / ".cache" / "robust-scanner" / "gate"
+
+
+@dataclass
+class Population:
+    """Inputs of one set of images with what the report needs of them."""
+
+    inputs: GateInputs
+    labels: torch.Tensor | None = None  # CIFAR-10 labels
+    records: list[web_images.WebImage] | None = None  # web records, one per input
+    shows_class: torch.Tensor | None = None
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+def cifar_population(
+    work: Path, name: str, images: torch.Tensor, labels: torch.Tensor, view: Callable, *, models: Models,
+    input_size: Sequence[int],
+) -> Population:  # fmt: skip
+    """Each image served one way (``view(image, rng)``), computed in cached chunks."""
+    n_chunks = (len(images) + CHUNK - 1) // CHUNK
+
+    def make_chunk(k: int) -> list[Image.Image]:
+        part = arrays_to_images(images[k * CHUNK : (k + 1) * CHUNK])
+        return [view(image, seeded(name, k, i)) for i, image in enumerate(part)]
+
+    return Population(cached_inputs(work, name, n_chunks, make_chunk, models, input_size), labels=labels)
+
+
+def web_population(
+    work: Path, name: str, records: Sequence[web_images.WebImage], shows: torch.Tensor, *, folder: Path,
+    models: Models, input_size: Sequence[int], views: Callable | None = None, n_views: int = 1,
+) -> Population:  # fmt: skip
+    """The web records as served (``views`` None) or through ``views(image, rng)`` (``n_views`` images each)."""
+    limits = ImageLimits()
+    n_chunks = (len(records) + WEB_CHUNK - 1) // WEB_CHUNK
+
+    def make_chunk(k: int) -> list[Image.Image]:
+        part = records[k * WEB_CHUNK : (k + 1) * WEB_CHUNK]
+        decoded = decode_web_images(folder, part, limits)
+        if views is None:
+            return decoded
+        return [v for r, image in zip(part, decoded, strict=True) for v in views(image, seeded(name, r.file))]
+
+    inputs = cached_inputs(work, name, n_chunks, make_chunk, models, input_size)
+    repeated = [r for r in records for _ in range(n_views)]
+    return Population(inputs, records=repeated, shows_class=shows.repeat_interleave(n_views))
+
+
+def native_view(image: Image.Image, rng: random.Random) -> Image.Image:
+    return saved(image, rng)
+
+
+def larger_view(image: Image.Image, rng: random.Random) -> Image.Image:
+    return saved(upscaled(image, round(40 * 8 ** rng.random())), rng)  # 40-320 px, log-uniform
+
+
+def as_stored(image: Image.Image, _rng: random.Random) -> Image.Image:
+    return image
+
+
+def thumbnail_view(image: Image.Image, rng: random.Random) -> list[Image.Image]:
+    return [saved(delivery.thumbnail(image, rng), rng)]
+
+
+def gather(
+    args: argparse.Namespace, robust: Bundle, standard: Bundle, work: Path
+) -> tuple[dict[str, Population], dict[str, str]]:
+    """Every population the gate trains, calibrates and is measured on, and notes on where they came from."""
+    models, input_size = Models(robust.model.eval(), standard.model.eval()), robust.metadata["input_size"]
+    splits = load_splits(args.dataset or robust.metadata.get("dataset", "cifar10"), args.data_dir, args.cache_dir)
+    train, test = splits.train, splits.test
+    seen, _ = seen_pool(len(train), [robust])
+    unseen, unseen_note = unseen_pool(len(train), [robust])
+    chosen = seen[torch.randperm(len(seen), generator=torch.Generator().manual_seed(args.seed))[: args.n_cifar]]
+    cifar = functools.partial(cifar_population, work, models=models, input_size=input_size)
+    pops = {
+        "train cifar": cifar(f"train-cifar-{args.seed}-{args.n_cifar}", train.images[chosen], train.labels[chosen],
+                             served_inlier),
+        "calibration cifar native": cifar("cal-cifar-native", train.images[unseen], train.labels[unseen], native_view),
+        "calibration cifar larger": cifar("cal-cifar-larger", train.images[unseen], train.labels[unseen], larger_view),
+        "test cifar as stored": cifar("test-cifar-stored", test.images, test.labels, as_stored),
+        "test cifar shown larger": cifar("test-cifar-larger", test.images, test.labels, shown_larger),
+        "test cifar served": cifar("test-cifar-served", test.images, test.labels, native_view),
+    }  # fmt: skip
+    stamps = stamp_folders()
+    web = functools.partial(web_population, work, folder=args.web_dir, models=models, input_size=input_size)
+    for split in web_images.SPLITS:
+        records = web_images.load_manifest(args.web_dir, split)
+        shows = torch.tensor([shows_a_class(r, stamps) for r in records], dtype=torch.bool)
+        if split == "train":  # outliers only: the pictures that show a class are left out
+            outside = [r for r, s in zip(records, shows.tolist(), strict=True) if not s]
+            none = torch.zeros(len(outside), dtype=torch.bool)
+            pops["train web"] = web("train-web-views", outside, none, views=web_views, n_views=3)
+        else:
+            pops[f"{split} web"] = web(f"{split}-web", records, shows)
+            pops[f"{split} web thumbnails"] = web(f"{split}-web-thumbnails", records, shows, views=thumbnail_view)
+    return pops, {"unseen": unseen_note, "source": splits.source}
+
+
+# --- training -------------------------------------------------------------------------------------------------
+def train_net(
+    inside: torch.Tensor, outside: torch.Tensor, *, hidden: int, epochs: int, lr: float, weight_decay: float,
+    seed: int, checkpoint: Path, log: Callable[[str], None] = print,
+) -> domain_gate.GateNet:  # fmt: skip
+    """A ``GateNet`` trained to tell ``inside`` (in domain, high logit) from ``outside`` vectors, the two weighted
+    equally (binary outlier exposure); resumes from ``checkpoint`` and saves it after every epoch."""
+    torch.manual_seed(seed)
+    x = torch.cat([inside, outside])
+    y = torch.cat([torch.ones(len(inside)), torch.zeros(len(outside))])
+    weight = torch.cat([torch.full((len(inside),), 0.5 / len(inside)), torch.full((len(outside),), 0.5 / len(outside))])
+    weight = weight * len(x)
+    net = domain_gate.GateNet(x.shape[1], hidden)
+    net.mean.copy_(x.mean(0))
+    net.std.copy_(x.std(0).clamp_min(1e-6))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, epochs)
+    start = 0
+    if checkpoint.is_file():
+        state = torch.load(checkpoint)
+        net.load_state_dict(state["net"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        start = state["epoch"]
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(start):  # the shuffles of the epochs already done, so a resumed run draws the same batches
+        torch.randperm(len(x), generator=generator)
+    for epoch in range(start, epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for batch in order.split(256):
+            loss = (
+                F.binary_cross_entropy_with_logits(net(x[batch]), y[batch], reduction="none") * weight[batch]
+            ).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * len(batch)
+        schedule.step()
+        torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                    "epoch": epoch + 1, "loss": total / len(x)}, checkpoint)  # fmt: skip
+        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            log(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}")
+    return net.eval()
+
+
+def fit_platt(inside: torch.Tensor, outside: torch.Tensor) -> dict[str, float]:
+    """Scale and bias that make sigmoid(scale * logit + bias) a probability on held-out logits, in domain and
+    outside weighted equally (so it reads as the probability at even odds)."""
+    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    x = torch.cat([inside, outside]).double()
+    y = torch.cat([torch.ones(len(inside)), torch.zeros(len(outside))]).double()
+    w = torch.cat([torch.full((len(inside),), 0.5 / len(inside)), torch.full((len(outside),), 0.5 / len(outside))])
+    optimiser = torch.optim.LBFGS([params], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = (F.binary_cross_entropy_with_logits(params[0] * x + params[1], y, reduction="none") * w).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return {"scale": float(params[0]), "bias": float(params[1])}
+
+
+def vectors(pop: Population, cues: Sequence[str]) -> torch.Tensor:
+    i = pop.inputs
+    return domain_gate.gate_inputs(i.features, i.logits, i.cues, cues)
+
+
+def calibration_sets(pops: dict[str, Population]) -> tuple[Population, Population]:
+    """The held-out in-domain images (both ways of serving) and the calibration split's outliers."""
+    inside = [pops["calibration cifar native"], pops["calibration cifar larger"]]
+    web, thumbnails = pops["calibration web"], pops["calibration web thumbnails"]
+    keep_web, keep_thumbs = ~web.shows_class, ~thumbnails.shows_class
+    outside = GateInputs.concat([web.inputs.subset(keep_web), thumbnails.inputs.subset(keep_thumbs)])
+    return Population(GateInputs.concat([p.inputs for p in inside])), Population(outside)
+
+
+def fit_gate(
+    pops: dict[str, Population], cues: Sequence[str], args: argparse.Namespace, checkpoint: Path
+) -> tuple[domain_gate.GateNet, dict[str, float], float, dict[str, Any]]:
+    """Train on the training populations; Platt-scale and set the threshold on the calibration ones."""
+    web = pops["train web"]
+    net = train_net(
+        vectors(pops["train cifar"], cues), vectors(web, cues), hidden=args.hidden, epochs=args.epochs, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, checkpoint=checkpoint,
+    )  # fmt: skip
+    cal_in, cal_out = calibration_sets(pops)
+    with torch.no_grad():
+        logit_in, logit_out = net(vectors(cal_in, cues)), net(vectors(cal_out, cues))
+    platt = fit_platt(logit_in, logit_out)
+    p_in = domain_gate.calibrated(logit_in, platt)
+    p_out = domain_gate.calibrated(logit_out, platt)
+    threshold = keep_threshold(p_in, args.keep)
+    held = {
+        "cifar_kept": float((p_in >= threshold).double().mean()),
+        "web_no_confident_class": float((p_out < threshold).double().mean()),
+        "n_cifar": len(p_in),
+        "n_web": len(p_out),
+    }
+    return net, platt, threshold, held
+
+
+def measure(pops: dict[str, Population], score: Callable[[Population], torch.Tensor], threshold: float) -> dict:
+    """The targets' populations judged by ``score`` (higher: in domain) at ``threshold``."""
+    out: dict[str, Any] = {"cifar": {}, "web": {}}
+    for name in ("test cifar as stored", "test cifar shown larger", "test cifar served"):
+        pop = pops[name]
+        out["cifar"][name.removeprefix("test cifar ")] = cifar_report(
+            score(pop) >= threshold, pop.inputs.logits, pop.labels
+        )
+    for name in ("test web", "test web thumbnails"):
+        pop = pops[name]
+        out["web"][name.removeprefix("test ")] = web_report(score(pop) >= threshold, pop.records, pop.shows_class)
+    return out
+
+
+def gate_score(net: domain_gate.GateNet, platt: dict[str, float], cues: Sequence[str]) -> Callable:
+    def score(pop: Population) -> torch.Tensor:
+        with torch.no_grad():
+            return domain_gate.calibrated(net(vectors(pop, cues)), platt)
+
+    return score
+
+
+def domain_model_logit(model: domain.DomainModel, pop: Population) -> torch.Tensor:
+    """The logit of the domain model the gate replaces (``worker.engine.domain``), from both models' logits."""
+    probs = {
+        (det.ROBUST, det.IDENTITY): F.softmax(pop.inputs.logits, 1),
+        (det.STANDARD, det.IDENTITY): F.softmax(pop.inputs.standard_logits, 1),
+    }
+    scores = {name: det.CATALOGUE[name].score(probs).double() for name in ("kl_rs", "disagree")}
+    return model.logit(probs[det.ROBUST, det.IDENTITY], scores)
+
+
+# --- cost -----------------------------------------------------------------------------------------------------
+def measure_cost(robust: Bundle, gate: domain_gate.DomainGate, images: Sequence, repeats: int = 7) -> dict:
+    """Per-image milliseconds, in one run, of the robust forward (as served: folded, channels-last) and of what
+    the gate adds: its cues of the image as served and its perceptron (the feature tap costs nothing more)."""
+    served = for_serving(robust.model, torch.device("cpu"))
+    x = to_model_input(images, robust.metadata["input_size"])
+    times: dict[str, list[float]] = {"robust_forward": [], "gate_cues": [], "gate_head": []}
+    with torch.no_grad():
+        for _ in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
+            start = time.perf_counter()
+            features, logits = domain_gate.features_and_logits(served, x)
+            middle = time.perf_counter()
+            cues = domain_gate.cues_of(images) if gate.cues else torch.zeros(len(images), len(domain_gate.CUES))
+            after_cues = time.perf_counter()
+            gate.probability(features, logits, cues)
+            end = time.perf_counter()
+            times["robust_forward"].append((middle - start) * 1000 / len(images))
+            times["gate_cues"].append((after_cues - middle) * 1000 / len(images) if gate.cues else 0.0)
+            times["gate_head"].append((end - after_cues) * 1000 / len(images))
+    out = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    out["gate_share_of_robust"] = round((out["gate_cues"] + out["gate_head"]) / out["robust_forward"], 3)
+    out["n_images"], out["repeats"], out["threads"] = len(images), repeats, torch.get_num_threads()
+    return out
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker.research.train_gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--robust", required=True, help="robust model bundle folder (frozen; the gate reads it)")
+    parser.add_argument("--standard", required=True, help="standard companion (only for the comparison)")
+    parser.add_argument(
+        "--calibration", type=Path, help="artefact whose domain model the gate replaces (default: the robust bundle's)"
+    )
+    parser.add_argument("--data-dir", required=True, help="the data set the robust bundle trained on")
+    parser.add_argument("--dataset", help="data set name (default: the robust bundle's)")
+    parser.add_argument("--cache-dir", type=Path, help="decoded data set cache (training.data)")
+    web_images.add_dir_option(parser)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="cached inputs and checkpoints (resumable)")
+    parser.add_argument("--out", type=Path, help="gate bundle folder (default: domain-gate/ in the robust bundle)")
+    parser.add_argument("--results", type=Path, default=Path("results/domain_gate.json"))
+    parser.add_argument("--n-cifar", type=int, default=20000, help="CIFAR-10 training images (inliers)")
+    parser.add_argument("--cues", choices=sorted(CUE_SETS), default="none", help="cue set of the shipped gate")
+    parser.add_argument("--ablation", action="store_true", help="train and report a gate for every cue set")
+    parser.add_argument("--keep", type=float, default=0.95, help="share of held-out in-domain images kept")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def run_key(args: argparse.Namespace, robust: Bundle) -> str:
+    """What the cached inputs depend on: the robust bundle, the web set and the views' definitions."""
+    text = f"{robust.version}|{web_images.BUILD_VERSION}|{DATA_VERSION}|{Path(args.web_dir).resolve()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    robust, standard = load_bundle(args.robust), load_bundle(args.standard)
+    work = args.work / run_key(args, robust)
+    started = time.perf_counter()
+    pops, notes = gather(args, robust, standard, work)
+    print(
+        f"inputs ready in {time.perf_counter() - started:.0f} s: "
+        + ", ".join(f"{k} {len(v.inputs)}" for k, v in pops.items())
+    )
+    train_config = f"{args.hidden}|{args.epochs}|{args.lr}|{args.weight_decay}|{args.seed}|{args.n_cifar}"
+    sets = list(CUE_SETS) if args.ablation else [args.cues]
+    gates: dict[str, Any] = {}
+    for name in sets:
+        cues = CUE_SETS[name]
+        key = hashlib.sha256(f"{train_config}|{','.join(cues)}".encode()).hexdigest()[:12]
+        print(f"gate with cues {name!r}")
+        net, platt, threshold, held = fit_gate(pops, cues, args, work / f"checkpoint-{key}.pt")
+        gates[name] = {"net": net, "platt": platt, "threshold": threshold, "held_out": held,
+                       "test": measure(pops, gate_score(net, platt, cues), threshold)}  # fmt: skip
+    shipped = gates[args.cues]
+    cal_in, _ = calibration_sets(pops)
+    baselines = {}
+    for score_name, column in (("max softmax probability", 2), ("energy (logsumexp of the logits)", 0)):
+
+        def stat(pop: Population, column: int = column) -> torch.Tensor:
+            return domain_gate.logit_stats(pop.inputs.logits)[:, column]
+
+        threshold = keep_threshold(stat(cal_in), args.keep)
+        baselines[score_name] = {"threshold": threshold, "test": measure(pops, stat, threshold)}
+    artefact = calib.load(args.calibration or calib.default_path(args.robust))
+    if artefact.domain is not None:
+        baselines["today: the calibration's domain model"] = {
+            "calibration": artefact.version,
+            "threshold": artefact.domain.threshold,
+            "test": measure(pops, functools.partial(domain_model_logit, artefact.domain), artefact.domain.threshold),
+        }
+    metadata = bundle_metadata(args, robust, shipped, pops, notes)
+    out = args.out or domain_gate.default_dir(args.robust)
+    gate = domain_gate.save(shipped["net"], metadata, out)
+    web_test = pops["test web"].records
+    sample = decode_web_images(args.web_dir, web_test[:: max(1, len(web_test) // 64)][:64], ImageLimits())
+    cost = measure_cost(robust, gate, sample)
+    write_results(args, gate, gates, baselines, cost, pops)
+    print(f"wrote {out} (version {gate.version}) and {args.results}")
+    return 0
+
+
+def bundle_metadata(
+    args: argparse.Namespace, robust: Bundle, shipped: dict, pops: dict[str, Population], notes: dict[str, str]
+) -> dict[str, Any]:
+    test = shipped["test"]
+    return {
+        "arch": domain_gate.ARCH,
+        "hidden": args.hidden,
+        "inputs": {
+            "features": int(pops["train cifar"].inputs.features.shape[1]),
+            "stats": list(domain_gate.STATS),
+            "cues": list(CUE_SETS[args.cues]),
+        },
+        "for_bundles": {"robust": robust.version},
+        "calibration": shipped["platt"],
+        "threshold": shipped["threshold"],
+        "keep": args.keep,
+        "command": "python -m worker.research.train_gate " + shlex.join(sys.argv[1:]),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "data": {
+            "source": notes["source"],
+            "inliers": f"{len(pops['train cifar'].inputs)} CIFAR-10 training images the robust model trained on, "
+            "half at 32 px through PNG/JPEG 70-95/WebP, half shown larger (40-320 px) then saved",
+            "outliers": f"{len(pops['train web'].inputs)} views (as served, thumbnail, re-delivered crop) of "
+            f"{len(pops['train web'].inputs) // 3} images of the web-image TRAIN split ({web_images.BUILD_VERSION}) "
+            "that show none of the classes",
+            "calibration": f"{notes['unseen']}, each at 32 px and shown larger; the web-image CALIBRATION split as "
+            "served and as thumbnails",
+        },
+        "training": {
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+            "loss": "binary cross-entropy, in-domain and outliers weighted equally (outlier exposure)",
+        },  # fmt: skip
+        "metrics": {
+            "held_out": shipped["held_out"],
+            "test_web_ordinary_no_confident_class": test["web"]["web"]["ordinary_showing_no_class"]["rate"],
+            "test_cifar_kept": test["cifar"]["as stored"]["kept"]["rate"],
+            "test_cifar_shown_larger_kept": test["cifar"]["shown larger"]["kept"]["rate"],
+        },
+    }
+
+
+def write_results(
+    args: argparse.Namespace, gate: domain_gate.DomainGate, gates: dict, baselines: dict, cost: dict, pops: dict
+) -> None:
+    record = {
+        "what": "the domain gate (worker.engine.domain_gate): 'no confident class' on web images that show none of "
+        "the CIFAR-10 classes; labels kept on CIFAR-10. Test sets never used to fit: the web-image TEST split "
+        "and the CIFAR-10 test set (JPEG q75 copy). 95% Wilson intervals; crops of one web picture are not "
+        "independent, so see 'pictures' too.",
+        "command": gate.metadata["command"],
+        "gate": {k: gate.metadata[k] for k in ("version", "inputs", "calibration", "threshold", "keep", "data")},
+        "robust_bundle": gate.metadata["for_bundles"]["robust"],
+        "shipped_cues": args.cues,
+        "by_cue_set": {
+            name: {"held_out": g["held_out"], "threshold": g["threshold"], "test": g["test"]}
+            for name, g in gates.items()
+        },  # fmt: skip
+        "baselines": baselines,
+        "cost_ms_per_image": cost,
+        "populations": {name: len(pop.inputs) for name, pop in pops.items()},
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
