@@ -175,10 +175,11 @@ def gather(
 # --- training -------------------------------------------------------------------------------------------------
 def train_net(
     inside: torch.Tensor, outside: torch.Tensor, *, hidden: int, epochs: int, lr: float, weight_decay: float,
-    seed: int, checkpoint: Path, log: Callable[[str], None] = print,
+    seed: int, checkpoint: Path, log: Callable[[str], None] = print, stop_after: int | None = None,
 ) -> domain_gate.GateNet:  # fmt: skip
     """A ``GateNet`` trained to tell ``inside`` (in domain, high logit) from ``outside`` vectors, the two weighted
-    equally (binary outlier exposure); resumes from ``checkpoint`` and saves it after every epoch."""
+    equally (binary outlier exposure); resumes from ``checkpoint`` and saves it after every epoch.
+    ``stop_after``: run at most this many epochs in this call (a run cut short; the next call resumes)."""
     torch.manual_seed(seed)
     x = torch.cat([inside, outside])
     y = torch.cat([torch.ones(len(inside)), torch.zeros(len(outside))])
@@ -199,7 +200,7 @@ def train_net(
     generator = torch.Generator().manual_seed(seed)
     for _ in range(start):  # the shuffles of the epochs already done, so a resumed run draws the same batches
         torch.randperm(len(x), generator=generator)
-    for epoch in range(start, epochs):
+    for epoch in range(start, min(epochs, start + stop_after) if stop_after is not None else epochs):
         net.train()
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
@@ -210,7 +211,7 @@ def train_net(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(batch)
+            total += float(loss.detach()) * len(batch)
         schedule.step()
         torch.save({"net": net.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
                     "epoch": epoch + 1, "loss": total / len(x)}, checkpoint)  # fmt: skip
@@ -235,7 +236,7 @@ def fit_platt(inside: torch.Tensor, outside: torch.Tensor) -> dict[str, float]:
         return loss
 
     optimiser.step(closure)
-    return {"scale": float(params[0]), "bias": float(params[1])}
+    return {"scale": float(params[0].detach()), "bias": float(params[1].detach())}
 
 
 def vectors(pop: Population, cues: Sequence[str]) -> torch.Tensor:
@@ -399,8 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         threshold = keep_threshold(stat(cal_in), args.keep)
         baselines[score_name] = {"threshold": threshold, "test": measure(pops, stat, threshold)}
-    artefact = calib.load(args.calibration or calib.default_path(args.robust))
-    if artefact.domain is not None:
+    artefact_path = args.calibration or calib.default_path(args.robust)
+    artefact = calib.load(artefact_path) if args.calibration or artefact_path.is_file() else None
+    if artefact is not None and artefact.domain is not None:
         baselines["today: the calibration's domain model"] = {
             "calibration": artefact.version,
             "threshold": artefact.domain.threshold,
