@@ -36,8 +36,10 @@ def test_pictures_that_show_a_class_are_not_outliers():
 
 def test_inliers_are_served_at_32_px_and_larger_and_the_targets_upscaled_set_is_96_to_128_px():
     image = Image.new("RGB", (32, 32), (120, 40, 200))
-    sides = {gate_data.served_inlier(image, gate_data.seeded("t", i)).width for i in range(40)}
-    assert 32 in sides and max(sides) > 64 and all(40 <= s <= 320 for s in sides - {32})
+    served = [gate_data.served_inlier(image, gate_data.seeded("t", i)) for i in range(60)]
+    longest = {max(im.size) for im in served}
+    assert 32 in longest and max(longest) > 256 and all(40 <= s <= 800 for s in longest - {32})
+    assert any(im.width != im.height for im in served)  # laid out oblong too: the shape says nothing
     larger = [gate_data.shown_larger(image, gate_data.seeded("l", i)) for i in range(20)]
     assert all(96 <= im.width <= 128 and im.width == im.height for im in larger)
 

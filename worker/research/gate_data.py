@@ -1,10 +1,12 @@
 """The domain gate's images and its inputs computed from them (``worker.research.train_gate``).
 
 - Inliers: CIFAR-10 images as a service receives them: at 32 px through a delivery (PNG, JPEG 70-95, WebP), or
-  shown larger (upscaled to 40-320 px by a browser-like filter, then saved as PNG, JPEG or WebP), so that
-  neither the format nor the size tells the gate that an image is CIFAR-10.
+  laid out larger (40-800 px on the longest side, square or cropped to 4:3 ... 16:9, by a browser-like
+  filter, then saved as PNG, JPEG or WebP), so that neither format, size nor shape tells the gate that an
+  image is CIFAR-10.
 - Outliers: the web-image set (``worker.research.web_images``) less the pictures that show one of the ten
-  classes (``shows_a_class``), as served, as a thumbnail (24-63 px), and as a smaller crop re-delivered.
+  classes (``shows_a_class``), as served, as a thumbnail (24-63 px), as a smaller crop re-delivered, and at
+  CIFAR-10's 32 px square.
 - Inputs: the robust model's penultimate features and logits on the model input, and the cues of the image
   as served (``domain_gate.CUES``), computed in chunks cached on disk, so an interrupted run resumes.
 """
@@ -25,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from worker.engine import domain_gate
-from worker.engine.images import to_model_input
+from worker.engine.images import crop_box, to_model_input
 from worker.research import delivery, web_images
 
 # Wallpapers that show one of the classes (looked at one by one, web-images/4): not outliers, and not among
@@ -91,11 +93,28 @@ def upscaled(image: Image.Image, side: int, resample: Image.Resampling = Image.R
     return image.resize((side, side), resample)
 
 
-def served_inlier(image: Image.Image, rng: random.Random, upscale_share: float = 0.5) -> Image.Image:
-    """A CIFAR-10 image as a page serves it: at its own 32 px, or shown larger (40-320 px), then saved."""
-    if rng.random() < upscale_share:
-        side = round(math.exp(rng.uniform(math.log(40), math.log(320))))
-        image = upscaled(image, side, rng.choice(UPSCALE_FILTERS))
+ASPECTS = (1.0, 1.0, 1.0, 4 / 3, 3 / 4, 3 / 2, 2 / 3, 16 / 9)  # width / height; square half the time
+
+
+def presented(image: Image.Image, longest: int, aspect: float, rng: random.Random) -> Image.Image:
+    """A small picture as a page lays it out: cropped to ``aspect`` (a random window of it), then drawn with
+    its longest side ``longest`` px by a browser-like filter."""
+    width, height = image.size
+    w, h = (width, round(width / aspect)) if aspect >= 1 else (round(height * aspect), height)
+    w, h = min(width, max(1, w)), min(height, max(1, h))
+    left, top = rng.randrange(width - w + 1), rng.randrange(height - h + 1)
+    crop = image.crop((left, top, left + w, top + h))
+    scale = longest / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return crop.resize(size, rng.choice(UPSCALE_FILTERS))
+
+
+def served_inlier(image: Image.Image, rng: random.Random, native_share: float = 0.35) -> Image.Image:
+    """A CIFAR-10 image as a page serves it: at its own 32 px, or laid out at 40-800 px on its longest side in
+    one of ``ASPECTS``, then saved.  Sizes and shapes as wide as the web's, so that neither tells the gate
+    that an image is CIFAR-10: only its content and its look at its own resolution can."""
+    if rng.random() >= native_share:
+        image = presented(image, round(math.exp(rng.uniform(math.log(40), math.log(800)))), rng.choice(ASPECTS), rng)
     return saved(image, rng)
 
 
@@ -104,14 +123,36 @@ def shown_larger(image: Image.Image, rng: random.Random) -> Image.Image:
     return delivery.encode_decode(upscaled(image, rng.randrange(96, 129)), "JPEG", 90)
 
 
+def shown_large(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Far larger than any target: 256-1024 px (bicubic), JPEG quality 90 (does size alone decide?)."""
+    return delivery.encode_decode(upscaled(image, round(256 * 4 ** rng.random())), "JPEG", 90)
+
+
+def shown_oblong(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Cropped to 4:3 or 3:4 and drawn 128 px on its longest side, JPEG quality 90 (does the shape decide?)."""
+    aspect = rng.choice((4 / 3, 3 / 4))
+    return delivery.encode_decode(presented(image, 128, aspect, rng), "JPEG", 90)
+
+
+def cifar_sized(image: Image.Image, side: int = 32) -> Image.Image:
+    """A web image as CIFAR-10 shows its pictures: the centred square, shrunk to ``side`` px (antialiased)."""
+    left, top, right, bottom = (round(v) for v in crop_box(image.width, image.height, side, side))
+    return image.crop((left, top, right, bottom)).resize((side, side), Image.Resampling.BICUBIC)
+
+
 def web_views(image: Image.Image, rng: random.Random) -> list[Image.Image]:
-    """An outlier three ways: as served, as a thumbnail (24-63 px), a crop of 40-80% of it re-delivered."""
+    """An outlier four ways: as served, as a thumbnail (24-63 px), a crop of 40-80% of it re-delivered, and at
+    CIFAR-10's own 32 px square (so that size and shape say nothing: the content must)."""
     thumbnail = delivery.thumbnail(image, rng)
     width, height = image.size
     share = rng.uniform(0.4, 0.8)
     w, h = max(8, round(width * share)), max(8, round(height * share))
     left, top = rng.randrange(width - w + 1), rng.randrange(height - h + 1)
-    return [image, saved(thumbnail, rng), saved(image.crop((left, top, left + w, top + h)), rng)]
+    crop = saved(image.crop((left, top, left + w, top + h)), rng)
+    return [image, saved(thumbnail, rng), crop, saved(cifar_sized(image), rng)]
+
+
+WEB_VIEWS = 4  # images ``web_views`` makes of each
 
 
 def arrays_to_images(arrays: torch.Tensor | np.ndarray) -> list[Image.Image]:

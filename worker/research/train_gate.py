@@ -48,17 +48,20 @@ from worker.engine.images import ImageLimits, to_model_input
 from worker.engine.serving import for_serving
 from worker.research import delivery, web_images
 from worker.research.gate_data import (
+    WEB_VIEWS,
     GateInputs,
     Models,
     arrays_to_images,
     cached_inputs,
+    cifar_sized,
     saved,
     seeded,
     served_inlier,
+    shown_large,
     shown_larger,
+    shown_oblong,
     shows_a_class,
     stamp_folders,
-    upscaled,
     web_views,
 )
 from worker.research.gate_evaluation import cifar_report, keep_threshold, web_report
@@ -73,6 +76,9 @@ CUE_SETS = {
 DATA_VERSION = "gate-inputs/1"  # bump when the served views or the cues change: the cached inputs are remade
 CHUNK = 1000
 WEB_CHUNK = 100  # web records per chunk (up to 1024 px each, three views)
+CIFAR_TESTS = tuple(
+    f"test cifar {view}" for view in ("as stored", "served", "shown larger", "shown large", "shown oblong")
+)
 DEFAULT_WORK = Path.home() / ".cache" / "robust-scanner" / "gate"
 
 
@@ -126,7 +132,7 @@ def native_view(image: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def larger_view(image: Image.Image, rng: random.Random) -> Image.Image:
-    return saved(upscaled(image, round(40 * 8 ** rng.random())), rng)  # 40-320 px, log-uniform
+    return served_inlier(image, rng, native_share=0.0)  # laid out at 40-800 px, square or oblong
 
 
 def as_stored(image: Image.Image, _rng: random.Random) -> Image.Image:
@@ -135,6 +141,10 @@ def as_stored(image: Image.Image, _rng: random.Random) -> Image.Image:
 
 def thumbnail_view(image: Image.Image, rng: random.Random) -> list[Image.Image]:
     return [saved(delivery.thumbnail(image, rng), rng)]
+
+
+def small_square_view(image: Image.Image, _rng: random.Random) -> list[Image.Image]:
+    return [cifar_sized(image)]
 
 
 def gather(
@@ -149,13 +159,16 @@ def gather(
     chosen = seen[torch.randperm(len(seen), generator=torch.Generator().manual_seed(args.seed))[: args.n_cifar]]
     cifar = functools.partial(cifar_population, work, models=models, input_size=input_size)
     pops = {
-        "train cifar": cifar(f"train-cifar-{args.seed}-{args.n_cifar}", train.images[chosen], train.labels[chosen],
-                             served_inlier),
+        "train cifar": cifar(f"train-cifar-v2-{args.seed}-{args.n_cifar}", train.images[chosen],
+                             train.labels[chosen], served_inlier),
         "calibration cifar native": cifar("cal-cifar-native", train.images[unseen], train.labels[unseen], native_view),
-        "calibration cifar larger": cifar("cal-cifar-larger", train.images[unseen], train.labels[unseen], larger_view),
+        "calibration cifar larger": cifar("cal-cifar-larger-v2", train.images[unseen], train.labels[unseen],
+                                          larger_view),
         "test cifar as stored": cifar("test-cifar-stored", test.images, test.labels, as_stored),
         "test cifar shown larger": cifar("test-cifar-larger", test.images, test.labels, shown_larger),
         "test cifar served": cifar("test-cifar-served", test.images, test.labels, native_view),
+        "test cifar shown large": cifar("test-cifar-large", test.images, test.labels, shown_large),
+        "test cifar shown oblong": cifar("test-cifar-oblong", test.images, test.labels, shown_oblong),
     }  # fmt: skip
     stamps = stamp_folders()
     web = functools.partial(web_population, work, folder=args.web_dir, models=models, input_size=input_size)
@@ -165,10 +178,11 @@ def gather(
         if split == "train":  # outliers only: the pictures that show a class are left out
             outside = [r for r, s in zip(records, shows.tolist(), strict=True) if not s]
             none = torch.zeros(len(outside), dtype=torch.bool)
-            pops["train web"] = web("train-web-views", outside, none, views=web_views, n_views=3)
+            pops["train web"] = web("train-web-views-v2", outside, none, views=web_views, n_views=WEB_VIEWS)
         else:
             pops[f"{split} web"] = web(f"{split}-web", records, shows)
             pops[f"{split} web thumbnails"] = web(f"{split}-web-thumbnails", records, shows, views=thumbnail_view)
+            pops[f"{split} web at 32 px"] = web(f"{split}-web-32px", records, shows, views=small_square_view)
     return pops, {"unseen": unseen_note, "source": splits.source}
 
 
@@ -247,9 +261,8 @@ def vectors(pop: Population, cues: Sequence[str]) -> torch.Tensor:
 def calibration_sets(pops: dict[str, Population]) -> tuple[Population, Population]:
     """The held-out in-domain images (both ways of serving) and the calibration split's outliers."""
     inside = [pops["calibration cifar native"], pops["calibration cifar larger"]]
-    web, thumbnails = pops["calibration web"], pops["calibration web thumbnails"]
-    keep_web, keep_thumbs = ~web.shows_class, ~thumbnails.shows_class
-    outside = GateInputs.concat([web.inputs.subset(keep_web), thumbnails.inputs.subset(keep_thumbs)])
+    webs = [pops[f"calibration web{view}"] for view in ("", " thumbnails", " at 32 px")]
+    outside = GateInputs.concat([web.inputs.subset(~web.shows_class) for web in webs])
     return Population(GateInputs.concat([p.inputs for p in inside])), Population(outside)
 
 
@@ -281,12 +294,12 @@ def fit_gate(
 def measure(pops: dict[str, Population], score: Callable[[Population], torch.Tensor], threshold: float) -> dict:
     """The targets' populations judged by ``score`` (higher: in domain) at ``threshold``."""
     out: dict[str, Any] = {"cifar": {}, "web": {}}
-    for name in ("test cifar as stored", "test cifar shown larger", "test cifar served"):
+    for name in CIFAR_TESTS:
         pop = pops[name]
         out["cifar"][name.removeprefix("test cifar ")] = cifar_report(
             score(pop) >= threshold, pop.inputs.logits, pop.labels
         )
-    for name in ("test web", "test web thumbnails"):
+    for name in ("test web", "test web thumbnails", "test web at 32 px"):
         pop = pops[name]
         out["web"][name.removeprefix("test ")] = web_report(score(pop) >= threshold, pop.records, pop.shows_class)
     return out
@@ -440,12 +453,13 @@ def bundle_metadata(
         "data": {
             "source": notes["source"],
             "inliers": f"{len(pops['train cifar'].inputs)} CIFAR-10 training images the robust model trained on, "
-            "half at 32 px through PNG/JPEG 70-95/WebP, half shown larger (40-320 px) then saved",
-            "outliers": f"{len(pops['train web'].inputs)} views (as served, thumbnail, re-delivered crop) of "
-            f"{len(pops['train web'].inputs) // 3} images of the web-image TRAIN split ({web_images.BUILD_VERSION}) "
-            "that show none of the classes",
-            "calibration": f"{notes['unseen']}, each at 32 px and shown larger; the web-image CALIBRATION split as "
-            "served and as thumbnails",
+            "35% at 32 px through PNG/JPEG 70-95/WebP, 65% laid out at 40-800 px (square or cropped to 4:3 ... "
+            "16:9) then saved",
+            "outliers": f"{len(pops['train web'].inputs)} views (as served, thumbnail, re-delivered crop, 32 px "
+            f"square) of {len(pops['train web'].inputs) // WEB_VIEWS} images of the web-image TRAIN split "
+            f"({web_images.BUILD_VERSION}) that show none of the classes",
+            "calibration": f"{notes['unseen']}, each at 32 px and laid out larger; the web-image CALIBRATION split "
+            "as served, as thumbnails and at 32 px",
         },
         "training": {
             "epochs": args.epochs,
@@ -459,6 +473,7 @@ def bundle_metadata(
             "test_web_ordinary_no_confident_class": test["web"]["web"]["ordinary_showing_no_class"]["rate"],
             "test_cifar_kept": test["cifar"]["as stored"]["kept"]["rate"],
             "test_cifar_shown_larger_kept": test["cifar"]["shown larger"]["kept"]["rate"],
+            "test_web_at_32px_no_confident_class": test["web"]["web at 32 px"]["ordinary_showing_no_class"]["rate"],
         },
     }
 
