@@ -136,3 +136,22 @@ def test_the_engine_refuses_a_gate_trained_for_another_robust_bundle(robust_copy
     domain_gate.save(gate_net(()), metadata("0123456789abcdef", (), 0.5), domain_gate.default_dir(robust_copy))
     with pytest.raises(EngineError, match="train_gate"):
         Engine.from_bundles(robust_copy, bundle_dirs[1], threads=1)
+
+
+def test_a_gate_that_reads_the_standard_model_shares_its_forward_with_the_detectors(robust_copy, bundle_dirs, engine):
+    """The standard model's softmax the gate's forward gives is the view the detectors take: their scores are
+    the ones the engine without a gate computes."""
+    versions = {name: json.loads((path / "bundle.json").read_text())["version"]
+                for name, path in (("robust", robust_copy), ("standard", bundle_dirs[1]))}  # fmt: skip
+    net = domain_gate.GateNet(FEATURES + len(domain_gate.STATS) + FEATURES, hidden=2)
+    record = {**metadata(versions["robust"], (), 0.5), "for_bundles": versions, "hidden": 2}
+    record["inputs"] = {**record["inputs"], "standard_features": FEATURES}
+    domain_gate.save(net, record, domain_gate.default_dir(robust_copy))
+    gated = Engine.from_bundles(robust_copy, bundle_dirs[1], threads=1)
+    assert gated.gate is not None and gated.gate.reads_standard
+    images = [png(photo_like(seed, 80)) for seed in range(3)]
+    for with_gate, without in zip(gated.analyse(images), engine.analyse(images), strict=True):
+        assert with_gate.scores == pytest.approx(without.scores, rel=1e-5, abs=1e-6)
+        assert (with_gate.label is None) == (with_gate.in_domain < 0.5)
+    with pytest.raises(domain_gate.GateError, match="standard"):
+        gated.gate.probability(torch.zeros(1, FEATURES), torch.zeros(1, 2), torch.zeros(1, len(domain_gate.CUES)))

@@ -89,8 +89,9 @@ def test_a_whole_run_writes_a_gate_the_engine_serves_and_resumes_from_its_cache(
     first = capsys.readouterr().out
     assert "chunk" in first
     results = json.loads((tmp_path / "gate.json").read_text())
-    assert set(results["by_cue_set"]) == {"none", "size", "native", "all"}
-    web = results["by_cue_set"]["all"]["test"]["web"]["web"]
+    cue_sets = {"none", "size", "native", "all"}
+    assert set(results["by_variant"]) == cue_sets | {f"{c}+standard" for c in cue_sets}
+    web = results["by_variant"]["all"]["test"]["web"]["web"]
     assert web["ordinary_showing_no_class"]["n"] > 0 and set(web["by_kind"]) >= {"wallpaper", "page"}
     assert results["cost_ms_per_image"]["robust_forward"] > 0
     gate = domain_gate.load(robust / "domain-gate")

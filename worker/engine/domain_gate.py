@@ -143,10 +143,20 @@ class GateNet(nn.Module):
         return self.out(F.relu(self.hidden((v - self.mean) / self.std))).squeeze(1)
 
 
-def gate_inputs(features: torch.Tensor, logits: torch.Tensor, cues: torch.Tensor, used: Sequence[str]) -> torch.Tensor:
-    """The gate's input vectors: features, logit statistics and the cues it was trained with (``used``)."""
+def gate_inputs(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    cues: torch.Tensor,
+    used: Sequence[str],
+    standard_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The gate's input vectors: features, logit statistics, the cues it was trained with (``used``) and, for a
+    gate that reads them, the standard model's features."""
     columns = [CUES.index(name) for name in used]
-    return torch.cat([features.float().cpu(), logit_stats(logits).cpu(), cues[:, columns].float().cpu()], dim=1)
+    parts = [features.float().cpu(), logit_stats(logits).cpu(), cues[:, columns].float().cpu()]
+    if standard_features is not None:
+        parts.append(standard_features.float().cpu())
+    return torch.cat(parts, dim=1)
 
 
 @dataclass
@@ -164,18 +174,38 @@ class DomainGate:
         return tuple(self.metadata["inputs"]["cues"])
 
     @property
+    def reads_standard(self) -> bool:
+        """Whether it reads the standard model's features too (taken from the forward the detectors make)."""
+        return int(self.metadata["inputs"].get("standard_features", 0)) > 0
+
+    @property
     def threshold(self) -> float:
         """On the calibrated probability: at or above it the label is kept."""
         return float(self.metadata["threshold"])
 
-    def logit(self, features: torch.Tensor, logits: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
+    def logit(
+        self,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        cues: torch.Tensor,
+        standard_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The network's raw logit per image (before calibration)."""
+        if self.reads_standard and standard_features is None:
+            raise GateError(f"the domain gate {self.version} reads the standard model's features: pass them")
+        extra = standard_features if self.reads_standard else None
         with torch.no_grad():
-            return self.net(gate_inputs(features, logits, cues, self.cues))
+            return self.net(gate_inputs(features, logits, cues, self.cues, extra))
 
-    def probability(self, features: torch.Tensor, logits: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
+    def probability(
+        self,
+        features: torch.Tensor,
+        logits: torch.Tensor,
+        cues: torch.Tensor,
+        standard_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The calibrated probability that each image shows one of the classes."""
-        return calibrated(self.logit(features, logits, cues), self.metadata["calibration"])
+        return calibrated(self.logit(features, logits, cues, standard_features), self.metadata["calibration"])
 
     def confident(self, probability: torch.Tensor) -> torch.Tensor:
         """The threshold rule: the label is kept where the probability is at or above the threshold."""
@@ -233,7 +263,8 @@ def load(directory: str | Path) -> DomainGate:
     if unknown:
         raise GateError(f"{directory}: cues {', '.join(unknown)} are not computed by this code")
     inputs = metadata["inputs"]
-    net = GateNet(int(inputs["features"]) + len(STATS) + len(inputs["cues"]), int(metadata["hidden"]))
+    width = int(inputs["features"]) + len(STATS) + len(inputs["cues"]) + int(inputs.get("standard_features", 0))
+    net = GateNet(width, int(metadata["hidden"]))
     try:
         net.load_state_dict(load_file(str(weights_path)), strict=True)
     except (SafetensorError, OSError, RuntimeError) as err:

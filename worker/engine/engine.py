@@ -112,11 +112,8 @@ class Engine:
         _check_compatible(robust, standard)
         if detector is not None:
             _check_detector(robust, detector)
-        if gate is not None and gate.metadata["for_bundles"]["robust"] != robust.version:
-            raise EngineError(
-                f"the domain gate {gate.version} was trained on robust bundle {gate.metadata['for_bundles']['robust']}"
-                f", not {robust.version}; train one with `python -m worker.research.train_gate`"
-            )
+        if gate is not None:
+            _check_gate(gate, robust, standard)
         self.gate = gate
         if calibration is not None:
             calibration.check_bundles(robust.version, standard.version, detector.version if detector else None)
@@ -232,11 +229,18 @@ class Engine:
         return robust_probs, self._detector_scores(x, robust_probs, tiles, owner)
 
     def _detector_scores(
-        self, x: torch.Tensor, robust_probs: torch.Tensor, tiles: torch.Tensor | None, owner: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        robust_probs: torch.Tensor,
+        tiles: torch.Tensor | None,
+        owner: torch.Tensor | None,
+        known: dict[tuple[str, str], torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Scores of the comparison detectors (model views of x) and of the perturbation detector (x and tiles)."""
+        """Scores of the comparison detectors (model views of x) and of the perturbation detector (x and tiles);
+        ``known``: views already computed besides the robust one (the standard one, when the gate read it)."""
         compared = [d for d in self.detectors if d.name != det.NATIVE_DETECTOR]
-        probs = self.views.probabilities(x, det.needs_of(compared), {(det.ROBUST, det.IDENTITY): robust_probs})
+        known = {(det.ROBUST, det.IDENTITY): robust_probs, **(known or {})}
+        probs = self.views.probabilities(x, det.needs_of(compared), known)
         scores = det.score(compared, probs)
         if any(d.name == det.NATIVE_DETECTOR for d in self.detectors):
             empty = torch.empty(0, *x.shape[1:2], native.TILE, native.TILE)
@@ -275,7 +279,8 @@ class Engine:
             x = to_model_input(images, self.input_size).to(self.device)
             with torch.no_grad(), domain_gate.penultimate(self.serving[det.ROBUST]) as caught:
                 logits = self.serving[det.ROBUST](x).float()
-            return self._gate(caught.value, logits, self._cues(images, x))
+            standard = self._standard_for_gate(x)[0]
+            return self._gate(caught.value, logits, self._cues(images, x), standard)
         domain = self.calibration.domain if self.calibration else None
         if domain is None:
             return None, torch.ones(len(robust_probs), dtype=torch.bool)
@@ -283,11 +288,26 @@ class Engine:
         return torch.sigmoid(logit), logit >= domain.threshold
 
     def _gate(
-        self, features: torch.Tensor | None, logits: torch.Tensor, cues: torch.Tensor
+        self,
+        features: torch.Tensor | None,
+        logits: torch.Tensor,
+        cues: torch.Tensor,
+        standard_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.gate is not None and features is not None
-        probability = self.gate.probability(features.flatten(1), logits, cues)
+        standard = standard_features.flatten(1) if standard_features is not None else None
+        probability = self.gate.probability(features.flatten(1), logits, cues, standard)
         return probability, self.gate.confident(probability)
+
+    @torch.no_grad()
+    def _standard_for_gate(self, x: torch.Tensor) -> tuple[torch.Tensor | None, dict[tuple[str, str], torch.Tensor]]:
+        """For a gate that reads them, the standard model's features, and its softmax as a view the detectors
+        then take instead of computing it again (one standard forward either way)."""
+        if self.gate is None or not self.gate.reads_standard:
+            return None, {}
+        with domain_gate.penultimate(self.serving[det.STANDARD]) as caught:
+            logits = self.serving[det.STANDARD](x).float()
+        return caught.value, {(det.STANDARD, det.IDENTITY): F.softmax(logits, dim=1)}
 
     def _cues(self, images: Sequence[Image.Image | np.ndarray] | None, x: torch.Tensor) -> torch.Tensor:
         """The gate's cues of the images as served; of the model input when there are none (model-space input);
@@ -362,10 +382,11 @@ class Engine:
         self._synchronise()
         after_inference = time.perf_counter()
         tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
-        scores = self._detector_scores(x, robust_probs, tiles, owner)
+        standard_features, known = self._standard_for_gate(x)
+        scores = self._detector_scores(x, robust_probs, tiles, owner, known)
         combined = self.combined(scores, torch.tensor(tiled or [False] * n, dtype=torch.bool))
         if self.gate is not None:
-            in_domain, confident = self._gate(caught.value, logits, self._cues(served, x))
+            in_domain, confident = self._gate(caught.value, logits, self._cues(served, x), standard_features)
         self._synchronise()
         end = time.perf_counter()
         inference_ms = (after_inference - start) * 1000 / n
@@ -421,6 +442,17 @@ def _check_detector(robust: Bundle, detector: Bundle) -> None:
         )
     if detector.classes != list(det.DETECTOR_CLASSES):
         raise EngineError(f"{detector.path} is not a perturbation detector (classes {detector.classes})")
+
+
+def _check_gate(gate: domain_gate.DomainGate, robust: Bundle, standard: Bundle) -> None:
+    """The gate reads these bundles' features: it must have been trained on exactly them."""
+    served = {"robust": robust.version, "standard": standard.version}
+    for role, version in gate.metadata["for_bundles"].items():
+        if served.get(role) != version:
+            raise EngineError(
+                f"the domain gate {gate.version} was trained on {role} bundle {version}, not {served.get(role)}; "
+                "train one with `python -m worker.research.train_gate`"
+            )
 
 
 def _check_compatible(robust: Bundle, standard: Bundle) -> None:

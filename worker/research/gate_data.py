@@ -141,18 +141,22 @@ def cifar_sized(image: Image.Image, side: int = 32) -> Image.Image:
 
 
 def web_views(image: Image.Image, rng: random.Random) -> list[Image.Image]:
-    """An outlier four ways: as served, as a thumbnail (24-63 px), a crop of 40-80% of it re-delivered, and at
-    CIFAR-10's own 32 px square (so that size and shape say nothing: the content must)."""
+    """An outlier five ways: as served, as a thumbnail (24-63 px), a crop of 40-80% of it re-delivered, at
+    CIFAR-10's own 32 px square, and that 32 px square laid out larger as the inliers are: size, shape and an
+    upscaled look say nothing, only the content can."""
     thumbnail = delivery.thumbnail(image, rng)
     width, height = image.size
     share = rng.uniform(0.4, 0.8)
     w, h = max(8, round(width * share)), max(8, round(height * share))
     left, top = rng.randrange(width - w + 1), rng.randrange(height - h + 1)
     crop = saved(image.crop((left, top, left + w, top + h)), rng)
-    return [image, saved(thumbnail, rng), crop, saved(cifar_sized(image), rng)]
+    small = cifar_sized(image)
+    longest = round(math.exp(rng.uniform(math.log(40), math.log(800))))
+    laid_out = saved(presented(small, longest, rng.choice(ASPECTS), rng), rng)
+    return [image, saved(thumbnail, rng), crop, saved(small, rng), laid_out]
 
 
-WEB_VIEWS = 4  # images ``web_views`` makes of each
+WEB_VIEWS = 5  # images ``web_views`` makes of each
 
 
 def arrays_to_images(arrays: torch.Tensor | np.ndarray) -> list[Image.Image]:
@@ -167,11 +171,13 @@ def arrays_to_images(arrays: torch.Tensor | np.ndarray) -> list[Image.Image]:
 @dataclass
 class GateInputs:
     """What the gate reads, for N images: robust features (N, D), logits (N, K), cues (N, len(CUES)); and the
-    standard model's logits (N, K), which the domain model the gate replaces reads (for the comparison)."""
+    standard model's features (N, D') and logits (N, K): a gate may read them too, and the domain model the
+    gate replaces reads the logits (for the comparison)."""
 
     features: torch.Tensor
     logits: torch.Tensor
     cues: torch.Tensor
+    standard_features: torch.Tensor
     standard_logits: torch.Tensor
 
     def __len__(self) -> int:
@@ -195,8 +201,10 @@ def compute_inputs(
         chunk = images[start : start + batch]
         x = to_model_input(chunk, input_size)
         features, logits = domain_gate.features_and_logits(models.robust, x)
-        standard = models.standard(x).float()
-        parts.append(GateInputs(features, logits.float(), domain_gate.cues_of(chunk), standard))
+        standard_features, standard = domain_gate.features_and_logits(models.standard, x)
+        parts.append(
+            GateInputs(features, logits.float(), domain_gate.cues_of(chunk), standard_features, standard.float())
+        )
     return GateInputs.concat(parts) if parts else None
 
 
@@ -227,7 +235,7 @@ def cached_inputs(
             computed = compute_inputs(models, images, input_size)
             if computed is None:
                 empty = torch.empty(0, 0)
-                computed = GateInputs(empty, empty, torch.empty(0, len(domain_gate.CUES)), empty)
+                computed = GateInputs(empty, empty, torch.empty(0, len(domain_gate.CUES)), empty, empty)
             tmp = path.with_suffix(".tmp")
             torch.save(computed.__dict__, tmp)
             tmp.replace(path)  # a chunk is there whole or not at all

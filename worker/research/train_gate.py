@@ -44,6 +44,7 @@ from training.data import load_splits
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import domain, domain_gate
+from worker.engine.engine import Engine, find_detector
 from worker.engine.images import ImageLimits, to_model_input
 from worker.engine.serving import for_serving
 from worker.research import delivery, web_images
@@ -73,7 +74,7 @@ CUE_SETS = {
     "native": domain_gate.CUE_GROUPS["native"],
     "all": domain_gate.CUES,
 }
-DATA_VERSION = "gate-inputs/1"  # bump when the served views or the cues change: the cached inputs are remade
+DATA_VERSION = "gate-inputs/2"  # bump when the served views or the cues change: the cached inputs are remade
 CHUNK = 1000
 WEB_CHUNK = 100  # web records per chunk (up to 1024 px each, three views)
 CIFAR_TESTS = tuple(
@@ -147,6 +148,11 @@ def small_square_view(image: Image.Image, _rng: random.Random) -> list[Image.Ima
     return [cifar_sized(image)]
 
 
+def small_shown_larger_view(image: Image.Image, rng: random.Random) -> list[Image.Image]:
+    """At 32 px, then shown larger as the targets show CIFAR-10 (does an upscaled look alone buy a label?)."""
+    return [shown_larger(cifar_sized(image), rng)]
+
+
 def gather(
     args: argparse.Namespace, robust: Bundle, standard: Bundle, work: Path
 ) -> tuple[dict[str, Population], dict[str, str]]:
@@ -183,6 +189,10 @@ def gather(
             pops[f"{split} web"] = web(f"{split}-web", records, shows)
             pops[f"{split} web thumbnails"] = web(f"{split}-web-thumbnails", records, shows, views=thumbnail_view)
             pops[f"{split} web at 32 px"] = web(f"{split}-web-32px", records, shows, views=small_square_view)
+            if split == "test":
+                pops["test web at 32 px shown larger"] = web(
+                    "test-web-32px-larger", records, shows, views=small_shown_larger_view
+                )
     return pops, {"unseen": unseen_note, "source": splits.source}
 
 
@@ -253,9 +263,9 @@ def fit_platt(inside: torch.Tensor, outside: torch.Tensor) -> dict[str, float]:
     return {"scale": float(params[0].detach()), "bias": float(params[1].detach())}
 
 
-def vectors(pop: Population, cues: Sequence[str]) -> torch.Tensor:
+def vectors(pop: Population, cues: Sequence[str], standard: bool = False) -> torch.Tensor:
     i = pop.inputs
-    return domain_gate.gate_inputs(i.features, i.logits, i.cues, cues)
+    return domain_gate.gate_inputs(i.features, i.logits, i.cues, cues, i.standard_features if standard else None)
 
 
 def calibration_sets(pops: dict[str, Population]) -> tuple[Population, Population]:
@@ -266,18 +276,35 @@ def calibration_sets(pops: dict[str, Population]) -> tuple[Population, Populatio
     return Population(GateInputs.concat([p.inputs for p in inside])), Population(outside)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """What a gate reads beside the robust features and logit statistics."""
+
+    cues: str  # a key of CUE_SETS
+    standard: bool  # the standard model's features too
+
+    @property
+    def name(self) -> str:
+        return self.cues + ("+standard" if self.standard else "")
+
+
 def fit_gate(
-    pops: dict[str, Population], cues: Sequence[str], args: argparse.Namespace, checkpoint: Path
+    pops: dict[str, Population], variant: Variant, args: argparse.Namespace, work: Path
 ) -> tuple[domain_gate.GateNet, dict[str, float], float, dict[str, Any]]:
-    """Train on the training populations; Platt-scale and set the threshold on the calibration ones."""
-    web = pops["train web"]
+    """Train on the training populations (checkpointed in ``work`` under a name that changes with the training
+    data and settings); Platt-scale and set the threshold on the calibration ones."""
+    cues, standard = CUE_SETS[variant.cues], variant.standard
+    inside, outside = vectors(pops["train cifar"], cues, standard), vectors(pops["train web"], cues, standard)
+    digest = hashlib.sha256(f"{args.hidden}|{args.epochs}|{args.lr}|{args.weight_decay}|{args.seed}".encode())
+    for part in (inside, outside):
+        digest.update(part.numpy().tobytes())
     net = train_net(
-        vectors(pops["train cifar"], cues), vectors(web, cues), hidden=args.hidden, epochs=args.epochs, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, checkpoint=checkpoint,
+        inside, outside, hidden=args.hidden, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+        seed=args.seed, checkpoint=work / f"checkpoint-{digest.hexdigest()[:12]}.pt",
     )  # fmt: skip
     cal_in, cal_out = calibration_sets(pops)
     with torch.no_grad():
-        logit_in, logit_out = net(vectors(cal_in, cues)), net(vectors(cal_out, cues))
+        logit_in, logit_out = net(vectors(cal_in, cues, standard)), net(vectors(cal_out, cues, standard))
     platt = fit_platt(logit_in, logit_out)
     p_in = domain_gate.calibrated(logit_in, platt)
     p_out = domain_gate.calibrated(logit_out, platt)
@@ -299,16 +326,16 @@ def measure(pops: dict[str, Population], score: Callable[[Population], torch.Ten
         out["cifar"][name.removeprefix("test cifar ")] = cifar_report(
             score(pop) >= threshold, pop.inputs.logits, pop.labels
         )
-    for name in ("test web", "test web thumbnails", "test web at 32 px"):
+    for name in ("test web", "test web thumbnails", "test web at 32 px", "test web at 32 px shown larger"):
         pop = pops[name]
         out["web"][name.removeprefix("test ")] = web_report(score(pop) >= threshold, pop.records, pop.shows_class)
     return out
 
 
-def gate_score(net: domain_gate.GateNet, platt: dict[str, float], cues: Sequence[str]) -> Callable:
+def gate_score(net: domain_gate.GateNet, platt: dict[str, float], variant: Variant) -> Callable:
     def score(pop: Population) -> torch.Tensor:
         with torch.no_grad():
-            return domain_gate.calibrated(net(vectors(pop, cues)), platt)
+            return domain_gate.calibrated(net(vectors(pop, CUE_SETS[variant.cues], variant.standard)), platt)
 
     return score
 
@@ -324,11 +351,18 @@ def domain_model_logit(model: domain.DomainModel, pop: Population) -> torch.Tens
 
 
 # --- cost -----------------------------------------------------------------------------------------------------
-def measure_cost(robust: Bundle, gate: domain_gate.DomainGate, images: Sequence, repeats: int = 7) -> dict:
-    """Per-image milliseconds, in one run, of the robust forward (as served: folded, channels-last) and of what
-    the gate adds: its cues of the image as served and its perceptron (the feature tap costs nothing more)."""
+def measure_cost(
+    bundles: tuple[Bundle, Bundle], gate: domain_gate.DomainGate, images: Sequence[Image.Image], repeats: int = 7
+) -> dict[str, Any]:
+    """Per-image milliseconds, in one run: the robust forward (as served: folded, channels-last) beside what the
+    gate adds to it (its cues of the image as served and its perceptron; the feature tap costs nothing more,
+    and standard features come from the forward the detectors make anyway), and whole verdicts of the engine
+    with and without the gate."""
+    robust, standard = bundles
     served = for_serving(robust.model, torch.device("cpu"))
     x = to_model_input(images, robust.metadata["input_size"])
+    with torch.no_grad():
+        extra = domain_gate.features_and_logits(standard.model, x)[0] if gate.reads_standard else None
     times: dict[str, list[float]] = {"robust_forward": [], "gate_cues": [], "gate_head": []}
     with torch.no_grad():
         for _ in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
@@ -337,14 +371,38 @@ def measure_cost(robust: Bundle, gate: domain_gate.DomainGate, images: Sequence,
             middle = time.perf_counter()
             cues = domain_gate.cues_of(images) if gate.cues else torch.zeros(len(images), len(domain_gate.CUES))
             after_cues = time.perf_counter()
-            gate.probability(features, logits, cues)
+            gate.probability(features, logits, cues, extra)
             end = time.perf_counter()
             times["robust_forward"].append((middle - start) * 1000 / len(images))
             times["gate_cues"].append((after_cues - middle) * 1000 / len(images) if gate.cues else 0.0)
             times["gate_head"].append((end - after_cues) * 1000 / len(images))
-    out = {k: round(statistics.median(v), 4) for k, v in times.items()}
+    out: dict[str, Any] = {k: round(statistics.median(v), 4) for k, v in times.items()}
     out["gate_share_of_robust"] = round((out["gate_cues"] + out["gate_head"]) / out["robust_forward"], 3)
+    out["verdict"] = verdict_cost(bundles, gate, images, repeats)
     out["n_images"], out["repeats"], out["threads"] = len(images), repeats, torch.get_num_threads()
+    return out
+
+
+def verdict_cost(
+    bundles: tuple[Bundle, Bundle], gate: domain_gate.DomainGate, images: Sequence[Image.Image], repeats: int
+) -> dict[str, float]:
+    """Milliseconds per verdict (``Engine.analyse``, batches of 64) with the gate and without it, interleaved."""
+    robust, standard = bundles
+    detector = find_detector(robust.path)
+    path = calib.default_path(robust.path)
+    artefact = calib.load(path) if path.is_file() else None
+    engines = {
+        name: Engine(robust, standard, artefact, threads=torch.get_num_threads(), detector=detector, gate=g)
+        for name, g in (("without_gate", None), ("with_gate", gate))
+    }
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            engine.analyse(list(images))
+            times[name].append((time.perf_counter() - start) * 1000 / len(images))
+    out = {name: round(statistics.median(v), 3) for name, v in times.items()}
+    out["added_share"] = round(out["with_gate"] / out["without_gate"] - 1, 3)
     return out
 
 
@@ -365,7 +423,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=Path("results/domain_gate.json"))
     parser.add_argument("--n-cifar", type=int, default=20000, help="CIFAR-10 training images (inliers)")
     parser.add_argument("--cues", choices=sorted(CUE_SETS), default="none", help="cue set of the shipped gate")
-    parser.add_argument("--ablation", action="store_true", help="train and report a gate for every cue set")
+    parser.add_argument(
+        "--standard-features", action="store_true", help="the shipped gate reads the standard model's features too"
+    )
+    parser.add_argument(
+        "--ablation", action="store_true", help="train and report a gate for every cue set, with and without them"
+    )
     parser.add_argument("--keep", type=float, default=0.95, help="share of held-out in-domain images kept")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=40)
@@ -393,17 +456,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"inputs ready in {time.perf_counter() - started:.0f} s: "
         + ", ".join(f"{k} {len(v.inputs)}" for k, v in pops.items())
     )
-    train_config = f"{args.hidden}|{args.epochs}|{args.lr}|{args.weight_decay}|{args.seed}|{args.n_cifar}"
-    sets = list(CUE_SETS) if args.ablation else [args.cues]
+    chosen = Variant(args.cues, args.standard_features)
+    variants = [Variant(c, s) for s in (False, True) for c in CUE_SETS] if args.ablation else [chosen]
     gates: dict[str, Any] = {}
-    for name in sets:
-        cues = CUE_SETS[name]
-        key = hashlib.sha256(f"{train_config}|{','.join(cues)}".encode()).hexdigest()[:12]
-        print(f"gate with cues {name!r}")
-        net, platt, threshold, held = fit_gate(pops, cues, args, work / f"checkpoint-{key}.pt")
-        gates[name] = {"net": net, "platt": platt, "threshold": threshold, "held_out": held,
-                       "test": measure(pops, gate_score(net, platt, cues), threshold)}  # fmt: skip
-    shipped = gates[args.cues]
+    for variant in variants:
+        print(f"gate {variant.name!r}")
+        net, platt, threshold, held = fit_gate(pops, variant, args, work)
+        test = measure(pops, gate_score(net, platt, variant), threshold)
+        gates[variant.name] = {"net": net, "platt": platt, "threshold": threshold, "held_out": held, "test": test}
+    shipped = gates[chosen.name]
     cal_in, _ = calibration_sets(pops)
     baselines = {}
     for score_name, column in (("max softmax probability", 2), ("energy (logsumexp of the logits)", 0)):
@@ -421,21 +482,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "threshold": artefact.domain.threshold,
             "test": measure(pops, functools.partial(domain_model_logit, artefact.domain), artefact.domain.threshold),
         }
-    metadata = bundle_metadata(args, robust, shipped, pops, notes)
+    metadata = bundle_metadata(args, (robust, standard), shipped, pops, notes)
     out = args.out or domain_gate.default_dir(args.robust)
     gate = domain_gate.save(shipped["net"], metadata, out)
     web_test = pops["test web"].records
     sample = decode_web_images(args.web_dir, web_test[:: max(1, len(web_test) // 64)][:64], ImageLimits())
-    cost = measure_cost(robust, gate, sample)
+    cost = measure_cost((robust, standard), gate, sample)
     write_results(args, gate, gates, baselines, cost, pops)
     print(f"wrote {out} (version {gate.version}) and {args.results}")
     return 0
 
 
 def bundle_metadata(
-    args: argparse.Namespace, robust: Bundle, shipped: dict, pops: dict[str, Population], notes: dict[str, str]
-) -> dict[str, Any]:
+    args: argparse.Namespace, bundles: tuple[Bundle, Bundle], shipped: dict, pops: dict[str, Population],
+    notes: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    robust, standard = bundles
     test = shipped["test"]
+    standard_width = int(pops["train cifar"].inputs.standard_features.shape[1])
     return {
         "arch": domain_gate.ARCH,
         "hidden": args.hidden,
@@ -443,8 +507,9 @@ def bundle_metadata(
             "features": int(pops["train cifar"].inputs.features.shape[1]),
             "stats": list(domain_gate.STATS),
             "cues": list(CUE_SETS[args.cues]),
+            "standard_features": standard_width if args.standard_features else 0,
         },
-        "for_bundles": {"robust": robust.version},
+        "for_bundles": {"robust": robust.version, **({"standard": standard.version} if args.standard_features else {})},
         "calibration": shipped["platt"],
         "threshold": shipped["threshold"],
         "keep": args.keep,
@@ -456,8 +521,8 @@ def bundle_metadata(
             "35% at 32 px through PNG/JPEG 70-95/WebP, 65% laid out at 40-800 px (square or cropped to 4:3 ... "
             "16:9) then saved",
             "outliers": f"{len(pops['train web'].inputs)} views (as served, thumbnail, re-delivered crop, 32 px "
-            f"square) of {len(pops['train web'].inputs) // WEB_VIEWS} images of the web-image TRAIN split "
-            f"({web_images.BUILD_VERSION}) that show none of the classes",
+            f"square, 32 px laid out larger) of {len(pops['train web'].inputs) // WEB_VIEWS} images of the web-image "
+            f"TRAIN split ({web_images.BUILD_VERSION}) that show none of the classes",
             "calibration": f"{notes['unseen']}, each at 32 px and laid out larger; the web-image CALIBRATION split "
             "as served, as thumbnails and at 32 px",
         },
@@ -489,8 +554,8 @@ def write_results(
         "command": gate.metadata["command"],
         "gate": {k: gate.metadata[k] for k in ("version", "inputs", "calibration", "threshold", "keep", "data")},
         "robust_bundle": gate.metadata["for_bundles"]["robust"],
-        "shipped_cues": args.cues,
-        "by_cue_set": {
+        "shipped": Variant(args.cues, args.standard_features).name,
+        "by_variant": {
             name: {"held_out": g["held_out"], "threshold": g["threshold"], "test": g["test"]}
             for name, g in gates.items()
         },  # fmt: skip
