@@ -46,7 +46,7 @@ STATS = ("energy", "max_logit", "max_prob", "entropy")
 # resolution, on a centre crop of at most ``CUE_CROP`` px a side (the cost stays bounded whatever the size).
 CUES = ("log_side", "log_aspect", "flat", "detail", "colours")
 CUE_GROUPS = {"size": ("log_side", "log_aspect"), "native": ("flat", "detail", "colours")}
-CUE_CROP = 256
+CUE_CROP = 128  # 256 cost as much as the robust forward itself (0.50 against 0.54 ms an image)
 
 
 class GateError(ValueError):
@@ -68,9 +68,9 @@ def image_cues(image: Image.Image | np.ndarray) -> np.ndarray:
     grey = r + g + b
     steps = [np.abs(np.diff(grey, axis=axis)).mean() for axis in (0, 1) if grey.shape[axis] > 1]
     detail = math.log(1e-3 + (float(np.mean(steps)) / 3 if steps else 0.0))
-    # Colours at 6 bits a channel (at most 2^18): a drawing has tens, a photo thousands.
-    codes = ((r >> 2) << 12) | ((g >> 2) << 6) | (b >> 2)
-    colours = math.log2(max(1, np.count_nonzero(np.bincount(codes.ravel(), minlength=1 << 18)))) / 18
+    # Colours at 5 bits a channel (at most 2^15): a drawing has tens, a photo thousands.
+    codes = ((r >> 3) << 10) | ((g >> 3) << 5) | (b >> 3)
+    colours = math.log2(max(1, np.count_nonzero(np.bincount(codes.ravel(), minlength=1 << 15)))) / 15
     return np.array(
         [math.log2(max(height, width)), abs(math.log2(width / height)), flat, detail, colours], dtype=np.float32
     )

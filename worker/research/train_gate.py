@@ -74,7 +74,7 @@ CUE_SETS = {
     "native": domain_gate.CUE_GROUPS["native"],
     "all": domain_gate.CUES,
 }
-DATA_VERSION = "gate-inputs/2"  # bump when the served views or the cues change: the cached inputs are remade
+DATA_VERSION = "gate-inputs/3"  # bump when the served views or the cues change: the cached inputs are remade
 CHUNK = 1000
 WEB_CHUNK = 100  # web records per chunk (up to 1024 px each, three views)
 CIFAR_TESTS = tuple(
@@ -440,8 +440,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run_key(args: argparse.Namespace, robust: Bundle) -> str:
-    """What the cached inputs depend on: the robust bundle, the web set and the views' definitions."""
-    text = f"{robust.version}|{web_images.BUILD_VERSION}|{DATA_VERSION}|{Path(args.web_dir).resolve()}"
+    """What the cached inputs depend on: the robust bundle, the web set's content (its manifest, wherever it
+    lies) and the views' definitions."""
+    manifest = hashlib.sha256((Path(args.web_dir) / "manifest.jsonl").read_bytes()).hexdigest()
+    text = f"{robust.version}|{web_images.BUILD_VERSION}|{DATA_VERSION}|{manifest}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
