@@ -5,7 +5,8 @@ gate is a small network trained with outlier exposure (Hendrycks et al. 2019): C
 its inliers, the web-image set's training split (wallpapers, photos, stamps, rendered pages, drawn patterns)
 its outliers (``worker.research.train_gate``).  It reads what the robust model computed anyway, its
 penultimate features and the statistics of its logits (the energy score of Liu et al. 2020 among them), and,
-if its bundle says so, cues of the image as served (``CUES``: size, flat areas, native detail, colour count).
+if its bundle says so, cues of the image as served (``CUES``: size, flat areas, native detail, colour count)
+and the standard model's penultimate features (from the standard forward the detectors then reuse).
 The robust model's weights are never touched, so its robustness is what it was.
 
 Its output is a probability (Platt-scaled on held-out images, in-domain and outside weighted equally) that

@@ -1,7 +1,8 @@
 """Train the domain gate (``worker.engine.domain_gate``) with outlier exposure; writes its bundle and results.
 
     nice -n 15 python -m worker.research.train_gate --robust models/pgd-at-preact18-w0.25 \
-        --data-dir ../shared/data/cifar10-jpeg.tar.gz --ablation --threads 1
+        --standard models/standard-preact18-w0.25 --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --ablation --cues all --threads 1
 
 Inliers are CIFAR-10 training images the robust model trained on; outliers the web-image set's TRAIN split
 less the pictures that show a class (``worker.research.gate_data``), each as a service receives them.  The
@@ -11,7 +12,10 @@ output a probability, and the threshold that keeps ``--keep`` of in-domain image
 training images the robust model did NOT train on, and the web-image CALIBRATION split.  Measured on what
 nothing was fitted on: the CIFAR-10 test set (as stored, and shown larger: 96-128 px then JPEG q90) and the
 web-image TEST split.  ``--ablation`` trains one gate per cue set (none, size, native, all) on the same inputs
-and reports each, so what a cue buys is measured; the one named by ``--cues`` is shipped.
+and reports each, with and without the standard model's features, so what each input buys is measured; the one
+named by ``--cues`` (and ``--standard-features``) is shipped.  Beside the targets' presentations, CIFAR-10 at
+256-1024 px and cropped to 4:3, and web images at CIFAR-10's 32 px square (and that square shown larger), show
+whether the gate judges content or only size and shape.
 
 The inputs are computed once, in chunks cached under ``--work`` (an interrupted run resumes there), and each
 gate's training saves a checkpoint every epoch (and resumes from it).
@@ -160,8 +164,8 @@ def gather(
     models, input_size = Models(robust.model.eval(), standard.model.eval()), robust.metadata["input_size"]
     splits = load_splits(args.dataset or robust.metadata.get("dataset", "cifar10"), args.data_dir, args.cache_dir)
     train, test = splits.train, splits.test
-    seen, _ = seen_pool(len(train), [robust])
-    unseen, unseen_note = unseen_pool(len(train), [robust])
+    seen, _ = seen_pool(len(train), [robust, standard])
+    unseen, unseen_note = unseen_pool(len(train), [robust, standard])
     chosen = seen[torch.randperm(len(seen), generator=torch.Generator().manual_seed(args.seed))[: args.n_cifar]]
     cifar = functools.partial(cifar_population, work, models=models, input_size=input_size)
     pops = {
@@ -410,7 +414,10 @@ def verdict_cost(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m worker.research.train_gate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--robust", required=True, help="robust model bundle folder (frozen; the gate reads it)")
-    parser.add_argument("--standard", required=True, help="standard companion (only for the comparison)")
+    parser.add_argument(
+        "--standard", required=True,
+        help="standard companion (the comparison with today's domain model; a gate may read its features)",
+    )  # fmt: skip
     parser.add_argument(
         "--calibration", type=Path, help="artefact whose domain model the gate replaces (default: the robust bundle's)"
     )
@@ -545,6 +552,28 @@ def bundle_metadata(
     }
 
 
+TARGETS = (  # (what, where in a test report, the lowest rate that meets it)
+    ("web images showing none of the classes: no confident class", ("web", "web", "ordinary_showing_no_class"), 0.95),
+    ("CIFAR-10 test images (as stored) keep their label", ("cifar", "as stored", "kept"), 0.90),
+    ("CIFAR-10 test images shown larger (96-128 px, JPEG q90) keep their label", ("cifar", "shown larger", "kept"),
+     0.70),
+)  # fmt: skip
+
+
+def targets(test: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with the shipped gate's rate, its interval, and whether the rate meets it."""
+    out = []
+    for what, (group, population, key), target in TARGETS:
+        measured = test[group][population][key]
+        out.append({"target": what, "at_least": target, **measured, "met": measured["rate"] >= target})
+    stored = test["cifar"]["as stored"]
+    out.append({
+        "target": "accuracy on the kept CIFAR-10 images, beside the robust model's on all of them",
+        "accuracy_on_kept": stored["accuracy_on_kept"], "accuracy_on_all": stored["accuracy_on_all"],
+    })  # fmt: skip
+    return out
+
+
 def write_results(
     args: argparse.Namespace, gate: domain_gate.DomainGate, gates: dict, baselines: dict, cost: dict, pops: dict
 ) -> None:
@@ -557,6 +586,9 @@ def write_results(
         "gate": {k: gate.metadata[k] for k in ("version", "inputs", "calibration", "threshold", "keep", "data")},
         "robust_bundle": gate.metadata["for_bundles"]["robust"],
         "shipped": Variant(args.cues, args.standard_features).name,
+        "targets": targets(gates[Variant(args.cues, args.standard_features).name]["test"]),
+        "robust_model_unchanged": f"the gate reads the robust bundle {gate.metadata['for_bundles']['robust']} and "
+        "leaves its weights as they are, so its AutoAttack accuracy is the one measured for that version",
         "by_variant": {
             name: {"held_out": g["held_out"], "threshold": g["threshold"], "test": g["test"]}
             for name, g in gates.items()
