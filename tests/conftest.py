@@ -1,13 +1,20 @@
-"""Shared fixtures: one CPU thread (the test machine is small) and tiny synthetic image data sets."""
+"""Shared fixtures: one CPU thread (the test machine is small), tiny synthetic image data sets, and the servers
+that several test packages use (a Redis server of our own, databases on the machine's PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import create_engine, text
 
-from tests.training.helpers import write_imagefolder, write_tarball
+from tests.support.datasets import write_imagefolder, write_tarball
+from tests.support.servers import free_port
+from tests.support.services import POSTGRES_ADMIN_URL, RedisServer, postgres_reachable
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -39,3 +46,36 @@ def web_set(tmp_path_factory) -> Path:
     from worker.research import web_images
 
     return web_images.build(tmp_path_factory.mktemp("web") / "set", limit=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[Callable[[], str]]:
+    """Makes fresh databases on the machine's PostgreSQL (scripts/test.sh starts the server when it is down);
+    drops them all at the end of the session."""
+    if not postgres_reachable():
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} (set SCANNER_TEST_POSTGRES)")
+    admin = create_engine(
+        POSTGRES_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    names: list[str] = []
+
+    def create() -> str:
+        name = f"scanner_test_{os.getpid()}_{secrets.token_hex(3)}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    yield create
+    with admin.connect() as connection:
+        for name in names:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -15,8 +15,9 @@ from scanner.db import keys, migrate
 from scanner.db.models import utcnow
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
-from tests.audits.conftest import Served, png
-from tests.service.conftest import http, start_api
+from tests.support.api import http, start_api
+from tests.support.images import crawlable_png
+from tests.support.servers import Served
 
 
 class RecordingSite:
@@ -29,7 +30,7 @@ class RecordingSite:
         async def any_path(request: web.Request) -> web.Response:
             self.paths.append(request.path)
             if request.path.endswith(".png"):
-                return web.Response(body=png(9), content_type="image/png")
+                return web.Response(body=crawlable_png(9), content_type="image/png")
             return web.Response(text='<img src="/a.png" width="64" height="64">', content_type="text/html")
 
         app = web.Application()

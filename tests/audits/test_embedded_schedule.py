@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.audits.conftest import Site
-from tests.people import scanner, serving
-from tests.service.conftest import wait_for
+from tests.support.audit_sites import Site
+from tests.support.commands import scanner, serving
+from tests.support.waiting import wait_for
 
 
 def _runs(data_dir: Path, audit_id: str) -> list[list[str]]:

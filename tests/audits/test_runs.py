@@ -17,7 +17,8 @@ from scanner.audits.diff import Seen, compare
 from scanner.db.models import AuditRun, utcnow
 from scanner.db.session import transaction
 from scanner.settings import Settings
-from tests.audits.conftest import Receiver, Site, png
+from tests.support.audit_sites import Receiver, Site
+from tests.support.images import crawlable_png
 
 
 def _run(settings: Settings, audit_id: int) -> runner.RunResult:
@@ -31,9 +32,9 @@ def test_two_runs_record_snapshots_and_the_diff(settings: Settings, sessions: An
     assert first.counts["pages"] == 1 and first.counts["images"] == 3
     assert first.diff is not None and first.diff["previous_run"] is None and len(first.diff["added"]) == 3
 
-    site.images["a.png"] = png(101)  # replaced in place
+    site.images["a.png"] = crawlable_png(101)  # replaced in place
     del site.images["b.png"]  # removed
-    site.images["d.png"] = png(4)  # added
+    site.images["d.png"] = crawlable_png(4)  # added
     second = _run(settings, audit_id)
     assert second.status == "done", second.error
     diff = second.diff

@@ -14,16 +14,11 @@ from sqlalchemy import select
 from scanner.db.models import AuditRun
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from tests.audits.conftest import Site
-from tests.service.conftest import (
-    REPO,
-    SCANNER,
-    WorkerProcess,
-    http,
-    service_env,
-    start_api,
-    wait_for,
-)
+from tests.support.api import http, start_api
+from tests.support.audit_sites import Site
+from tests.support.commands import REPO, SCANNER
+from tests.support.services import WorkerProcess, service_env
+from tests.support.waiting import wait_for
 
 
 def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,8 @@ import pytest
 from scanner.crawl import CrawlConfig
 from scanner.crawl.patterns import pattern_error
 from scanner.settings import Settings
-from tests.service.conftest import REPO, http, start_api
+from tests.support.api import http, start_api
+from tests.support.commands import REPO
 
 EVIL = r"(a+)+$"  # exponential for a backtracking engine on "aaaa...!"
 

@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -18,35 +17,11 @@ from scanner.db.models import AuditRun, Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, start_api, verdict_with_score
+from tests.support.api import start_api
+from tests.support.dashboard import DashboardApi, Seeded
+from tests.support.verdicts import verdict_with_score
 
 T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
-
-
-@dataclass
-class Seeded:
-    """One seeded image: what the dashboard must show for it."""
-
-    sha256: str
-    data: bytes
-    label: str | None
-    score: float
-    site: str
-    page_url: str
-    flagged: bool
-    image_url: str = ""
-
-
-@dataclass
-class DashboardApi:
-    api: RunningApi
-    tokens: dict[str, str]
-    images: dict[str, list[Seeded]] = field(default_factory=dict)
-    run_flagged: list[int] = field(default_factory=list)
-
-    def flagged(self, tenant: str) -> list[Seeded]:
-        """The tenant's flagged images, newest sighting first (as the report orders them)."""
-        return [image for image in reversed(self.images[tenant]) if image.flagged]
 
 
 def png(seed: int, size: int = 24) -> bytes:

@@ -14,9 +14,9 @@ import pytest
 from playwright.sync_api import Page
 
 from scanner.settings import Settings
-from tests.extension.conftest import Api, Browser, Site, wait_settled
-from tests.extension.test_extension import BADGES_JS, badges_by_image
-from tests.service.conftest import start_api, wait_for
+from tests.support.api import start_api
+from tests.support.extension import BADGES_JS, Api, Browser, Site, badges_by_image, wait_settled
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def _known_verdict(api: Api, data: bytes, label: str | None, score: float) -> No
     from scanner.db import queries
     from scanner.db.session import make_engine, make_sessionmaker, transaction
     from scanner.versions import served_versions
-    from tests.service.conftest import verdict_with_score
+    from tests.support.verdicts import verdict_with_score
 
     settings = api.running.settings
     versions = served_versions(settings)

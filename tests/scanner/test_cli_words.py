@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from scanner.cli import _parser
-from tests.people import scanner
+from tests.support.commands import scanner
 
 
 def _subparsers(parser: argparse.ArgumentParser, path: str = "scanner") -> list[tuple[str, argparse.ArgumentParser]]:

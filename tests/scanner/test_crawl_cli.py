@@ -20,8 +20,8 @@ from aiohttp import web
 from scanner.cli import DEFAULT_DATA
 from scanner.demo_site import build_demo_site
 from scanner.settings import BUNDLED_STANDARD, Settings
-from tests.people import serving
-from tests.service.conftest import RunningApi, start_api
+from tests.support.api import RunningApi, start_api
+from tests.support.commands import serving
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tests.crawl.site import Site, html, png
-from tests.people import SCANNER, environment, scanner
-from tests.service.conftest import free_port, wait_for
+from tests.support.commands import SCANNER, environment, scanner
+from tests.support.servers import free_port
+from tests.support.sites import Site, html, png
+from tests.support.waiting import wait_for
 
 IMAGE = png(64, 64, (200, 30, 30))
 

@@ -16,7 +16,8 @@ from scanner import secretbox
 from scanner.db import migrate
 from scanner.db.session import make_engine
 from scanner.settings import Settings
-from tests.service.conftest import SCANNER, http, start_api
+from tests.support.api import http, start_api
+from tests.support.commands import SCANNER
 
 
 def _mode(path: Path) -> int:

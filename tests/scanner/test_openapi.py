@@ -26,7 +26,6 @@ from scanner.api import create_app, openapi
 from scanner.db import keys, migrate
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
-from tests.service.conftest import postgres_databases  # noqa: F401 - the PostgreSQL fixture of the server's second run
 
 # Only the committed document is served; drift from the generator is test_committed_document_is_generated's job.
 schema = schemathesis.openapi.from_path(openapi.OPENAPI_PATH)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from scanner.db.session import make_engine
 from scanner.settings import masked_url
-from tests.service.conftest import SCANNER
+from tests.support.commands import SCANNER
 
 
 def test_serve_prints_no_password(tmp_path: Path) -> None:

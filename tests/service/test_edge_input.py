@@ -4,7 +4,6 @@ bodies declare no length), and text that cannot be stored (NUL, non-UTF-8) is a 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,18 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from PIL import Image
 
 from scanner.settings import Settings
-from tests.service.conftest import RunningApi, http, start_api
+from tests.support.api import RunningApi, http, start_api
+from tests.support.images import flat_png
 
 BODY_CAP = 1024 * 1024
-
-
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 32), (seed % 256, 20, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -78,7 +71,7 @@ def test_many_text_fields_sent_chunked_hit_the_body_cap(api: RunningApi) -> None
     def chunks() -> Iterator[bytes]:
         for index in range(40):  # 2.5 MiB of fields, each under the 1 MiB field cap
             yield _multipart([(f'name="f{index}"'.encode(), field)])[0].rsplit(b"--edge-test-boundary--", 1)[0]
-        yield _multipart([(b'name="image"; filename="a.png"', png(1))])[0]
+        yield _multipart([(b'name="image"; filename="a.png"', flat_png(1))])[0]
 
     status, _ = _post_chunked(api.base + "/v1/scans", key, _multipart([])[1], chunks)
     assert status == 413
@@ -114,7 +107,7 @@ def test_a_chunked_json_body_over_the_cap_is_a_413(api: RunningApi) -> None:
 
 def test_a_non_utf8_filename_is_a_422(api: RunningApi) -> None:
     key = api.new_key()
-    body, content_type = _multipart([(b'name="image"; filename="caf\xe9\xff.png"', png(2))])
+    body, content_type = _multipart([(b'name="image"; filename="caf\xe9\xff.png"', flat_png(2))])
     reply = http("POST", api.base + "/v1/scans", key, data=body, headers={"Content-Type": content_type})
     assert reply.status == 422, reply.body
     assert reply.json()["code"] == "invalid_body"
@@ -131,7 +124,7 @@ def test_nul_characters_are_refused_at_the_edge(api: RunningApi) -> None:
         reply = http("POST", scans, key, data=json.dumps(body), headers={"Content-Type": "application/json"})
         assert reply.status == 422 and reply.json()["code"] == "invalid_body", (body, reply.body)
     upload, content_type = _multipart(
-        [(b'name="page_url"', b"http://example.com/\x00"), (b'name="image"; filename="a.png"', png(3))]
+        [(b'name="page_url"', b"http://example.com/\x00"), (b'name="image"; filename="a.png"', flat_png(3))]
     )
     reply = http("POST", scans, key, data=upload, headers={"Content-Type": content_type})
     assert reply.status == 422, reply.body

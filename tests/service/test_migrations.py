@@ -71,7 +71,7 @@ def _populate(database_url: str) -> None:
     from scanner.db import keys, queries
     from scanner.db.models import Image, utcnow
     from scanner.db.session import make_sessionmaker, transaction
-    from tests.service.conftest import verdict_with_score
+    from tests.support.verdicts import verdict_with_score
 
     engine = make_engine(database_url)
     with transaction(make_sessionmaker(engine)) as session:

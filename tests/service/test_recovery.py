@@ -23,9 +23,11 @@ from sqlalchemy import func, select
 from scanner.db.models import Image, ScanItem
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from tests.service.conftest import RedisServer, WorkerProcess, http, start_api, upload, wait_for
-from tests.service.test_api import png
-from tests.service.test_distributed import distributed_settings, wait_done
+from tests.support.api import http, start_api, upload
+from tests.support.distributed import distributed_settings, wait_done
+from tests.support.images import random_png
+from tests.support.services import RedisServer, WorkerProcess
+from tests.support.waiting import wait_for
 
 RECOVERY_LIMIT_S = 120.0
 
@@ -45,7 +47,7 @@ def test_a_worker_killed_as_a_whole_is_recovered_from_promptly(
     try:
         worker = start_worker(settings)
         key = api.new_key()
-        images = [png(500 + i, (96, 96)) for i in range(24)]
+        images = [random_png(500 + i, (96, 96)) for i in range(24)]
         scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(*images)).json()["id"]
 
         def started() -> bool:
@@ -78,7 +80,8 @@ def test_a_redis_restart_that_loses_the_queue_is_recovered_from_promptly(
     try:
         key = api.new_key()
         wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"], 30, what="the relay to see Redis")
-        scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(png(601), png(602), png(603))).json()["id"]
+        images = upload(random_png(601), random_png(602), random_png(603))
+        scan_id = http("POST", f"{api.base}/v1/scans", key, data=images).json()["id"]
         wait_for(lambda: _all_enqueued(postgres_url), 30, 0.1, "the scan to be handed over")
         redis_server.stop()  # no worker has run yet: the queued message dies with the server
         redis_server.start()
@@ -114,7 +117,7 @@ def test_health_reports_the_true_age_of_the_oldest_pending_image(
     api = start_api(settings)
     try:
         key = api.new_key()
-        http("POST", f"{api.base}/v1/scans", key, data=upload(png(701)))
+        http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(701)))
         engine = make_engine(postgres_url)
         sessions = make_sessionmaker(engine)
 
@@ -178,7 +181,7 @@ def test_submissions_are_answered_while_the_broker_hangs(
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 
                 async def post(seed: int) -> int:
-                    async with session.post(f"{api.base}/v1/scans", data=upload(png(seed))) as reply:
+                    async with session.post(f"{api.base}/v1/scans", data=upload(random_png(seed))) as reply:
                         return reply.status
 
                 return list(await asyncio.gather(*(post(800 + i) for i in range(4))))

@@ -17,7 +17,8 @@ from scanner.db.models import Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, http, start_api, verdict_with_score
+from tests.support.api import RunningApi, http, start_api
+from tests.support.verdicts import verdict_with_score
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jacrev
 
-from tests.training.helpers import TinyConvNet
+from tests.support.models import TinyConvNet
 from training.losses import jacobian_penalty, random_projection_penalty, random_unit_directions
 
 C = 5

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.worker.conftest import make_bundle
+from tests.support.models import make_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.engine import Engine

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from tests.support.models import make_source_bundle, make_source_model
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
@@ -20,8 +21,6 @@ from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
 from worker.research import calibrate, train_detector
 from worker.research.evaluate import detector_source_families
-
-from .conftest import make_source_bundle, make_source_model
 
 
 def _two_model_bundles() -> list[Bundle]:
