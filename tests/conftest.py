@@ -16,6 +16,26 @@ from tests.support.datasets import write_imagefolder, write_tarball
 from tests.support.servers import free_port
 from tests.support.services import POSTGRES_ADMIN_URL, RedisServer, postgres_reachable
 
+# The tiers (markers in pyproject.toml), from the fixtures a test uses, so that a new test is marked as it is written:
+# Chromium comes with a fixture named ``browser`` (the crawler's, the dashboard's, the extension's), the servers with
+# these. Tests that start them otherwise (a ``scanner`` subprocess, an audit run) carry the marks themselves.
+BROWSER_FIXTURES = frozenset({"browser"})
+SERVICE_FIXTURES = frozenset({"redis_server", "broker_url", "postgres_databases", "postgres_url", "start_worker"})
+SLOW_FIXTURES = frozenset({"start_worker"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+        if used & SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.services)
+        # Starting Chromium or a Celery worker takes seconds before the test proper begins.
+        if item.get_closest_marker("browser") or used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():

@@ -85,6 +85,7 @@ def test_creating_an_audit_refuses_what_the_fetcher_refuses(
     assert site.paths == []
 
 
+@pytest.mark.browser
 def test_a_run_sends_no_request_to_a_private_site(
     strict_settings: Settings, recording_site: tuple[RecordingSite, str]
 ) -> None:

@@ -40,6 +40,7 @@ def test_the_sample_is_seeded_and_bounded() -> None:
     assert robustness.sample_images(items[:4], 10) == items[:4]
 
 
+@pytest.mark.browser
 def test_a_run_records_the_check(settings: Settings, sessions: Any, site: Site, make_audit: Any) -> None:
     audit_id = make_audit(site.url, robustness_sample=2)
     result = runner.run_now(settings, audit_id)

@@ -25,6 +25,7 @@ def _run(settings: Settings, audit_id: int) -> runner.RunResult:
     return runner.run_now(settings, audit_id)
 
 
+@pytest.mark.browser
 def test_two_runs_record_snapshots_and_the_diff(settings: Settings, sessions: Any, site: Site, make_audit: Any) -> None:
     audit_id = make_audit(site.url)
     first = _run(settings, audit_id)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from scanner.db.models import AuditRun
@@ -30,6 +31,7 @@ def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCANNER, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.browser
 def test_cli_add_list_run_history_remove(tmp_path: Path, site: Site) -> None:
     added = scanner(tmp_path, "audit", "add", site.url, "--every", "6h", "--max-pages", "5", "--missed", "skip")
     assert added.returncode == 0, added.stderr
@@ -57,6 +59,7 @@ def test_cli_add_list_run_history_remove(tmp_path: Path, site: Site) -> None:
     assert "every 6h" not in scanner(tmp_path, "audit", "list").stdout
 
 
+@pytest.mark.browser
 def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
     api = start_api(settings)
     try:
@@ -96,6 +99,7 @@ def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
         api.stop()
 
 
+@pytest.mark.browser
 def test_beat_and_worker_run_a_fast_schedule(tmp_path: Path, redis_server: Any, site: Site) -> None:
     settings = Settings(
         data_dir=tmp_path / "data", broker_url=f"redis://127.0.0.1:{redis_server.port}/14", engine_threads=1

@@ -140,7 +140,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def server(request, tmp_path_factory) -> Iterator[Server]:
     """The API in embedded mode (bundled models) on 127.0.0.1, served by its own loop in a thread; once with
     SQLite and once with PostgreSQL, which refuses text SQLite takes (NUL characters)."""
@@ -179,6 +179,7 @@ def server(request, tmp_path_factory) -> Iterator[Server]:
         loop.close()
 
 
+@pytest.mark.slow  # generated cases for every operation, on both databases: about a minute in all
 @schema.parametrize()
 @settings(
     max_examples=25,

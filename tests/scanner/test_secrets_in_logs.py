@@ -16,6 +16,7 @@ from scanner.settings import masked_url
 from tests.support.commands import SCANNER
 
 
+@pytest.mark.slow
 def test_serve_prints_no_password(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANNER_")}
     env.update(

@@ -20,6 +20,8 @@ from scanner.settings import Settings
 from tests.support.servers import free_port
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # the scanner command in subprocesses, scanner serve among them
+
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 
 

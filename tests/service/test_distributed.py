@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from scanner.analysis.celery_app import ANALYSE_TASK, make_celery
@@ -23,6 +24,8 @@ from tests.support.distributed import distributed_settings, wait_done
 from tests.support.images import random_png
 from tests.support.services import RedisServer, WorkerProcess
 from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow  # Celery worker processes, a Redis restart
 
 
 def test_submit_then_read_the_verdict_through_a_worker(

@@ -22,7 +22,7 @@ AIOHTTP_DEFAULT_CAP = 1024 * 1024
 BODY_CAP = 256 * 1024
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningApi]:
     options: dict[str, Any] = {}
     if request.param == "postgresql":
@@ -64,6 +64,7 @@ def _post_chunked(url: str, key: str, content_type: str, chunks: Callable[[], It
     return status, produced
 
 
+@pytest.mark.slow  # stopping the API after a refused chunked upload waits out aiohttp's 10 s lingering time
 def test_many_text_fields_sent_chunked_hit_the_body_cap(api: RunningApi) -> None:
     key = api.new_key()
     field = b"x" * (64 * 1024)
@@ -77,6 +78,7 @@ def test_many_text_fields_sent_chunked_hit_the_body_cap(api: RunningApi) -> None
     assert status == 413
 
 
+@pytest.mark.slow  # stopping the API after a refused chunked upload waits out aiohttp's 10 s lingering time
 def test_a_huge_chunked_file_part_is_refused_without_reading_it_all(api: RunningApi) -> None:
     key = api.new_key()
     total = 64 * 1024 * 1024
@@ -92,6 +94,7 @@ def test_a_huge_chunked_file_part_is_refused_without_reading_it_all(api: Running
     assert produced < total, "the server read the whole body before refusing it"
 
 
+@pytest.mark.slow  # stopping the API after a refused chunked upload waits out aiohttp's 10 s lingering time
 def test_a_chunked_json_body_over_the_cap_is_a_413(api: RunningApi) -> None:
     key = api.new_key()
     size = (BODY_CAP + AIOHTTP_DEFAULT_CAP) // 2  # over the app's cap, under aiohttp's default one

@@ -33,7 +33,7 @@ TABLES = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'migrations.db'}"
@@ -112,6 +112,7 @@ def _counts(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_each_downgrade_step_runs_with_rows_present(database_url: str) -> None:
     """Down one revision at a time from head to base with data in the tables, then up again: every step must
     cope with the rows (NULL labels, foreign keys, columns it drops) and keep the rows of the tables it keeps."""

@@ -29,6 +29,8 @@ from tests.support.images import random_png
 from tests.support.services import RedisServer, WorkerProcess
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # Celery workers killed and Redis restarted, waits of seconds by design
+
 RECOVERY_LIMIT_S = 120.0
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from training import bundle
 
+pytestmark = pytest.mark.slow  # training and evaluation runs of the CLI in subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

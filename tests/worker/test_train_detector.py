@@ -274,6 +274,7 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     assert "perturbation_net" in verdict.scores and verdict.flagged is not None
 
 
+@pytest.mark.slow
 def test_saved_examples_are_reused_only_for_the_same_recipe(bundle_dirs, tiny_tarball, web_set, tmp_path, capsys):
     """--examples keeps the attacked examples; a run with other options (here --hard-negatives) must not train
     on the old ones."""
@@ -341,6 +342,7 @@ def test_attack_sources_must_fit_the_pair_and_be_one_per_family(bundle_dirs, tmp
         train_detector.load_attack_sources([str(bundle_dirs[1])], robust, standard, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_detector_trained_with_an_attack_source_records_it_and_evaluate_knows_the_family(
     bundle_dirs, tiny_tarball, web_set, tmp_path, capsys
 ):
@@ -445,6 +447,7 @@ def test_tail_loss_lowers_the_hardest_clean_score_more_than_cross_entropy_alone(
     assert tailed[hardest] < plain[hardest] < before[hardest] + 1e-3
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_detector_of_the_same_design_and_records_it(bundle_dirs, tiny_tarball, web_set, tmp_path):
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     start = load_bundle(default_detector_dir(robust))
