@@ -28,7 +28,7 @@ from scanner import secretbox
 from scanner.audits import store, webhooks
 from scanner.audits.diff import Seen, compare
 from scanner.crawl import CrawlConfig
-from scanner.crawl_command import CrawlOutcome
+from scanner.crawl.scan import CrawlOutcome
 from scanner.db.models import Audit
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
@@ -97,7 +97,7 @@ async def _crawl_and_record(
 ) -> RunResult:
     beat = asyncio.create_task(_heartbeat(sessions, run_id, owner))
     try:
-        outcome = await _crawl(settings, audit, tenant, console or Console(stderr=True, quiet=True))
+        outcome = await _crawl(settings, audit, tenant, console)
         robustness = None
         if audit.robustness_sample:
             robustness = await asyncio.to_thread(_robustness_check, settings, sessions, audit, outcome, run_id)
@@ -135,8 +135,10 @@ async def _heartbeat(sessions: sessionmaker[Session], run_id: int, owner: str) -
             log.warning("run %s lost its lock", run_id)
 
 
-async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console) -> CrawlOutcome:
-    from scanner.crawl_command import crawl_and_scan
+async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console | None) -> CrawlOutcome:
+    """The audit's crawl, its progress on ``console`` (``scanner audit run``); none for scheduled runs."""
+    from scanner.crawl.progress import crawl_progress
+    from scanner.crawl.scan import crawl_and_scan
     from scanner.local import LocalSubmitter
 
     # The local intake analyses in this process, whatever the settings' broker: see the module docstring.
@@ -144,7 +146,8 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
     with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
         config = _crawl_config(settings, audit, Path(workdir))
         async with LocalSubmitter(local, tenant) as submitter:
-            outcome = await crawl_and_scan(config, submitter, resume=False, console=console)
+            progress = crawl_progress(console) if console is not None else None
+            outcome = await crawl_and_scan(config, submitter, resume=False, progress=progress)
     outcome.mode = "audit"
     if not outcome.pages or all(page["error"] for page in outcome.pages):
         raise RuntimeError(f"the crawl of {audit.start_url} reached no page")

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOP = ("scanner.api", "scanner.cli")
 BELOW_THE_TOP = (
-    "scanner.intake", "scanner.local", "scanner.crawl", "scanner.crawl_command", "scanner.audits", "scanner.report",
+    "scanner.intake", "scanner.local", "scanner.crawl", "scanner.audits", "scanner.report",
     "scanner.client", "scanner.db", "scanner.fetch", "scanner.settings", "scanner.versions", "scanner.explain",
 )  # fmt: skip
 
@@ -58,3 +58,10 @@ def test_crawls_and_audits_submit_through_the_intake_not_over_http() -> None:
     assert ("scanner.audits.runner", "scanner.local") in used and ("scanner.local", "scanner.intake") in used
     assert ("scanner.api.routes", "scanner.intake") in used
     assert not any(_within(t, ("scanner.client",)) for m, t in used if m == "scanner.audits.runner")
+
+
+def test_the_crawl_and_scan_loop_prints_nothing_and_the_audits_use_it_not_the_cli() -> None:
+    used = {(m, t) for m, t in _imports("scanner")}
+    loop = {t for m, t in used if m == "scanner.crawl.scan"}
+    assert not any(_within(t, ("rich", "argparse", "scanner.cli")) for t in loop)
+    assert ("scanner.audits.runner", "scanner.crawl.scan") in used
