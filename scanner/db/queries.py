@@ -105,7 +105,8 @@ def new_scan(
 
 @dataclass
 class NewItem:
-    """One image of a submission: bytes checked and hashed, or the error that refused it."""
+    """One image of a submission (``scanner.intake.Entry``): given by URL or as bytes, then fetched, checked and
+    hashed by the intake; recorded with its bytes, or with the error that refused it."""
 
     sha256: str | None = None
     data: bytes | None = None
