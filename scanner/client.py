@@ -1,7 +1,7 @@
-"""A small asynchronous client of the scanner API, used by ``scanner crawl`` and ``scanner report``.
+"""A small asynchronous client of the scanner API, used by ``scanner crawl --api`` and ``scanner report --api``.
 
-The crawl always talks HTTP: to a remote server (``--api URL --key K``) or to the embedded one it starts on a
-loopback port, so that both modes run the same code path the browser extension uses.
+Without ``--api`` a crawl talks no HTTP: it submits through the intake in its own process (``scanner.local``,
+which answers the same ``whoami``/``submit``/``scan`` calls), so the crawl does not know which of the two it feeds.
 """
 
 from __future__ import annotations

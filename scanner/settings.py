@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ROBUST = REPO_ROOT / "models" / "pgd-at-preact18-w0.25"
 BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.25"
+# The default cap of images per scan: the API's schema states it and a crawl sends larger pages as several scans.
+MAX_IMAGES_PER_SCAN = 256
 
 
 def masked_url(url: str | None) -> str:
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="one image, uploaded or fetched")
     max_image_pixels: int = Field(64 * 1024 * 1024, ge=1, description="width x height, checked before decoding")
-    max_images_per_scan: int = Field(256, ge=1)
+    max_images_per_scan: int = Field(MAX_IMAGES_PER_SCAN, ge=1)
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute (token bucket)")
     rate_limit_burst: int = Field(120, ge=1)
     auth_failures_per_minute: int = Field(

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
 from scanner import secretbox
-from scanner.audits import store, webhooks
+from scanner.audits import schedule, store, webhooks
 from scanner.audits.diff import Seen, compare
 from scanner.crawl import CrawlConfig
-from scanner.crawl_command import CrawlOutcome
-from scanner.db.models import Audit
+from scanner.crawl.scan import CrawlOutcome
+from scanner.db.models import Audit, utcnow
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 
@@ -54,6 +55,42 @@ def claim(sessions: sessionmaker[Session], audit_id: int, trigger: str = "manual
     """Take the run lock now (raises ``store.AlreadyRunning``); the new run's id."""
     with transaction(sessions) as session:
         return store.claim_run(session, audit_id, owner_id(), trigger)
+
+
+def tick(sessions: sessionmaker[Session], enqueue: Callable[[int], Any], tick_s: float) -> list[int]:
+    """One tick of the schedule: start every due audit's run (by the missed-run policy) and ``enqueue`` it; the
+    run ids started.  Beat's task (``scanner.audits.tasks``) and the embedded scheduler of ``scanner serve``
+    (``scanner.audits.local_beat``) both call it, so neither starts a slot the other took."""
+    now = utcnow()
+    with sessions() as session:
+        due = store.due_audits(session, now)
+    started = []
+    for audit_id, slot in due:
+        run_id = _claim_slot(sessions, audit_id, slot, now, dt.timedelta(seconds=3 * tick_s))
+        if run_id is not None:
+            enqueue(run_id)
+            started.append(run_id)
+    return started
+
+
+def _claim_slot(
+    sessions: sessionmaker[Session], audit_id: int, slot: dt.datetime, now: dt.datetime, grace: dt.timedelta
+) -> int | None:
+    with transaction(sessions) as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None:
+            return None
+        run, following = schedule.next_slot(schedule.parse(audit.schedule), slot, now, audit.missed_run_policy, grace)
+        if not store.advance_slot(session, audit_id, slot, following):
+            return None  # another tick took this slot
+        if not run:
+            log.info("audit %s: slot %s missed, skipped by policy", audit_id, slot.isoformat())
+            return None
+        try:
+            return store.claim_run(session, audit_id, f"queued:{owner_id()}", "schedule", now)
+        except store.AlreadyRunning:
+            log.info("audit %s: slot %s comes while a run is still going on: not started", audit_id, slot)
+            return None
 
 
 async def execute_run(
@@ -97,7 +134,7 @@ async def _crawl_and_record(
 ) -> RunResult:
     beat = asyncio.create_task(_heartbeat(sessions, run_id, owner))
     try:
-        outcome = await _crawl(settings, audit, tenant, console or Console(stderr=True, quiet=True))
+        outcome = await _crawl(settings, audit, tenant, console)
         robustness = None
         if audit.robustness_sample:
             robustness = await asyncio.to_thread(_robustness_check, settings, sessions, audit, outcome, run_id)
@@ -135,8 +172,10 @@ async def _heartbeat(sessions: sessionmaker[Session], run_id: int, owner: str) -
             log.warning("run %s lost its lock", run_id)
 
 
-async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console) -> CrawlOutcome:
-    from scanner.crawl_command import crawl_and_scan
+async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console | None) -> CrawlOutcome:
+    """The audit's crawl, its progress on ``console`` (``scanner audit run``); none for scheduled runs."""
+    from scanner.crawl.progress import crawl_progress
+    from scanner.crawl.scan import crawl_and_scan
     from scanner.local import LocalSubmitter
 
     # The local intake analyses in this process, whatever the settings' broker: see the module docstring.
@@ -144,7 +183,8 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
     with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
         config = _crawl_config(settings, audit, Path(workdir))
         async with LocalSubmitter(local, tenant) as submitter:
-            outcome = await crawl_and_scan(config, submitter, resume=False, console=console)
+            progress = crawl_progress(console) if console is not None else None
+            outcome = await crawl_and_scan(config, submitter, resume=False, progress=progress)
     outcome.mode = "audit"
     if not outcome.pages or all(page["error"] for page in outcome.pages):
         raise RuntimeError(f"the crawl of {audit.start_url} reached no page")

@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TOP = ("scanner.api", "scanner.cli")
 BELOW_THE_TOP = (
-    "scanner.intake", "scanner.local", "scanner.crawl", "scanner.crawl_command", "scanner.audits", "scanner.report",
+    "scanner.intake", "scanner.local", "scanner.crawl", "scanner.audits", "scanner.report",
     "scanner.client", "scanner.db", "scanner.fetch", "scanner.settings", "scanner.versions", "scanner.explain",
 )  # fmt: skip
 
@@ -58,3 +58,30 @@ def test_crawls_and_audits_submit_through_the_intake_not_over_http() -> None:
     assert ("scanner.audits.runner", "scanner.local") in used and ("scanner.local", "scanner.intake") in used
     assert ("scanner.api.routes", "scanner.intake") in used
     assert not any(_within(t, ("scanner.client",)) for m, t in used if m == "scanner.audits.runner")
+
+
+def _reachable(start: str) -> set[str]:
+    """Every module name imported from ``start`` onwards, through the project's own modules (lazy imports too)."""
+    graph: dict[str, set[str]] = {}
+    for module, target in _imports("scanner"):
+        graph.setdefault(module, set()).add(target)
+    seen, todo = {start}, [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_the_crawl_and_scan_loop_prints_nothing_and_the_audits_use_it_not_the_cli() -> None:
+    used = {(m, t) for m, t in _imports("scanner")}
+    loop = {t for m, t in used if m == "scanner.crawl.scan"}
+    assert not any(_within(t, ("rich", "argparse", "scanner.cli")) for t in loop)
+    assert ("scanner.audits.runner", "scanner.crawl.scan") in used
+
+
+def test_the_embedded_audit_schedule_needs_no_celery() -> None:
+    reached = _reachable("scanner.audits.local_beat")
+    assert "scanner.audits.runner" in reached  # the walk does follow the scheduler's imports
+    assert not any(_within(name, ("celery", "scanner.audits.tasks", "scanner.analysis.tasks")) for name in reached)

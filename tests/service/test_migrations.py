@@ -72,6 +72,7 @@ def _populate(database_url: str) -> None:
     from scanner.db.models import Image, utcnow
     from scanner.db.session import make_sessionmaker, transaction
     from tests.service.conftest import verdict_with_score
+    from tests.support.queries import write_verdict
 
     engine = make_engine(database_url)
     with transaction(make_sessionmaker(engine)) as session:
@@ -82,8 +83,8 @@ def _populate(database_url: str) -> None:
             queries.NewItem(f"{i:064x}", b"bytes%d" % i, "PNG", 8, 8, f"https://shop.example/{i}.png") for i in (1, 2)
         ]
         first, second = queries.add_items(session, scan, items)
-        queries.write_verdict(session, first, verdict_with_score("m1", "c1", "cat", 2.0))
-        queries.write_verdict(session, second, {**verdict_with_score("m1", "c1", "cat", 0.1), "label": None})
+        write_verdict(session, first, verdict_with_score("m1", "c1", "cat", 2.0))
+        write_verdict(session, second, {**verdict_with_score("m1", "c1", "cat", 0.1), "label": None})
         queries.add_feedback(session, tenant, first, key.id, "false_flag", "m1", "c1", None, "no")
         audit = store.create_audit(session, tenant, store.AuditSpec("https://shop.example/", "every 6h"), utcnow())
         run = store.claim_run(session, audit.id, "test", "manual")

@@ -16,6 +16,7 @@ from scanner.db import migrate, queries
 from scanner.db.models import DeadLetter, Image, ScanItem, Verdict
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.versions import UNCALIBRATED
+from tests.support.queries import add_item, record_image
 
 
 def png(seed: int) -> bytes:
@@ -43,8 +44,8 @@ def submit(sessions, engine, blobs: list[bytes]) -> tuple[str, list[int]]:  # no
         scan = queries.new_scan(session, tenant.id, "api", None, engine.model_version, UNCALIBRATED)
         ids = []
         for position, data in enumerate(blobs):
-            image = queries.record_image(session, hashlib.sha256(data).hexdigest(), data, "PNG", 12, 12)
-            queries.add_item(session, scan, position, image=image)
+            image = record_image(session, hashlib.sha256(data).hexdigest(), data, "PNG", 12, 12)
+            add_item(session, scan, position, image=image)
             ids.append(image.id)
         return scan.id, ids
 

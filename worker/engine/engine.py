@@ -38,6 +38,7 @@ from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
 from worker.engine.serving import for_serving
+from worker.versions import pair_version
 
 log = logging.getLogger(__name__)
 DETECTOR_FOLDER = "perturbation-detector"
@@ -187,7 +188,7 @@ class Engine:
 
     @property
     def model_version(self) -> str:
-        return f"{self.robust.version}+{self.standard.version}"
+        return pair_version(self.robust.version, self.standard.version)
 
     # --- public ------------------------------------------------------------------------------------------
     def analyse(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:

@@ -4,23 +4,70 @@
 perturbed by PGD against the bundled *standard* model, serves it on loopback, crawls it with Chromium in
 embedded mode and scores the verdicts against the truth.  ``run_demo`` (``--models-only``) shows the robust
 model beside its standard companion on the same kind of images, without the crawl.
+
+The model code (torch, ``training``) is imported when the demo runs, not when the parser is built.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from training.attacks import parse_eps, pgd, predict
-from training.bundle import load
-from training.data import load_splits, seeded_subset, to_float
+from scanner.cli.crawl import print_report, submitter_for
+from scanner.helpformat import HelpFormatter
+from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="crawl a local demo site whose images are partly attacked, end to end",
+        formatter_class=HelpFormatter,
+    )
+    demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder tarball or tree")
+    demo.add_argument("--robust", type=Path, default=BUNDLED_ROBUST, help="the robust model bundle that judges")
+    demo.add_argument(
+        "--standard", type=Path, default=BUNDLED_STANDARD, help="the standard model bundle the attacks target"
+    )
+    demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
+    demo.add_argument("--per-page", type=int, default=5, help="images per page")
+    demo.add_argument("--eps", default="8/255", help="L-inf size of the PGD attacks, in pixel units")
+    demo.add_argument("--photos", type=int, default=6, help="ordinary photos on the site, half of them attacked")
+    demo.add_argument("--seed", type=int, default=0, help="which test images are drawn and attacked")
+    demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.bundle import BundleError
+    from training.data import DataError
+
+    if not args.data.exists():
+        print(f"error: demo images not found at {args.data}; pass --data (see shared/data/README.md)", file=sys.stderr)
+        return 2
+    try:
+        if args.models_only:
+            run_demo(args.data, args.robust, args.standard, args.pages * args.per_page, args.eps, args.seed)
+            return 0
+        return run_crawl_demo(args)
+    except (BundleError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def run_demo(data: Path, robust_dir: Path, standard_dir: Path, n: int, eps_text: str, seed: int) -> dict[str, float]:
+    import torch
+
+    from training.attacks import parse_eps, pgd, predict
+    from training.bundle import load
+    from training.data import load_splits, seeded_subset, to_float
+
     console = Console()
     robust, standard = load(robust_dir), load(standard_dir)
     console.print(f"robust model   {robust.metadata['method']} {robust.metadata['arch']} v{robust.version}")
@@ -87,6 +134,7 @@ def run_crawl_demo(args: Any) -> int:
 
     from scanner.demo_site import build_demo_site
     from scanner.settings import Settings
+    from training.bundle import load
 
     console = Console()
     load(args.robust), load(args.standard)  # a missing or broken bundle is reported before any work
@@ -108,8 +156,6 @@ def run_crawl_demo(args: Any) -> int:
             database_url=None,
         )
         outcome = asyncio.run(_serve_and_crawl(root / "site", settings, console))
-    from scanner.crawl_command import print_report
-
     print_report(outcome, console)
     _score_against_truth(images, outcome, console)
     return 0
@@ -119,7 +165,8 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
     from aiohttp import web
 
     from scanner.crawl import CrawlConfig
-    from scanner.crawl_command import crawl_and_scan, submitter_for
+    from scanner.crawl.progress import crawl_progress
+    from scanner.crawl.scan import crawl_and_scan
 
     async def index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(site_dir / "index.html")
@@ -135,7 +182,7 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
         console.print(f"demo site on {url}; crawling it with Chromium, analysis in-process (embedded mode)")
         config = CrawlConfig(start_url=url, max_pages=50, concurrency=2, state_path=settings.data_dir / "crawl.sqlite")
         async with submitter_for(settings, None, None) as submitter:
-            outcome = await crawl_and_scan(config, submitter, console=console)
+            outcome = await crawl_and_scan(config, submitter, progress=crawl_progress(console))
             outcome.mode = "embedded"
             return outcome
     finally:
