@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from scanner import secretbox
-from scanner.api.app import in_thread, json_body, require_scope, services
+from scanner.api.context import in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
 from scanner.audits import store
