@@ -22,7 +22,7 @@ from scanner import intake
 from scanner.analysis.inprocess import InProcessAnalysis
 from scanner.client import Upload
 from scanner.db import keys, migrate
-from scanner.db.session import make_engine, make_sessionmaker, transaction
+from scanner.db.session import make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
 
@@ -41,8 +41,7 @@ class LocalSubmitter:
         self.tenant_id = 0
 
     async def __aenter__(self) -> LocalSubmitter:
-        await asyncio.to_thread(migrate.upgrade, self.settings.db_url)
-        self._db = make_engine(self.settings.db_url)
+        self._db = await asyncio.to_thread(migrate.open_current, self.settings)  # the one migration rule
         self.sessions = make_sessionmaker(self._db)
         self.versions = served_versions(self.settings)
         self.tenant_id = await asyncio.to_thread(self._tenant_id)

@@ -194,9 +194,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        # The embedded mode migrates its own SQLite file; a shared database is migrated deliberately, so a
-        # server never changes a schema other processes are using.
-        svc.db = await in_thread(migrate.current_engine, settings.db_url, settings.embedded)
+        svc.db = await in_thread(migrate.open_current, settings)  # the one migration rule: see migrate
         svc.sessions = make_sessionmaker(svc.db)
         svc.dispatcher = make_dispatcher(settings, svc.sessions, engine)
         await svc.dispatcher.start()
