@@ -69,11 +69,14 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
 
 
 def worker_arguments(args: argparse.Namespace, app: Any, settings: Settings) -> list[str]:
-    """Extra ``celery worker`` arguments for ``scanner worker --beat``: the embedded beat and its tick."""
+    """The audits' part of ``scanner worker``: the audit tasks registered on the worker's app (made by
+    ``scanner.analysis.tasks``, which knows no audits), and with ``--beat`` the embedded beat and its tick; the
+    extra ``celery worker`` arguments."""
+    from scanner.audits.tasks import enable_beat, register
+
+    register(app, settings)
     if not args.beat:
         return []
-    from scanner.audits.tasks import enable_beat
-
     enable_beat(app, args.audit_tick)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
