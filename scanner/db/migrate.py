@@ -20,8 +20,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
+from scanner import settings as config  # the module only: scanner.db may import scanner.settings (test_layers)
 from scanner.db.session import make_engine
-from scanner.settings import Settings, masked_url
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 DEFAULT_DATABASE = "scanner.db"  # in data_dir: Settings' default database_url
@@ -66,12 +66,12 @@ class SchemaOutOfDate(ValueError):
     ValueError: a step the person must take, which the commands print as one line."""
 
 
-def migrates_itself(settings: Settings) -> bool:
+def migrates_itself(settings: config.Settings) -> bool:
     """The rule: only the embedded default SQLite file is upgraded without ``scanner db upgrade``."""
     return settings.embedded and settings.db_url == f"sqlite:///{settings.data_dir / DEFAULT_DATABASE}"
 
 
-def open_current(settings: Settings) -> Engine:
+def open_current(settings: config.Settings) -> Engine:
     """An engine on the settings' database at this code's schema, by the rule of this module's docstring;
     ``SchemaOutOfDate`` otherwise.  Every entry point (serve, crawl, audit, keys, report, worker) calls it."""
     return current_engine(settings.db_url, upgrade_if_behind=migrates_itself(settings))
@@ -104,7 +104,7 @@ def schema_state(engine: Engine) -> str:
 
 def refusal(state: str, current: str | None, url: str) -> str:
     """The one line a process that may not migrate says about a schema that is not its own."""
-    head, where = head_revision(), f"the database {masked_url(url)}"
+    head, where = head_revision(), f"the database {config.masked_url(url)}"
     if state == "ahead":
         return (
             f"{where} has the schema revision {current}, newer than this scanner's newest ({head}): run the newer"
