@@ -1,9 +1,9 @@
 """The local submitter: a crawl's pages go through the intake (``scanner.intake.take``, the function the API's
 ``POST /v1/scans`` calls) in this process, are analysed by a thread of this process with its one engine
 (``scanner.analysis.inprocess``, the hand-over of the embedded API too), and are read back from the configured
-database.  ``scanner crawl`` without ``--api`` and the audit runs use it: no
-loopback HTTP server, no short-lived API key, and no second copy of the model in a process that already has one
-(``scanner.analysis.pipeline.engine_for`` keeps one engine per process).
+database.  ``scanner crawl`` without ``--api`` and the audit runs use it: no loopback HTTP server, no short-lived
+API key, and no second copy of the model in a process that already has one (``scanner.analysis.pipeline.engine_for``
+keeps one engine per process).  Its database is opened by the one migration rule (``scanner.db.migrate``).
 
 It answers the same three calls as ``scanner.client.ScannerClient`` (``whoami``, ``submit``, ``scan``), so the
 crawler does not know which of the two it feeds.
