@@ -61,12 +61,10 @@ def _from_database(settings: Settings, args: argparse.Namespace) -> list[dict[st
 
     from scanner.db import migrate, queries
     from scanner.db.models import Tenant
-    from scanner.db.session import make_engine, make_sessionmaker
+    from scanner.db.session import make_sessionmaker
     from scanner.versions import served_versions
 
-    engine = make_engine(settings.db_url)
-    if not migrate.is_up_to_date(engine):
-        raise RuntimeError(f"no current scanner database at {settings.db_url}: run `scanner db upgrade` or a crawl")
+    engine = migrate.open_current(settings)  # the one migration rule (README: Migrations)
     versions = served_versions(settings)
     with make_sessionmaker(engine)() as session:
         tenant = session.scalar(select(Tenant).where(Tenant.name == args.tenant))

@@ -1,5 +1,9 @@
 """The Celery worker: ``scanner worker`` builds it with ``create_worker_app(settings)`` and runs it.
 
+The app holds the analysis task; ``scanner worker`` adds the audit tasks to it
+(``scanner.audits.cli.worker_arguments``): the audits run crawls analysed through this package, so this package
+imports nothing of them.
+
 The engine is loaded once per worker *process*, in ``worker_process_init`` (a forked child cannot reuse a
 parent's CUDA context, nor its database connections).
 """
@@ -80,7 +84,4 @@ def create_worker_app(settings: Settings) -> Celery:
         log.info("batch of %d images: %s", len(image_ids), outcome)
         return outcome.__dict__
 
-    from scanner.audits.tasks import register as register_audit_tasks
-
-    register_audit_tasks(app, settings)
     return app

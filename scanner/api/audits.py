@@ -16,9 +16,11 @@ from typing import Any
 from aiohttp import web
 
 from scanner import secretbox
-from scanner.api.app import in_thread, json_body, require_scope, services
+from scanner.api.context import in_thread, json_body, require_scope, services
+from scanner.api.patterns import CRON, EVERY, HTTP_URL
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
+from scanner.audits import spec as audit_spec
 from scanner.audits import store
 from scanner.db.models import Audit, AuditRun, utcnow
 from scanner.db.session import transaction
@@ -65,8 +67,6 @@ async def create_audit(request: web.Request) -> web.Response:
 
 
 def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
-    from scanner.api.openapi import CRON, EVERY, HTTP_URL
-    from scanner.audits.cli import check_webhook, spec_from
     from scanner.audits.schedule import interval_text
     from scanner.crawl.patterns import pattern_error
 
@@ -84,12 +84,12 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
     if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
         raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
     try:
-        spec = spec_from(
+        spec = audit_spec.spec_from(
             body.start_url,
             interval_text(body.every) if body.every is not None else body.cron or "",
             **body.model_dump(exclude={"start_url", "every", "cron"}),
         )
-        check_webhook(spec, None)
+        audit_spec.check_webhook(spec, None)
     except ValueError as err:
         code = "invalid_schedule" if "schedule" in str(err) or "interval" in str(err) else "invalid_body"
         raise Problem(422, code, str(err)) from err
@@ -99,11 +99,10 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
 async def check_start_url(start_url: str, settings: Any) -> None:
     """Refuse a start URL the fetcher would refuse (422 with its code: bad_url, blocked_address, blocked_port):
     the run crawls it from inside our network on the tenant's behalf."""
-    from scanner.api.intake import fetch_policy
-    from scanner.fetch import FetchError, check_target
+    from scanner.fetch import FetchError
 
     try:
-        await check_target(start_url, fetch_policy(settings))
+        await audit_spec.check_start_url(start_url, settings)
     except FetchError as err:
         raise Problem(422, err.code, f"start_url: {err.message}") from err
 

@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from scanner import intake as intake_path
-from scanner.api import audits, dashboard, intake
-from scanner.api.app import KEY, in_thread, json_body, require_scope, services
+from scanner.api import intake
+from scanner.api.context import KEY, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.api.text import is_clean
@@ -49,8 +49,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    audits.add_routes(app)
-    dashboard.add_routes(app)
 
 
 # --- scans ---------------------------------------------------------------------------------------------------

@@ -12,14 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner import secretbox
-from scanner.audits import schedule, store, webhooks
+from scanner.audits import schedule, store
+from scanner.audits import spec as spec_rules
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
 
 DEFAULT_TICK_S = 30.0
-
-
-MAX_ROBUSTNESS_SAMPLE = 256
 
 
 def add_parser(sub: Any) -> None:
@@ -71,11 +69,14 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
 
 
 def worker_arguments(args: argparse.Namespace, app: Any, settings: Settings) -> list[str]:
-    """Extra ``celery worker`` arguments for ``scanner worker --beat``: the embedded beat and its tick."""
+    """The audits' part of ``scanner worker``: the audit tasks registered on the worker's app (made by
+    ``scanner.analysis.tasks``, which knows no audits), and with ``--beat`` the embedded beat and its tick; the
+    extra ``celery worker`` arguments."""
+    from scanner.audits.tasks import enable_beat, register
+
+    register(app, settings)
     if not args.beat:
         return []
-    from scanner.audits.tasks import enable_beat
-
     enable_beat(app, args.audit_tick)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
@@ -86,7 +87,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.db.session import make_sessionmaker
 
     try:
-        engine = migrate.current_engine(settings.db_url, upgrade_if_behind=settings.embedded)
+        engine = migrate.open_current(settings)
     except migrate.SchemaOutOfDate as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -101,52 +102,19 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
 
 
-def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
-    """A validated audit (shared by the CLI and the API): raises ValueError with a message for people."""
-    start_url = site if "://" in site else f"https://{site}"
-    parsed = schedule.parse(schedule_text)
-    spec = store.AuditSpec(start_url=start_url, schedule=parsed.text, **options)
-    if spec.max_pages < 1 or spec.max_depth < 0:
-        raise ValueError("max_pages must be at least 1 and max_depth at least 0")
-    if spec.missed_run_policy not in schedule.MISSED_POLICIES:
-        raise ValueError(f"the missed-run policy is one of {', '.join(schedule.MISSED_POLICIES)}")
-    if not 0 <= spec.robustness_sample <= MAX_ROBUSTNESS_SAMPLE:
-        raise ValueError(f"the robustness sample is 0 to {MAX_ROBUSTNESS_SAMPLE} images")
-    if bool(spec.webhook_url) != bool(spec.webhook_secret):
-        raise ValueError("a webhook needs both its URL and its secret")
-    return spec
-
-
 def check_start_url(start_url: str, settings: Settings) -> None:
-    """Audit runs crawl on the server under the fetcher's rules, so a start URL they would refuse is refused
-    now, with the setting that allows it, rather than failing at every run."""
+    """``spec.check_start_url`` with the setting that allows a refused address or port."""
     import asyncio
 
-    from scanner.fetch import FetchError, check_target
-    from scanner.intake import fetch_policy
+    from scanner.fetch import FetchError
 
     try:
-        asyncio.run(check_target(start_url, fetch_policy(settings)))
+        asyncio.run(spec_rules.check_start_url(start_url, settings))
     except FetchError as err:
         raise ValueError(
             f"audit runs may not crawl {start_url}: {err.message} (for an intranet or local site set "
             "SCANNER_FETCH_ALLOW_PRIVATE=true, and SCANNER_FETCH_ANY_PORT=true for ports other than 80 and 443)"
         ) from err
-
-
-def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    from scanner.fetch import FetchError
-    from scanner.intake import fetch_policy
-
-    if spec.webhook_url:
-        if not spec.webhook_url.lower().startswith(("http://", "https://")):
-            raise ValueError("the webhook URL must be an http(s) URL")
-        if settings is None:  # the API: the address is checked at each delivery, and a refusal recorded there
-            return
-        try:
-            webhooks.check_target(spec.webhook_url, fetch_policy(settings))
-        except FetchError as err:
-            raise ValueError(f"the webhook URL is refused: {err}") from err
 
 
 def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
@@ -157,7 +125,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     if args.max_pages < 1 or args.max_depth < 0:  # said with the options people typed, not the fields' names
         raise ValueError("--max-pages must be at least 1 and --max-depth at least 0")
 
-    spec = spec_from(
+    spec = spec_rules.spec_from(
         args.site,
         schedule.interval_text(args.every) if args.every else args.cron,
         max_pages=args.max_pages,
@@ -172,7 +140,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         robustness_sample=args.robustness_sample,
     )
     check_start_url(spec.start_url, settings)
-    check_webhook(spec, settings)
+    spec_rules.check_webhook(spec, settings)
     spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))  # at rest
     with transaction(sessions) as session:
         tenant = keys.get_or_create_tenant(session, args.tenant)

@@ -28,7 +28,8 @@ DEFAULT_TICK_S = 30.0
 
 
 def register(app: Celery, settings: Settings) -> None:
-    """Register the audit tasks on the worker's app (``scanner.analysis.tasks.create_worker_app`` calls it)."""
+    """Register the audit tasks on the worker's app (``scanner worker`` calls it through
+    ``scanner.audits.cli.worker_arguments``, on the app of ``scanner.analysis.tasks.create_worker_app``)."""
     holder: dict[str, sessionmaker[Session]] = {}
 
     def sessions() -> sessionmaker[Session]:  # per process, created on first use (after the fork)

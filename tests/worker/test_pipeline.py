@@ -1,9 +1,12 @@
 """scanner.analysis.pipeline against a real SQLite database and the tiny real engine: idempotent verdicts, typed decode
-failures, the careful redelivery after a crash, and dead-lettering of a poison input."""
+failures, the careful redelivery after a crash, and dead-lettering of a poison input; and the in-process hand-over
+(scanner.analysis.inprocess) that the embedded API and the local submitter share: its batching and its retry rule."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,12 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
+from scanner.analysis.inprocess import InProcessAnalysis
 from scanner.analysis.pipeline import analyse_images
 from scanner.db import migrate, queries
 from scanner.db.models import DeadLetter, Image, ScanItem, Verdict
 from scanner.db.session import make_engine, make_sessionmaker, transaction
+from scanner.settings import Settings
 from scanner.versions import UNCALIBRATED
 from tests.support.queries import add_item, record_image
 
@@ -125,3 +130,43 @@ def test_a_poison_input_is_dead_lettered_and_the_rest_of_its_batch_finishes(sess
     with sessions() as session:
         letter = session.scalars(select(DeadLetter)).one()
         assert letter.image_id == ids[1] and letter.deliveries == 3 and letter.task_id == "task-4"
+
+
+class RecordingEngine(PoisonEngine):
+    """The poison engine, recording the size of every batch it is given."""
+
+    def __init__(self, engine, poison: bytes) -> None:  # noqa: ANN001
+        super().__init__(engine, poison)
+        self.batches: list[int] = []
+
+    def analyse(self, items):  # noqa: ANN001, ANN201
+        self.batches.append(len(items))
+        return super().analyse(items)
+
+
+def test_in_process_analysis_batches_what_arrives_together_and_settles_a_poison_input_alone(
+    sessions,  # noqa: ANN001
+    engine,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    """No relay runs here (the local submitter has none): the retry rule alone must settle every image."""
+    poison = png(13)
+    scan_id, ids = submit(sessions, engine, [png(11), poison, png(12)])
+    recording = RecordingEngine(engine, poison)
+    analysis = InProcessAnalysis(Settings(data_dir=tmp_path, max_deliveries=3), sessions, recording)
+
+    async def run() -> list[tuple[str, str | None]]:
+        await analysis.start()
+        analysis.put(ids[:1])  # two hand-overs in a row: one batch
+        analysis.put(ids[1:])
+        deadline = time.monotonic() + 120
+        while any(state == "pending" for state, _ in states(sessions, scan_id)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await analysis.stop()
+        return states(sessions, scan_id)
+
+    assert asyncio.run(run()) == [("done", None), ("failed", "dead_lettered"), ("done", None)]
+    # The batch of three fails; the second try goes one by one (three calls), two more fail the poison alone,
+    # and the fourth (max_deliveries + 1) dead-letters it without calling the engine.
+    assert recording.batches == [3, 1, 1, 1, 1]
+    assert count(sessions, DeadLetter) == 1 and count(sessions, Verdict) == 2

@@ -1,0 +1,51 @@
+"""What makes an audit valid, shared by ``scanner audit add`` and ``POST /v1/audits``: the spec's fields, its
+schedule, its webhook and its start URL under the fetcher's rules.  Each check raises with a message for people;
+the CLI prints it, the API answers it as a 422."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scanner.audits import schedule, store, webhooks
+from scanner.fetch import FetchError, check_target
+from scanner.intake import fetch_policy
+from scanner.settings import Settings
+
+MAX_ROBUSTNESS_SAMPLE = 256
+
+
+def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
+    """A validated audit: raises ValueError with a message for people."""
+    start_url = site if "://" in site else f"https://{site}"
+    parsed = schedule.parse(schedule_text)
+    spec = store.AuditSpec(start_url=start_url, schedule=parsed.text, **options)
+    if spec.max_pages < 1 or spec.max_depth < 0:
+        raise ValueError("max_pages must be at least 1 and max_depth at least 0")
+    if spec.missed_run_policy not in schedule.MISSED_POLICIES:
+        raise ValueError(f"the missed-run policy is one of {', '.join(schedule.MISSED_POLICIES)}")
+    if not 0 <= spec.robustness_sample <= MAX_ROBUSTNESS_SAMPLE:
+        raise ValueError(f"the robustness sample is 0 to {MAX_ROBUSTNESS_SAMPLE} images")
+    if bool(spec.webhook_url) != bool(spec.webhook_secret):
+        raise ValueError("a webhook needs both its URL and its secret")
+    return spec
+
+
+async def check_start_url(start_url: str, settings: Settings) -> None:
+    """Audit runs crawl on the server under the fetcher's rules, so a start URL they would refuse is refused
+    when the audit is made, rather than failing at every run: raises ``scanner.fetch.FetchError``."""
+    await check_target(start_url, fetch_policy(settings))
+
+
+def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
+    """The webhook URL is http(s); with ``settings``, its address is also one the fetcher may reach (the API
+    passes none: the address is checked at each delivery, and a refusal recorded there)."""
+    if not spec.webhook_url:
+        return
+    if not spec.webhook_url.lower().startswith(("http://", "https://")):
+        raise ValueError("the webhook URL must be an http(s) URL")
+    if settings is None:
+        return
+    try:
+        webhooks.check_target(spec.webhook_url, fetch_policy(settings))
+    except FetchError as err:
+        raise ValueError(f"the webhook URL is refused: {err}") from err
