@@ -39,11 +39,11 @@ from scanner.api.schemas import (
     ScanRequest,
     Source,
 )
+from scanner.settings import MAX_IMAGES_PER_SCAN
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 PARTS_PATH = Path(__file__).with_name("openapi_parts.json")
 SCHEMA_REF = "#/components/schemas/{model}"
-MAX_IMAGES_PER_SCAN = 256  # the default of Settings.max_images_per_scan
 MODELS = [
     (ScanRequest, "validation"),
     (FeedbackRequest, "validation"),

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.db.session import make_sessionmaker, transaction
 
     try:
-        engine = migrate.current_engine(settings.db_url, upgrade_if_behind=settings.embedded)
+        engine = migrate.open_current(settings)
     except migrate.SchemaOutOfDate as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -53,6 +53,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as err:  # the usual one: the port is taken by another server
         print(f"error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
         return 2
+    except ValueError as err:  # migrate.SchemaOutOfDate: the database is behind or ahead of this code
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -70,7 +73,7 @@ def worker(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.db import migrate
 
     try:
-        migrate.current_engine(settings.db_url, upgrade_if_behind=False).dispose()
+        migrate.open_current(settings).dispose()
     except migrate.SchemaOutOfDate as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

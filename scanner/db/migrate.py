@@ -11,6 +11,7 @@ point opens its database through ``open_current``, which holds the one migration
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from alembic import command
@@ -19,11 +20,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-import migrations
 from scanner import settings as config  # the module only: scanner.db may import scanner.settings (test_layers)
 from scanner.db.session import make_engine
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+# Found, not imported: the migrations import the models, so an import here would close a cycle.
+MIGRATIONS_DIR = Path(importlib.util.find_spec("migrations").origin).resolve().parent
 DEFAULT_DATABASE = "scanner.db"  # in data_dir: Settings' default database_url
 
 
