@@ -16,7 +16,6 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from scanner import intake as intake_path
 from scanner.api import intake
@@ -46,7 +45,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/images/{sha256}/feedback", post_feedback)
     app.router.add_get("/v1/reports/flagged", flagged_report)
     app.router.add_get("/v1/me", whoami)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
 
@@ -331,38 +329,6 @@ def _tenant_name(request: web.Request, tenant_id: int) -> str:
 
 
 # --- operations ----------------------------------------------------------------------------------------------
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """``ok`` when the database answers, the broker answers and pending work is being consumed; ``degraded``
-    when work waits longer than the requeue interval (workers down or stuck); ``down`` without a database."""
-    svc = services(request)
-    database, oldest = await in_thread(_database_health, request)
-    broker = await svc.dispatcher.healthy() if svc.dispatcher else None
-    status = "ok"
-    if oldest is not None and oldest > svc.settings.requeue_after_s or broker is False:
-        status = "degraded"
-    if not database:
-        status = "down"
-    body = {
-        "status": status,
-        "mode": "embedded" if svc.settings.embedded else "distributed",
-        "database": database,
-        "broker": broker,
-        "oldest_pending_s": oldest,
-        "model_version": svc.versions.model_version,
-        "calibration_version": svc.versions.calibration_version,
-    }
-    return web.json_response(body, status=503 if status == "down" else 200)
-
-
-def _database_health(request: web.Request) -> tuple[bool, float | None]:
-    try:
-        with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
-            session.execute(text("SELECT 1"))
-            return True, queries.oldest_pending_age_s(session)
-    except Exception:  # noqa: BLE001 - any failure means the database is unusable
-        return False, None
 
 
 async def metrics(request: web.Request) -> web.Response:
