@@ -270,7 +270,9 @@ class RobustnessOut(BaseModel):
 class AuditRunOut(BaseModel):
     id: int
     audit_id: int
-    status: Literal["running", "done", "failed", "missed"]
+    status: Literal["queued", "running", "done", "failed", "missed"] = Field(
+        description="queued: waiting for the tenant's (audit_runs_per_tenant) or the runner's limit of runs at once"
+    )
     trigger: str
     started_at: dt.datetime
     finished_at: dt.datetime | None
