@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     auth_failures_burst: int = Field(20, ge=1)
     audit_min_interval_s: int = Field(900, ge=1, description="the most frequent schedule an audit may have")
     audits_per_tenant: int = Field(50, ge=1, description="audits a tenant may keep")
+    audit_runs_per_tenant: int = Field(2, ge=1, description="audit runs of one tenant at once; the rest wait queued")
+    audit_runs_per_process: int = Field(
+        2, ge=1, description="audit runs one process executes at once (each a browser); the rest wait queued"
+    )
+    audit_manual_runs_per_hour: int = Field(4, ge=1, description="manual triggers of one audit per hour (429)")
+    event_streams_per_key: int = Field(8, ge=1, description="open event streams (SSE) per key (429)")
 
     # --- fetching image URLs ----------------------------------------------------------------------------------
     fetch_timeout_s: float = Field(10.0, gt=0)

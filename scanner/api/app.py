@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from scanner.api import audits, dashboard, routes
+from scanner.api import audits, dashboard, health, routes
 from scanner.api.context import KEY, SERVICES, Services, in_thread, services
 from scanner.api.dispatch import make_dispatcher
 from scanner.api.metrics import Metrics
@@ -189,7 +189,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
         limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         auth_failures=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst),
     )
-    for module in (routes, audits, dashboard):
+    for module in (routes, audits, dashboard, health):
         module.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -1,15 +1,18 @@
 """The audit routes: ``/v1/audits`` (create, list, delete) and ``/v1/audits/{audit_id}/runs`` (history, trigger).
 
 Tenant-scoped like every ``/v1/`` route: an audit of another tenant is answered as not found.  A triggered run
-takes the run lock here, in the request (409 ``already_running`` when it is held), and then executes where the
-analysis does: a Celery worker in the distributed mode (the task ``scanner.audits.run``), a background task
-of this process in the embedded mode.
+takes the run lock here, in the request (409 ``already_running`` when it is held; 429 ``too_many_runs`` past
+``audit_manual_runs_per_hour``), waits ``queued`` until the tenant's and the runner's limits admit it, and
+executes where the analysis does: a Celery worker in the distributed mode (the task ``scanner.audits.run``), a
+background task of this process in the embedded mode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import math
 import re
 from typing import Any
 
@@ -27,6 +30,7 @@ from scanner.db.session import transaction
 
 BACKGROUND = web.AppKey("audit_background", set)
 AUDIT_ID = re.compile(r"^[0-9]{1,18}$")
+TRIGGER_WINDOW = dt.timedelta(hours=1)
 MAX_ROW_ID = 2**31 - 1  # ids are PostgreSQL integers: a larger one names no row (and must not reach a query)
 
 
@@ -184,12 +188,28 @@ def _claim(request: web.Request, tenant_id: int, audit_id: int) -> dict[str, Any
     with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
         if store.audit_of(session, tenant_id, audit_id) is None:
             raise _not_found(audit_id)
+        _check_trigger_rate(session, audit_id, services(request).settings.audit_manual_runs_per_hour)
         try:
             run_id = store.claim_run(session, audit_id, f"api:{owner_id()}", "manual")
         except store.AlreadyRunning as err:
             raise Problem(409, "already_running", str(err)) from err
     with services(request).sessions() as session:  # type: ignore[misc]
         return run_json(session.get_one(AuditRun, run_id))
+
+
+def _check_trigger_rate(session: Any, audit_id: int, per_hour: int) -> None:
+    """At most ``per_hour`` manual runs of an audit in any hour (counted in the database, so every API process
+    and restart agrees): 429 ``too_many_runs`` with the seconds until the oldest leaves the hour."""
+    now = utcnow()
+    recent = store.manual_runs_since(session, audit_id, now - TRIGGER_WINDOW)
+    if len(recent) >= per_hour:
+        wait = (recent[-per_hour] + TRIGGER_WINDOW - now).total_seconds()
+        raise Problem(
+            429,
+            "too_many_runs",
+            f"an audit may be triggered at most {per_hour} times an hour",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
 
 async def _start(request: web.Request, run_id: int) -> None:

@@ -133,12 +133,27 @@ class FlaggedReport(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
 
 
+ComponentState = Literal["ok", "degraded", "down", "unknown", "not_used"]
+
+
+class HealthComponents(BaseModel):
+    """Each part's state, so that a degraded service says which part is degraded."""
+
+    database: ComponentState
+    broker: ComponentState = Field(description="not_used in the embedded mode")
+    workers: ComponentState = Field(description="degraded when no worker process beats: work is not consumed")
+    queue: ComponentState = Field(description="degraded when an image waits longer than the requeue interval")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "down"]
     mode: Literal["embedded", "distributed"]
     database: bool
     broker: bool | None
     oldest_pending_s: float | None = Field(description="age of the oldest unfinished image: proves consumption")
+    workers: int | None = Field(description="live worker processes (their heartbeats); null when unknown")
+    components: HealthComponents
+    checked_s_ago: float = Field(description="age of the probe results (probed in the background)")
     model_version: str
     calibration_version: str
 
@@ -255,7 +270,9 @@ class RobustnessOut(BaseModel):
 class AuditRunOut(BaseModel):
     id: int
     audit_id: int
-    status: Literal["running", "done", "failed", "missed"]
+    status: Literal["queued", "running", "done", "failed", "missed"] = Field(
+        description="queued: waiting for the tenant's (audit_runs_per_tenant) or the runner's limit of runs at once"
+    )
     trigger: str
     started_at: dt.datetime
     finished_at: dt.datetime | None

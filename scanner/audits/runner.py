@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from scanner.settings import Settings
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0
+ADMIT_POLL_S = 1.0  # how often a queued run asks again to be admitted
 
 
 @dataclass(frozen=True)
@@ -101,26 +103,88 @@ async def execute_run(
     sessions = make_sessionmaker(engine)
     try:
         owner = owner_id()
-        with transaction(sessions) as session:
-            if not store.adopt_run(session, run_id, owner):
-                raise store.AlreadyRunning(f"run {run_id} is no longer running: its lock was taken over")
-        audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
-        result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
-        if audit.webhook_url and result.status == "done":
-            payload = _payload(audit, result)
-            policy = _webhook_policy(settings)
-            await webhooks.deliver(
-                sessions,
-                run_id,
-                audit.webhook_url,
-                secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
-                payload,
-                policy,
-                backoff_s=webhook_backoff_s,
-            )
-        return result
+        await _wait_for_admission(settings, sessions, run_id, owner)
+        try:
+            return await _execute(settings, sessions, run_id, owner, console, webhook_backoff_s)
+        finally:
+            _PROCESS_SLOTS.release()
     finally:
         engine.dispose()
+
+
+class _ProcessSlots:
+    """The audit runs this process executes at once (each drives a browser).  A counter under a thread lock, not
+    an asyncio semaphore: Celery runs each task in its own event loop, and the embedded server's runs share one."""
+
+    def __init__(self) -> None:
+        self._lock, self.taken = threading.Lock(), 0
+
+    def take(self, limit: int) -> bool:
+        with self._lock:
+            if self.taken >= limit:
+                return False
+            self.taken += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
+_PROCESS_SLOTS = _ProcessSlots()
+
+
+async def _wait_for_admission(settings: Settings, sessions: sessionmaker[Session], run_id: int, owner: str) -> None:
+    """Wait, queued, for one of this process's slots and for the tenant's limit to admit the run (the waiting run's
+    lock is extended meanwhile); on return the run is running and holds a slot.  Raises ``AlreadyRunning`` when
+    the run was taken over while it waited."""
+
+    def admit() -> bool:
+        with transaction(sessions) as session:
+            return store.admit_run(session, run_id, owner, settings.audit_runs_per_tenant)
+
+    while True:
+        if _PROCESS_SLOTS.take(settings.audit_runs_per_process):
+            try:
+                if await asyncio.to_thread(admit):
+                    return
+            except BaseException:
+                _PROCESS_SLOTS.release()
+                raise
+            _PROCESS_SLOTS.release()
+        elif not await asyncio.to_thread(_still_queued, sessions, run_id, owner):
+            raise store.AlreadyRunning(f"run {run_id} is no longer queued: its lock was taken over")
+        await asyncio.sleep(ADMIT_POLL_S)
+
+
+def _still_queued(sessions: sessionmaker[Session], run_id: int, owner: str) -> bool:
+    with transaction(sessions) as session:
+        return store.admit_run(session, run_id, owner, 0)  # a limit of 0 admits nothing: extends the lock only
+
+
+async def _execute(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    run_id: int,
+    owner: str,
+    console: Console | None,
+    webhook_backoff_s: float,
+) -> RunResult:
+    audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
+    result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
+    if audit.webhook_url and result.status == "done":
+        payload = _payload(audit, result)
+        policy = _webhook_policy(settings)
+        await webhooks.deliver(
+            sessions,
+            run_id,
+            audit.webhook_url,
+            secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
+            payload,
+            policy,
+            backoff_s=webhook_backoff_s,
+        )
+    return result
 
 
 async def _crawl_and_record(

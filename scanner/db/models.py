@@ -267,7 +267,7 @@ class AuditRun(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
     scan_id: Mapped[str | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running / done / failed / missed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # queued / running / done / failed / missed
     # The run lock: one runner holds it until it expires, so a crashed runner cannot block the audit forever.
     locked_by: Mapped[str | None] = mapped_column(String(100))
     lock_expires_at: Mapped[dt.datetime | None]

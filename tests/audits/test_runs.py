@@ -114,7 +114,7 @@ def test_the_lock_admits_one_run_and_expired_locks_are_taken_over(sessions: Any,
     with sessions() as session:
         crashed, fresh = session.get_one(AuditRun, won[0]), session.get_one(AuditRun, taken)
         assert crashed.status == "failed" and "expired" in (crashed.error or "") and crashed.locked_by is None
-        assert fresh.status == "running" and fresh.locked_by == "runner-new"
+        assert fresh.status == "queued" and fresh.locked_by == "runner-new"
 
 
 def test_webhook_is_signed_and_retried(settings: Settings, sessions: Any, make_audit: Any, receiver: Receiver) -> None:

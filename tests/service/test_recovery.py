@@ -184,6 +184,6 @@ def test_submissions_are_answered_while_the_broker_hangs(
                 return list(await asyncio.gather(*(post(800 + i) for i in range(4))))
 
         assert asyncio.run(post_four()) == [202, 202, 202, 202]
-        assert http("GET", f"{api.base}/healthz").json()["broker"] is False
+        wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"] is False, 30, what="Redis down")
     finally:
         api.stop()
