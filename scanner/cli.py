@@ -304,6 +304,9 @@ def _serve(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 - Setting
     from scanner.api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from scanner import logsafe
+
+    logsafe.install()  # no API key in a log line, whichever logger writes it
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
     from scanner.settings import masked_url  # never print passwords
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.api.dispatch import Dispatcher, make_dispatcher
+from scanner.api.malformed import ProtocolLog
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
@@ -230,6 +231,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
 
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args={"logger": ProtocolLog()},  # a request the HTTP parser refuses is not echoed or logged
         middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware, text_middleware],
     )
     app[SERVICES] = Services(
