@@ -104,9 +104,11 @@ def component_schemas() -> dict[str, Any]:
     schemas["ScanUpload"] = {
         "title": "ScanUpload",
         "description": "Images uploaded as file parts (any part with a filename is an image; uploads are not"
-        " fetched), with optional text fields of at most 1 MiB each; other text fields are ignored.",
+        " fetched), with optional text fields of at most 1 MiB each, each at most once (duplicate_field); any"
+        " other text field is refused (unknown_field).",
         "type": "object",
         "required": ["image"],
+        "additionalProperties": False,
         "properties": {
             "image": {
                 "description": f"the images, one file part each; at most {MAX_IMAGES_PER_SCAN} (the default of"
@@ -169,7 +171,10 @@ def component_schemas() -> dict[str, Any]:
         "ImageNotFound": (404, ["image_not_found"]),
         "BodyTooLarge": (413, ["body_too_large"]),
         "UnsupportedMediaType": (415, ["unsupported_media_type"]),
-        "InvalidSubmission": (422, ["invalid_body", "too_many_images", "invalid_page_url"]),
+        "InvalidSubmission": (
+            422,
+            ["invalid_body", "too_many_images", "unknown_field", "duplicate_field", "invalid_page_url"],
+        ),
         "InvalidReportParameter": (422, ["invalid_parameter", "invalid_cursor"]),
         "InvalidFeedback": (422, ["invalid_body"]),
         "RateLimited": (429, ["rate_limited"]),
@@ -382,8 +387,9 @@ def create_scan() -> dict[str, Any]:
                     "UnsupportedMediaType",
                 ),
                 "422": _problem(
-                    "the body is invalid or malformed (invalid_body), has too many images (too_many_images) or a"
-                    " page_url that is not an absolute http(s) URL (invalid_page_url)",
+                    "the body is invalid or malformed (invalid_body), has too many images (too_many_images), a"
+                    " text field it does not use (unknown_field) or one twice (duplicate_field), or a page_url that"
+                    " is not an absolute http(s) URL (invalid_page_url)",
                     "InvalidSubmission",
                 ),
             }

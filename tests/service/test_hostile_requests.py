@@ -29,7 +29,7 @@ CONTROL_BYTES = [b"\x01", b"\x7f", b"\x00", b"\x0b"]
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("hostile"), engine_threads=1)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("hostile"), engine_threads=1, max_images_per_scan=8)
     running = start_api(settings)
     yield running
     running.stop()
@@ -136,3 +136,71 @@ def test_the_log_filter_redacts_keys_in_messages_arguments_and_tracebacks() -> N
     assert "S" * 10 not in written and not leaked_keys([logging.makeLogRecord({"msg": written})])
     assert written.count("rsk_0123456789ab_***") == 3  # the key's id stays: it says which key, not its secret
     assert "ValueError" in written and "Traceback" in written
+
+
+# --- 2. many small parts -----------------------------------------------------------------------------------------
+
+BOUNDARY = "hostile-boundary"
+
+
+def part(disposition: str, content: bytes = b"v") -> bytes:
+    return f"--{BOUNDARY}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n".encode() + content + b"\r\n"
+
+
+def unfinished_upload(key: str, parts: list[bytes], declared: int) -> bytes:
+    """A POST /v1/scans head declaring ``declared`` body bytes, and the first parts of that body only."""
+    head = (
+        f"POST /v1/scans HTTP/1.1\r\nHost: scanner\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    return head.encode() + b"".join(parts)
+
+
+def answer(sock: socket.socket) -> tuple[int, dict]:
+    """The status and problem document of the response on ``sock`` (read until the end of its JSON body)."""
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a full answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_a_body_of_many_ignored_fields_is_refused_at_once_and_healthz_answers_meanwhile(api: RunningApi) -> None:
+    """200,000 small text fields that no one reads (12.5 MB, under the body cap) used to be read one by one,
+    holding the event loop for about a minute.  Here only the first 50,000 are sent, and the body is left
+    unfinished: the refusal has to come from what was read, and /healthz has to answer while that upload is
+    still open."""
+    key = api.new_key("stalling")
+    fields = [part(f'name="f{index}"') for index in range(200_000)]
+    declared = sum(map(len, fields)) + len(f"--{BOUNDARY}--\r\n")
+    with socket.create_connection(address(api.base), timeout=60) as upload:
+        upload.sendall(unfinished_upload(key, fields[:50_000], declared))
+        health = exchange(address(api.base), b"GET /healthz HTTP/1.0\r\n\r\n")
+        status, problem = answer(upload)  # the body is still unfinished
+    assert health.startswith(b"HTTP/1.1 200") or health.startswith(b"HTTP/1.0 200"), health[:200]
+    assert (status, problem["code"]) == (422, "unknown_field"), problem
+    assert "f0" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("parts", "code"),
+    [
+        ([part('name="source"', b"api"), part('name="source"', b"api")], "duplicate_field"),
+        ([part('name="image"; filename="a.png"', b"x") for _ in range(9)], "too_many_images"),  # the cap is 8
+        ([part('name="image"; filename="a.png"', b"x"), part('name="comment"', b"hi")], "unknown_field"),
+    ],
+    ids=["twice", "over-the-image-cap", "unknown-after-an-image"],
+)
+def test_parts_past_the_caps_are_refused_before_the_rest_is_sent(
+    api: RunningApi, parts: list[bytes], code: str
+) -> None:
+    key = api.new_key("caps")
+    # aiohttp reads a part in 256 KiB chunks and finds its end only with more bytes after those: a big part
+    # more, never reached
+    trailer = part('name="image"; filename="more.png"', b"x" * (1024 * 1024))
+    with socket.create_connection(address(api.base), timeout=60) as upload:
+        upload.sendall(unfinished_upload(key, [*parts, trailer], 10 * 1024 * 1024))
+        status, problem = answer(upload)
+    assert (status, problem["code"]) == (422, code), problem
