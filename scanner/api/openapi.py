@@ -51,6 +51,10 @@ _USERINFO = rf"(?:[{_NETLOC_CHARS}:@]*@)?"
 _HOST = rf"[{_NETLOC_CHARS}]{{1,253}}"  # at most a DNS name's length: sites.host holds 255 characters
 _PORT = rf"(?::[{_NETLOC_CHARS}:]*)?"
 HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}{_PORT}(?:[/?#][^\x00]*)?"
+# What the service fetches on a tenant's behalf later (an audit's start URL, a webhook): a host name or a
+# bracketed IPv6 literal; the fetcher then refuses what it must (bad_url, blocked_address, blocked_port).
+_IPV6_HOST = r"\[[0-9A-Fa-f:.]{2,45}\]"
+TARGET_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}(?:{_HOST}|{_IPV6_HOST}){_PORT}(?:[/?#][^\x00]*)?"
 # Text the API stores has no NUL (PostgreSQL refuses it): ``scanner.api.text`` answers 422 for it.
 NO_NUL = r"^[^\x00]*$"
 
@@ -219,14 +223,15 @@ CRON = " ".join(rf"(?:\*(?:/[1-9])?|{field})" for field in _CRON_FIELDS)
 def _audit_request(schema: dict[str, Any]) -> None:
     """Exactly one of every and cron, in the forms above; a webhook needs its secret (and the reverse)."""
     properties = schema["properties"]
-    properties["start_url"]["pattern"] = f"^{HTTP_URL}$"
+    properties["start_url"]["pattern"] = f"^{TARGET_URL}$"
     properties["every"] = {"type": "string", "pattern": f"^{EVERY}$", "description": "interval: 30s, 6h"}
     properties["cron"] = {"type": "string", "pattern": f"^{CRON}$", "description": "5-field cron expression in UTC"}
     properties["webhook_url"] = {
         "type": "string",
         "maxLength": 4096,
-        "pattern": f"^{HTTP_URL}$",
-        "description": "POST a signed summary of each run here; its address is checked at each delivery",
+        "pattern": f"^{TARGET_URL}$",
+        "description": "POST a signed summary of each run here; it is checked like start_url when the audit is"
+        " created, and its address again at each delivery",
     }
     properties["webhook_secret"] = {"type": "string", "minLength": 8, "maxLength": 200, "description": "HMAC key"}
     schema["oneOf"] = [

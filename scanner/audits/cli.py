@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scanner import secretbox
-from scanner.audits import schedule, store, webhooks
+from scanner.audits import schedule, store
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
 
@@ -135,16 +135,18 @@ def check_start_url(start_url: str, settings: Settings) -> None:
 
 
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    from scanner.fetch import FetchError
+    import asyncio
+
+    from scanner.fetch import FetchError, check_target
     from scanner.intake import fetch_policy
 
     if spec.webhook_url:
         if not spec.webhook_url.lower().startswith(("http://", "https://")):
             raise ValueError("the webhook URL must be an http(s) URL")
-        if settings is None:  # the API: the address is checked at each delivery, and a refusal recorded there
+        if settings is None:  # the API checks it itself, asynchronously (scanner.api.audits.check_target_url)
             return
-        try:
-            webhooks.check_target(spec.webhook_url, fetch_policy(settings))
+        try:  # like a start URL: the names it resolves to as well (delivery checks them again)
+            asyncio.run(check_target(spec.webhook_url, fetch_policy(settings)))
         except FetchError as err:
             raise ValueError(f"the webhook URL is refused: {err}") from err
 
