@@ -29,6 +29,7 @@ from scanner.client import ScannerClient, Upload
 from scanner.crawl import CrawlConfig, Crawler, PageResult
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
+from scanner.privatefs import private_dir, write_private
 from scanner.settings import Settings
 
 POLL_S = 0.5
@@ -157,8 +158,8 @@ def _keep_outcome(config: CrawlConfig, outcome: CrawlOutcome) -> None:
     path = _outcome_path(config)
     if path is not None:
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**outcome.to_json(), "scans": list(outcome.scans)}))
+            private_dir(path.parent)
+            write_private(path, json.dumps({**outcome.to_json(), "scans": list(outcome.scans)}))
 
 
 async def _crawl_pages(
@@ -390,6 +391,11 @@ def check_outputs(*paths: Path | None) -> None:
 
 
 def default_state_path(settings: Settings, start_url: str) -> Path:
+    """``data_dir/crawls/<host>.sqlite``; the data folder and ``crawls/`` are made private (0700) on the way,
+    tightened if an earlier version or a permissive umask left them open."""
     host = (urlsplit(start_url).hostname or "site").replace(":", "_")
     port = urlsplit(start_url).port
-    return settings.data_dir / "crawls" / (f"{host}_{port}.sqlite" if port else f"{host}.sqlite")
+    folder = settings.data_dir / "crawls"
+    private_dir(settings.data_dir, tighten=True)
+    private_dir(folder, tighten=True)
+    return folder / (f"{host}_{port}.sqlite" if port else f"{host}.sqlite")
