@@ -13,9 +13,11 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
+from scanner.api.bodies import read_capped
 from scanner.api.problems import Problem
 from scanner.api.schemas import ScanRequest
 from scanner.api.text import check_text, check_tree, is_clean
+from scanner.fetch import MAX_URL_LENGTH
 from scanner.intake import Entry, Submission, check_entries, fetch_entries, fetch_policy, record
 from scanner.settings import Settings
 
@@ -38,10 +40,15 @@ async def read_submission(request: web.Request, settings: Settings) -> Submissio
     raise Problem(415, "unsupported_media_type", "send application/json (image URLs) or multipart/form-data")
 
 
+def json_scan_cap(settings: Settings) -> int:
+    """The most a valid JSON scan needs: every URL at the fetcher's longest, and room for the rest."""
+    return min(settings.max_body_bytes, settings.max_images_per_scan * (MAX_URL_LENGTH + 16) + 64 * 1024)
+
+
 async def _read_json(request: web.Request, settings: Settings) -> Submission:
-    raw = await request.read()
-    try:  # up to max_body_bytes of JSON: parsed off the event loop
-        body = await asyncio.to_thread(ScanRequest.model_validate_json, raw)
+    raw = await read_capped(request, json_scan_cap(settings))  # parsing holds the event loop: bound it
+    try:
+        body = ScanRequest.model_validate_json(raw)
     except ValidationError as err:
         raise Problem(422, "invalid_body", _first_error(err), errors=_errors(err)) from err
     check_tree(body.model_dump())

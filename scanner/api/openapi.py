@@ -384,7 +384,8 @@ def create_scan() -> dict[str, Any]:
                 "201": _scan_created("the scan is done already: every image was known or failed"),
                 "202": _scan_created("the scan is queued: some images are being analysed"),
                 "413": _problem(
-                    "the body exceeds max_body_bytes, or a text field of a multipart body 1 MiB (body_too_large)",
+                    "the body exceeds max_body_bytes (a JSON body: the room of max_images_per_scan URLs of 8 KiB,"
+                    " about 2 MB by default), or a text field of a multipart body 1 MiB (body_too_large)",
                     "BodyTooLarge",
                 ),
                 "415": _problem(
@@ -477,7 +478,7 @@ def post_feedback() -> dict[str, Any]:
             {
                 "201": {"description": "the feedback was recorded", "content": _json("FeedbackOut")},
                 "404": _problem("an image this key's tenant has not submitted (image_not_found)", "ImageNotFound"),
-                "413": _problem("the body exceeds max_body_bytes (body_too_large)", "BodyTooLarge"),
+                "413": _problem("the body exceeds 256 KiB (body_too_large)", "BodyTooLarge"),
                 "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
                 "422": _problem("the body is invalid (invalid_body)", "InvalidFeedback"),
             }
@@ -647,10 +648,12 @@ def create_audit() -> dict[str, Any]:
         "scans:write",
         {
             "201": {"description": "the audit", "content": _json("AuditOut")},
+            "413": _problem("the body exceeds 256 KiB (body_too_large)", "BodyTooLarge"),
             "415": _problem("the body is not application/json (unsupported_media_type)", "UnsupportedMediaType"),
             "422": _problem(
                 "an invalid body or webhook (invalid_body), schedule (invalid_schedule) or start URL"
-                " (invalid_start_url; or, as for image URLs, bad_url, blocked_address, blocked_port), or an"
+                " (invalid_start_url; or, for the start URL and the webhook URL as for image URLs, bad_url,"
+                " blocked_address, blocked_port), or an"
                 " include/exclude regex that is not valid RE2 syntax (invalid_pattern), or a schedule more frequent"
                 " than audit_min_interval_s (schedule_too_frequent)",
                 "InvalidAudit",

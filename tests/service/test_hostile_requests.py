@@ -204,3 +204,20 @@ def test_parts_past_the_caps_are_refused_before_the_rest_is_sent(
         upload.sendall(unfinished_upload(key, [*parts, trailer], 10 * 1024 * 1024))
         status, problem = answer(upload)
     assert (status, problem["code"]) == (422, code), problem
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        # five hundred thousand one-character URLs: about 2.6 MB, under the 64 MiB body cap, past what 8 URLs need
+        ("/v1/scans", {"image_urls": ["a"] * 500_000}),
+        ("/v1/audits", {"start_url": "https://1.1.1.1/", "every": "6h", "include": ["a"] * 200_000}),
+    ],
+    ids=["scan", "audit"],
+)
+def test_a_json_body_is_capped_at_what_the_route_can_need(api: RunningApi, path: str, body: dict) -> None:
+    """pydantic parses JSON holding the GIL, so the event loop waits for it: the size parsed is what bounds
+    that wait (25 MB of tiny list items held it 2.9 s), and it is refused before parsing."""
+    key = api.new_key("json")
+    reply = http("POST", api.base + path, key, data=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert reply.status == 413 and reply.json()["code"] == "body_too_large", reply.body[:300]
