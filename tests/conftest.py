@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.logscan import leaked_keys
 from tests.training.helpers import write_imagefolder, write_tarball
 
 
@@ -16,6 +17,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_api_key_in_logs(caplog: pytest.LogCaptureFixture):
+    """Every log line of every test's servers (they run in this process) is searched for a full API key."""
+    yield
+    leaks = [text for when in ("setup", "call") for text in leaked_keys(caplog.get_records(when))]
+    assert not leaks, f"an API key reached the log: {leaks[0][:300]}"
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from aiohttp import web
 from scanner.api import audits, dashboard, health, routes
 from scanner.api.context import KEY, SERVICES, Services, in_thread, services
 from scanner.api.dispatch import make_dispatcher
+from scanner.api.malformed import ProtocolLog
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
@@ -180,6 +181,7 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
     by default the embedded mode loads the bundles named in ``settings``."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args={"logger": ProtocolLog()},  # a request the HTTP parser refuses is not echoed or logged
         middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware, text_middleware],
     )
     app[SERVICES] = Services(

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from scanner import secretbox
 from scanner.api.context import in_thread, json_body, require_scope, services
-from scanner.api.patterns import CRON, EVERY, HTTP_URL
+from scanner.api.patterns import CRON, EVERY, TARGET_URL
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
 from scanner.audits import spec as audit_spec
@@ -66,6 +66,8 @@ async def create_audit(request: web.Request) -> web.Response:
     body = await json_body(request, AuditRequest)
     spec = _spec(body, services(request).settings)
     await check_start_url(spec.start_url, services(request).settings)
+    if spec.webhook_url:
+        await check_target_url("webhook_url", spec.webhook_url, services(request).settings)
     document = await in_thread(_create, request, key.tenant_id, spec)
     return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})
 
@@ -80,12 +82,12 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
         raise Problem(422, "invalid_schedule", "every is a number of 1 to 3 digits and s, m, h or d: 30s, 6h")
     if body.cron is not None and not re.fullmatch(CRON, body.cron):
         raise Problem(422, "invalid_schedule", 'cron fields are "*", "*/step" or a number, e.g. "0 3 * * *"')
-    if not re.fullmatch(HTTP_URL, body.start_url):
+    if not re.fullmatch(TARGET_URL, body.start_url):
         raise Problem(422, "invalid_start_url", "start_url must be an absolute http(s) URL")
     for pattern in (*(body.include or ()), *(body.exclude or ())):
         if (error := pattern_error(pattern)) is not None:
             raise Problem(422, "invalid_pattern", f"include/exclude: {error}")
-    if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
+    if body.webhook_url is not None and not re.fullmatch(TARGET_URL, body.webhook_url):
         raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
     try:
         spec = audit_spec.spec_from(
@@ -103,12 +105,19 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
 async def check_start_url(start_url: str, settings: Any) -> None:
     """Refuse a start URL the fetcher would refuse (422 with its code: bad_url, blocked_address, blocked_port):
     the run crawls it from inside our network on the tenant's behalf."""
-    from scanner.fetch import FetchError
+    await check_target_url("start_url", start_url, settings)
+
+
+async def check_target_url(field: str, url: str, settings: Any) -> None:
+    """``check_start_url`` for any URL the service will request later (a webhook is POSTed to from inside our
+    network too): refused now, with the fetcher's code, rather than at every run."""
+    from scanner.api.intake import fetch_policy
+    from scanner.fetch import FetchError, check_target
 
     try:
-        await audit_spec.check_start_url(start_url, settings)
+        await check_target(url, fetch_policy(settings))
     except FetchError as err:
-        raise Problem(422, err.code, f"start_url: {err.message}") from err
+        raise Problem(422, err.code, f"{field}: {err.message}") from err
 
 
 def _check_frequency(schedule: str, settings: Any) -> None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from scanner.api.bodies import JSON_BODY_BYTES, read_capped
 from scanner.api.dispatch import Dispatcher
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem
@@ -64,7 +65,7 @@ async def json_body(request: web.Request, model: type[BodyModel]) -> BodyModel:
     if request.content_type != "application/json":
         raise Problem(415, "unsupported_media_type", "send application/json")
     try:
-        body = model.model_validate_json(await request.read())
+        body = model.model_validate_json(await read_capped(request, JSON_BODY_BYTES))  # parsed on the loop: bounded
     except ValidationError as err:
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
         raise Problem(422, "invalid_body", detail) from err

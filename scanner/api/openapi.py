@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from pydantic.json_schema import models_json_schema
 
-from scanner.api.patterns import CRON, CURSOR, CURSOR_MAX_LENGTH, EVERY, HTTP_URL, NO_NUL
+from scanner.api.patterns import CRON, CURSOR, CURSOR_MAX_LENGTH, EVERY, HTTP_URL, NO_NUL, TARGET_URL
 from scanner.api.schemas import (
     AuditList,
     AuditOut,
@@ -121,14 +121,15 @@ def _scan_request(properties: dict[str, Any]) -> None:
 def _audit_request(schema: dict[str, Any]) -> None:
     """Exactly one of every and cron, in the forms the API accepts; a webhook needs its secret (and the reverse)."""
     properties = schema["properties"]
-    properties["start_url"]["pattern"] = f"^{HTTP_URL}$"
+    properties["start_url"]["pattern"] = f"^{TARGET_URL}$"
     properties["every"] = {"type": "string", "pattern": f"^{EVERY}$", "description": "interval: 30s, 6h"}
     properties["cron"] = {"type": "string", "pattern": f"^{CRON}$", "description": "5-field cron expression in UTC"}
     properties["webhook_url"] = {
         "type": "string",
         "maxLength": 4096,
-        "pattern": f"^{HTTP_URL}$",
-        "description": "POST a signed summary of each run here; its address is checked at each delivery",
+        "pattern": f"^{TARGET_URL}$",
+        "description": "POST a signed summary of each run here; it is checked like start_url when the audit is"
+        " created, and its address again at each delivery",
     }
     properties["webhook_secret"] = {"type": "string", "minLength": 8, "maxLength": 200, "description": "HMAC key"}
     schema["oneOf"] = [

@@ -13,6 +13,10 @@ _USERINFO = rf"(?:[{_NETLOC_CHARS}:@]*@)?"
 _HOST = rf"[{_NETLOC_CHARS}]{{1,253}}"  # at most a DNS name's length: sites.host holds 255 characters
 _PORT = rf"(?::[{_NETLOC_CHARS}:]*)?"
 HTTP_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}{_HOST}{_PORT}(?:[/?#][^\x00]*)?"
+# What the service fetches on a tenant's behalf later (an audit's start URL, a webhook): a host name or a
+# bracketed IPv6 literal; the fetcher then refuses what it must (bad_url, blocked_address, blocked_port).
+_IPV6_HOST = r"\[[0-9A-Fa-f:.]{2,45}\]"
+TARGET_URL = rf"[Hh][Tt][Tt][Pp][Ss]?://{_USERINFO}(?:{_HOST}|{_IPV6_HOST}){_PORT}(?:[/?#][^\x00]*)?"
 # Text the API stores has no NUL (PostgreSQL refuses it): ``scanner.api.text`` answers 422 for it.
 NO_NUL = r"^[^\x00]*$"
 

@@ -4,9 +4,10 @@ the CLI prints it, the API answers it as a 422."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from scanner.audits import schedule, store, webhooks
+from scanner.audits import schedule, store
 from scanner.fetch import FetchError, check_target
 from scanner.intake import fetch_policy
 from scanner.settings import Settings
@@ -37,8 +38,9 @@ async def check_start_url(start_url: str, settings: Settings) -> None:
 
 
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    """The webhook URL is http(s); with ``settings``, its address is also one the fetcher may reach (the API
-    passes none: the address is checked at each delivery, and a refusal recorded there)."""
+    """The webhook URL is http(s); with ``settings`` (the CLI), it is also one the fetcher may reach, judged like a
+    start URL by the names it resolves to (each delivery checks them again).  The API passes none: it checks the
+    URL itself, asynchronously (``scanner.api.audits.check_target_url``)."""
     if not spec.webhook_url:
         return
     if not spec.webhook_url.lower().startswith(("http://", "https://")):
@@ -46,6 +48,6 @@ def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
     if settings is None:
         return
     try:
-        webhooks.check_target(spec.webhook_url, fetch_policy(settings))
+        asyncio.run(check_target(spec.webhook_url, fetch_policy(settings)))
     except FetchError as err:
         raise ValueError(f"the webhook URL is refused: {err}") from err

@@ -27,6 +27,7 @@ from rich.table import Table
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
 from scanner.helpformat import HelpFormatter
+from scanner.privatefs import private_dir
 from scanner.settings import Settings
 
 if TYPE_CHECKING:  # the crawler loads Playwright: imported when a crawl runs, not when the parser is built
@@ -303,6 +304,11 @@ def check_outputs(*paths: Path | None) -> None:
 
 
 def default_state_path(settings: Settings, start_url: str) -> Path:
+    """``data_dir/crawls/<host>.sqlite``; the data folder and ``crawls/`` are made private (0700) on the way,
+    tightened if an earlier version or a permissive umask left them open."""
     host = (urlsplit(start_url).hostname or "site").replace(":", "_")
     port = urlsplit(start_url).port
-    return settings.data_dir / "crawls" / (f"{host}_{port}.sqlite" if port else f"{host}.sqlite")
+    folder = settings.data_dir / "crawls"
+    private_dir(settings.data_dir, tighten=True)
+    private_dir(folder, tighten=True)
+    return folder / (f"{host}_{port}.sqlite" if port else f"{host}.sqlite")

@@ -36,6 +36,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.api import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from scanner import logsafe
+
+    logsafe.install()  # no API key in a log line, whichever logger writes it
     host, port = args.host or settings.host, args.port if args.port is not None else settings.port
     app = create_app(settings)
     if settings.embedded:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from scanner.client import Upload
 from scanner.crawl.crawler import Crawler
 from scanner.crawl.models import CrawlConfig, CrawlStats, PageResult
+from scanner.privatefs import private_dir, write_private
 from scanner.settings import MAX_IMAGES_PER_SCAN
 
 POLL_S = 0.5
@@ -139,8 +140,8 @@ def _keep_outcome(config: CrawlConfig, outcome: CrawlOutcome) -> None:
     path = _outcome_path(config)
     if path is not None:
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**outcome.to_json(), "scans": list(outcome.scans)}))
+            private_dir(path.parent)
+            write_private(path, json.dumps({**outcome.to_json(), "scans": list(outcome.scans)}))
 
 
 async def _crawl_pages(

@@ -306,9 +306,11 @@ def blobs_by_sha256(session: Session, sha256s: Sequence[str]) -> list[bytes]:
     return [rows[sha] for sha in sha256s if sha in rows]
 
 
-def count_attempt(session: Session, image_ids: Sequence[int]) -> None:
-    """One more analysis of these images is starting (committed before the engine runs)."""
-    session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=Image.attempts + 1))
+def count_attempt(session: Session, image_ids: Sequence[int], level: int | None = None) -> None:
+    """One more analysis of these images is starting (committed before the engine runs): each one's attempts
+    go up by one, or to ``level`` (a careful delivery puts every image it starts one above all pending)."""
+    attempts = Image.attempts + 1 if level is None else level
+    session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=attempts))
 
 
 def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> None:

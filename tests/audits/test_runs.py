@@ -151,6 +151,23 @@ def test_webhook_to_a_private_address_is_refused_unless_allowed(
         assert "blocked_address" in (store.deliveries_of(session, run_id)[0].error or "")
 
 
+def test_a_webhook_name_that_resolves_only_to_loopback_is_recorded_as_blocked_address(
+    sessions: Any, make_audit: Any, receiver: Receiver
+) -> None:
+    """Not a DNS error: the name resolved, to addresses the policy refuses (and they are not named)."""
+    audit_id = make_audit("http://127.0.0.1:9/")
+    with transaction(sessions) as session:
+        run_id = store.claim_run(session, audit_id, "test", "manual")
+    strict = webhooks.FetchPolicy(allow_private=False, allowed_ports=None)
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    assert not asyncio.run(webhooks.deliver(sessions, run_id, by_name, "s", {}, strict, attempts=1))
+    assert receiver.requests == []
+    with sessions() as session:
+        error = store.deliveries_of(session, run_id)[0].error or ""
+    assert error.startswith("blocked_address: "), error
+    assert "127.0.0.1" not in error
+
+
 @pytest.mark.parametrize("policy", ["run-once", "skip"])
 def test_missed_slots_follow_the_policy(policy: str) -> None:
     from scanner.audits.schedule import next_slot, parse

@@ -90,27 +90,64 @@ def test_bytes_that_do_not_decode_fail_their_item_with_the_code(sessions, engine
     assert states(sessions, scan_id)[0][1] in {"truncated", "corrupt"}
 
 
-def test_a_redelivery_after_a_crash_goes_one_by_one_and_finishes(sessions, engine) -> None:  # noqa: ANN001
-    scan_id, ids = submit(sessions, engine, [png(5), png(6), png(7)])
+def test_a_redelivery_after_a_crash_runs_in_halves_and_finishes(sessions, engine) -> None:  # noqa: ANN001
+    scan_id, ids = submit(sessions, engine, [png(20 + i) for i in range(8)])
     with transaction(sessions) as session:  # what a worker killed mid-batch leaves behind
         for image in session.scalars(select(Image)):
             image.attempts = 1
-    outcome = analyse_images(sessions, engine, ids, max_deliveries=3)
-    assert outcome.careful and outcome.verdicts == 3
-    assert states(sessions, scan_id) == [("done", None)] * 3
+    counting = PoisonEngine(engine, b"")  # no poison: the worker died for another reason
+    outcome = analyse_images(sessions, counting, ids, max_deliveries=3)
+    assert outcome.careful and outcome.verdicts == 8
+    assert counting.runs == [4, 4]  # two halves, not eight images one at a time
+    assert states(sessions, scan_id) == [("done", None)] * 8
+
+
+class WorkerKilled(BaseException):
+    """What the pipeline sees of a worker process killed mid-run: nothing after it (no handler catches it)."""
 
 
 class PoisonEngine:
-    """The real engine, except that one image's analysis raises, as a decoder bug would."""
+    """The real engine, except that one image's analysis raises, as a decoder bug would (``kills``: it takes
+    the worker down, as a segfault would); ``runs`` holds the size of every batch the engine was given."""
 
-    def __init__(self, engine, poison: bytes) -> None:  # noqa: ANN001
-        self.inner, self.poison = engine, poison
+    def __init__(self, engine, poison: bytes, kills: bool = False) -> None:  # noqa: ANN001
+        self.inner, self.poison, self.kills = engine, poison, kills
         self.model_version, self.calibration = engine.model_version, engine.calibration
+        self.runs: list[int] = []
 
     def analyse(self, items):  # noqa: ANN001, ANN201
+        self.runs.append(len(items))
         if self.poison in items:
-            raise RuntimeError("decoder crashed")
+            raise WorkerKilled() if self.kills else RuntimeError("decoder crashed")
         return self.inner.analyse(items)
+
+
+def deliver_until_settled(sessions, bad: PoisonEngine, ids: list[int]) -> int:  # noqa: ANN001
+    """Deliver the batch again after each failure or death, as Celery would; returns the deliveries made."""
+    for delivery in range(1, 30):
+        try:
+            analyse_images(sessions, bad, ids, max_deliveries=3, task_id=f"task-{delivery}")
+            return delivery
+        except (RuntimeError, WorkerKilled):
+            continue
+    raise AssertionError("the poison input was retried forever")
+
+
+@pytest.mark.parametrize("kills", [False, True], ids=["raises", "kills-the-worker"])
+def test_a_poison_among_many_images_costs_logarithmic_runs(sessions, engine, kills: bool) -> None:  # noqa: ANN001
+    """32 real images, the 22nd poison: bisection isolates it in O(log n) runs (one image at a time took 34),
+    every other image gets its verdict, and only the poison is dead-lettered."""
+    blobs = [png(100 + i) for i in range(32)]
+    scan_id, ids = submit(sessions, engine, blobs)
+    bad = PoisonEngine(engine, blobs[21], kills=kills)
+    deliveries = deliver_until_settled(sessions, bad, ids)
+    assert len(bad.runs) <= 2 * 5 + 4, bad.runs  # 2 log2(32) halvings, the first run and the poison's retries
+    expected = [("done", None)] * 32
+    expected[21] = ("failed", "dead_lettered")
+    assert states(sessions, scan_id) == expected
+    with sessions() as session:
+        assert session.scalars(select(DeadLetter.image_id)).all() == [ids[21]]
+    assert deliveries <= 2 * 5 + 2
 
 
 def test_a_poison_input_is_dead_lettered_and_the_rest_of_its_batch_finishes(sessions, engine) -> None:  # noqa: ANN001
