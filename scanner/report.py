@@ -33,7 +33,9 @@ def fetch_report(settings: Settings, args: argparse.Namespace) -> list[dict[str,
 
 async def _from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
     from scanner.client import ScannerClient
+    from scanner.siteurl import api_url
 
+    base = api_url(args.api)
     if not args.key:
         raise ValueError("--api needs --key")
     params = {
@@ -46,7 +48,7 @@ async def _from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
         "limit": str(min(args.limit, 1000)),
     }
     rows: list[dict[str, Any]] = []
-    async with ScannerClient(args.api, args.key) as client:
+    async with ScannerClient(base, args.key) as client:
         while len(rows) < args.limit:
             page = await client.flagged(**{k: v for k, v in params.items() if v is not None})
             rows += page["items"]

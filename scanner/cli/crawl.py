@@ -28,6 +28,7 @@ from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
+from scanner.siteurl import api_url, site_url
 
 if TYPE_CHECKING:  # the crawler loads Playwright: imported when a crawl runs, not when the parser is built
     from scanner.crawl import CrawlConfig
@@ -166,7 +167,7 @@ async def submitter_for(settings: Settings, api: str | None, key: str | None) ->
             raise ValueError("--api needs --key (create one with `scanner keys create --name crawler`)")
         from scanner.client import ScannerClient
 
-        async with ScannerClient(api, key) as client:
+        async with ScannerClient(api_url(api), key) as client:
             yield client
         return
     from scanner.local import LocalSubmitter
@@ -262,30 +263,6 @@ def write_csv(outcome: CrawlOutcome, path: Path) -> None:
             row = asdict(image)
             row["pages"] = " ".join(image.pages)
             writer.writerow(safe_row(row))  # no cell a spreadsheet would run as a formula
-
-
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
-
-
-def site_url(text: str) -> str:
-    """The start URL of ``scanner crawl SITE``: a bare host gets https://, a bare loopback host:port http://
-    (a development server rarely speaks TLS); anything else that is not an http(s) URL is refused."""
-    text = text.strip()
-    if "://" not in text:
-        host = text.split("/", 1)[0]
-        if not _HOST.match(host):
-            raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
-        loopback = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-        text = f"{'http' if loopback.lower() in LOOPBACK_HOSTS else 'https'}://{text}"
-    parts = urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
-    except ValueError as err:
-        raise ValueError(f"not a site: {text!r} ({err})") from err
-    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.match(parts.netloc):
-        raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
-    return text
 
 
 def check_outputs(*paths: Path | None) -> None:
