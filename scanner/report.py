@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from scanner import terminal
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, label_text
 from scanner.settings import Settings
@@ -111,7 +111,7 @@ def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
         writer.writeheader()
         writer.writerows(safe_row(row) for row in plain)  # no cell a spreadsheet would run as a formula
     else:
-        console = Console()
+        console = terminal.console()
         console.print(_table(plain))
         if plain:
             console.print(f"[dim]{MEANING}[/]", highlight=False)

@@ -17,12 +17,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    rebuild = "always" if op.get_bind().dialect.name == "sqlite" else "auto"  # PostgreSQL alters in place
     # SQLite reuses the largest rowid after a delete unless the table is AUTOINCREMENT: a removed audit's id would
     # name the next one (in scripts, webhooks and logs). The rebuild keeps the ids; PostgreSQL's sequences never
     # reuse one, so there the table kwarg changes nothing.
-    with op.batch_alter_table("audits", recreate="always", table_kwargs={"sqlite_autoincrement": True}) as batch_op:
+    with op.batch_alter_table("audits", recreate=rebuild, table_kwargs={"sqlite_autoincrement": True}) as batch_op:
         batch_op.add_column(sa.Column("allow_private", sa.Boolean(), nullable=False, server_default=sa.false()))
-    with op.batch_alter_table("audit_runs", recreate="always", table_kwargs={"sqlite_autoincrement": True}) as batch_op:
+    with op.batch_alter_table("audit_runs", recreate=rebuild, table_kwargs={"sqlite_autoincrement": True}) as batch_op:
         batch_op.add_column(sa.Column("error_code", sa.String(length=40), nullable=True))
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from scanner import secretbox
@@ -16,6 +15,7 @@ from scanner.audits import schedule, store
 from scanner.audits import spec as spec_rules
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
+from scanner.terminal import console
 
 DEFAULT_TICK_S = 30.0
 
@@ -191,7 +191,7 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
                 _when(audit.last_run_at),
                 _when(audit.next_run_at),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 
@@ -199,7 +199,7 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.audits import runner
 
     try:
-        result = runner.run_now(settings, args.audit_id, Console(stderr=True))
+        result = runner.run_now(settings, args.audit_id, console(stderr=True))
     except store.AlreadyRunning as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -244,7 +244,7 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
                 str(run.id), _when(run.started_at), run.status, str(run.pages), str(run.images), str(run.flagged),
                 str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness), _reason(run),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from scanner import terminal
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
 from scanner.helpformat import HelpFormatter
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     outcome = _run_crawl(args, settings, config)
     if isinstance(outcome, int):
         return outcome
-    print_report(outcome, Console())
+    print_report(outcome, terminal.console())
     try:
         if args.json:
             write_json(outcome, args.json)
@@ -134,7 +135,8 @@ def _run_crawl(args: argparse.Namespace, settings: Settings, config: CrawlConfig
 
     async def run() -> CrawlOutcome:
         async with submitter_for(settings, args.api, args.key) as submitter:
-            outcome = await crawl_and_scan(config, submitter, args.resume, crawl_progress(Console(stderr=True)))
+            progress = crawl_progress(terminal.console(stderr=True))
+            outcome = await crawl_and_scan(config, submitter, args.resume, progress)
             outcome.mode = f"server {args.api}" if args.api else "embedded"
             return outcome
 

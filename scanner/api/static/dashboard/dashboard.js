@@ -301,6 +301,28 @@
   function showFeedback(confirmed) {
     $("details-feedback").textContent = confirmed ? "Confirmed false flag: your team reported this image." : "";
     $("details-false-flag").disabled = confirmed;
+    $("details-undo-false-flag").hidden = !confirmed;
+    $("details-undo-false-flag").disabled = false;
+  }
+
+  // Undo a false-flag report (a click on the wrong row): the tenant's report is withdrawn and the row unmarked.
+  async function undoFalseFlag() {
+    const sha256 = state.shown;
+    if (!sha256) return;
+    $("details-undo-false-flag").disabled = true;
+    try {
+      await api(`/v1/images/${encodeURIComponent(sha256)}/feedback/false_flag`, apiKey(), { method: "DELETE" });
+      showFeedback(false);
+      $("details-feedback").textContent = "Report withdrawn: no longer marked as a false flag.";
+      const row = [...$("rows").children].find((tr) => tr.dataset.sha256 === sha256);
+      if (row) {
+        row.classList.remove("false-flag");
+        for (const tag of row.querySelectorAll("td.label .tag")) tag.remove();
+      }
+    } catch (err) {
+      $("details-undo-false-flag").disabled = false;
+      showError($("details-feedback"), err);
+    }
   }
 
   async function reportFalseFlag() {
@@ -457,6 +479,7 @@
     $("export").addEventListener("click", exportCsv);
     $("details-close").addEventListener("click", () => { $("details").hidden = true; });
     $("details-false-flag").addEventListener("click", reportFalseFlag);
+    $("details-undo-false-flag").addEventListener("click", undoFalseFlag);
     $("f-sort").addEventListener("change", sortRows);
     const key = apiKey();
     if (!key) return;
