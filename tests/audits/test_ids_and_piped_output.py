@@ -11,6 +11,7 @@ import pytest
 from scanner.audits import store
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from tests.people import scanner
+from tests.service.conftest import postgres_databases, postgres_url  # noqa: F401 - the PostgreSQL fixtures
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -20,10 +21,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def _add(data_dir: Path, url: str, database_url: str) -> int:
-    added = scanner(
-        data_dir, "audit", "add", url, "--every", "1d", "--allow-private", SCANNER_DATABASE_URL=database_url
-    )
+def _add(data_dir: Path, url: str, database_url: str | None = None) -> int:
+    chosen = {"SCANNER_DATABASE_URL": database_url} if database_url else {}  # none: the data dir's own file
+    added = scanner(data_dir, "audit", "add", url, "--every", "1d", "--allow-private", **chosen)
     assert added.returncode == 0, added.stderr
     return int(re.search(r"audit (\d+):", added.stdout).group(1))  # type: ignore[union-attr]
 
@@ -57,7 +57,7 @@ def test_ids_are_never_reused_after_remove(tmp_path: Path, database_url: str) ->
 def test_piped_output_keeps_a_long_url_on_one_line(tmp_path: Path) -> None:
     url = "http://127.0.0.1:8004/" + "/".join(f"section-{n}" for n in range(30)) + "/index.html"
     assert len(url) > 300  # wider than any terminal default, and than the COLUMNS the tests set
-    _add(tmp_path, url, f"sqlite:///{tmp_path / 'piped.db'}")
-    listed = scanner(tmp_path, "audit", "list", SCANNER_DATABASE_URL=f"sqlite:///{tmp_path / 'piped.db'}")
+    _add(tmp_path, url)
+    listed = scanner(tmp_path, "audit", "list")
     assert listed.returncode == 0, listed.stderr
     assert any(url in line for line in listed.stdout.splitlines()), listed.stdout
