@@ -207,7 +207,7 @@ async def delete_feedback(request: web.Request) -> web.Response:
     key = require_scope(request, "scans:write")
     sha256, kind = request.match_info["sha256"].lower(), request.match_info["kind"]
     if kind not in ("false_flag", "missed"):
-        raise Problem(404, "not_found", "the kinds of feedback are false_flag and missed")
+        raise Problem(404, "unknown_feedback_kind", "the kinds of feedback are false_flag and missed")
     await in_thread(_withdraw_feedback, request, key.tenant_id, sha256, kind)
     return web.Response(status=204)
 
