@@ -251,6 +251,7 @@ def audit_json(audit: Audit, host: str) -> dict[str, Any]:
         "missed_run_policy": audit.missed_run_policy,
         "enabled": audit.enabled,
         "robustness_sample": audit.robustness_sample,
+        "allow_private": audit.allow_private,
         "created_at": _iso(audit.created_at),
         "last_run_at": _iso(audit.last_run_at),
         "next_run_at": _iso(audit.next_run_at),
@@ -272,6 +273,7 @@ def run_json(run: AuditRun) -> dict[str, Any]:
         "gone": run.gone,
         "changed": run.changed,
         "error": run.error,
+        "error_code": run.error_code,
         "robustness": run.robustness,
     }
 

@@ -44,6 +44,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/scans/{scan_id}/events", scan_events)
     app.router.add_get("/v1/images/{sha256}", get_image)
     app.router.add_post("/v1/images/{sha256}/feedback", post_feedback)
+    app.router.add_delete("/v1/images/{sha256}/feedback/{kind}", delete_feedback)
     app.router.add_get("/v1/reports/flagged", flagged_report)
     app.router.add_get("/v1/me", whoami)
     app.router.add_get("/metrics", metrics)
@@ -217,6 +218,24 @@ def _record_feedback(request: web.Request, key: Any, sha256: str, body: Feedback
             "calibration_version": feedback.calibration_version,
             "created_at": _iso(feedback.created_at),
         }
+
+
+async def delete_feedback(request: web.Request) -> web.Response:
+    """Undo "this is a false flag" (or "missed"): the tenant's feedback of that kind on the image is withdrawn."""
+    key = require_scope(request, "scans:write")
+    sha256, kind = request.match_info["sha256"].lower(), request.match_info["kind"]
+    if kind not in ("false_flag", "missed"):
+        raise Problem(404, "unknown_feedback_kind", "the kinds of feedback are false_flag and missed")
+    await in_thread(_withdraw_feedback, request, key.tenant_id, sha256, kind)
+    return web.Response(status=204)
+
+
+def _withdraw_feedback(request: web.Request, tenant_id: int, sha256: str, kind: str) -> None:
+    with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        found = queries.image_seen_by(session, tenant_id, sha256) if SHA256.match(sha256) else None
+        if found is None:
+            raise Problem(404, "image_not_found", f"this key's tenant has not submitted the image {sha256}")
+        queries.withdraw_feedback(session, tenant_id, found[0].id, kind)
 
 
 CSV_COLUMNS = list(FlaggedRow.model_fields)

@@ -248,6 +248,10 @@ class AuditOut(BaseModel):
     missed_run_policy: Literal["run-once", "skip"]
     enabled: bool
     robustness_sample: int
+    allow_private: bool = Field(
+        description="may crawl private addresses and any port: set only by `scanner audit add --allow-private` "
+        "on the server's machine; audits made through the API follow the server's fetch rules"
+    )
     created_at: dt.datetime
     last_run_at: dt.datetime | None
     next_run_at: dt.datetime | None
@@ -282,7 +286,11 @@ class AuditRunOut(BaseModel):
     newly_flagged: int
     gone: int
     changed: int
-    error: str | None
+    error: str | None = Field(description="why a failed run failed, for people")
+    error_code: str | None = Field(
+        description="why a failed run failed, stable: a fetch refusal (blocked_address, blocked_port, dns_failure, "
+        "bad_url), no_page (no page could be crawled), lock_expired (its runner stopped) or crawl_error"
+    )
     robustness: RobustnessOut | None = Field(description="the black-box attack's result, when the audit asks")
 
 

@@ -8,7 +8,6 @@ import dataclasses
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from scanner import secretbox
@@ -16,6 +15,7 @@ from scanner.audits import schedule, store
 from scanner.audits import spec as spec_rules
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
+from scanner.terminal import console
 
 DEFAULT_TICK_S = 30.0
 
@@ -24,7 +24,9 @@ def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="scheduled audits of a site")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     add = audit_sub.add_parser("add", help="audit a site on a schedule", formatter_class=HelpFormatter)
-    add.add_argument("site", help="start URL (a bare host gets https://)")
+    add.add_argument(
+        "site", help="start URL, e.g. https://shop.example/ (a bare host gets https://, a bare 127.0.0.1:8000 http://)"
+    )
     when = add.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", help="interval: 30s, 15m, 6h, 1d")
     when.add_argument("--cron", help='5-field cron expression in UTC, e.g. "0 3 * * *"')
@@ -50,6 +52,12 @@ def add_parser(sub: Any) -> None:
         help="each run attacks N of the site's images with Square (black box, eps 8/255) and reports the flips",
     )
     add.add_argument("--disabled", action="store_true", help="create it paused")
+    add.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="your own local or staging site: its runs may reach private addresses (127.0.0.1, 10.x, ...) and any "
+        "port, whatever the server's fetch settings; recorded with the audit and shown by `audit list`",
+    )
     audit_sub.add_parser("list", help="list audits").add_argument("--tenant", help="only this tenant's audits")
     audit_id = "the audit's id (`scanner audit list`)"
     audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument(
@@ -102,19 +110,17 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
 
 
-def check_start_url(start_url: str, settings: Settings) -> None:
-    """``spec.check_start_url`` with the setting that allows a refused address or port."""
+def check_start_url(start_url: str, settings: Settings, allow_private: bool = False) -> None:
+    """``spec.check_start_url``, saying how to audit one's own local or staging site when it is refused."""
     import asyncio
 
     from scanner.fetch import FetchError
 
     try:
-        asyncio.run(spec_rules.check_start_url(start_url, settings))
+        asyncio.run(spec_rules.check_start_url(start_url, settings, allow_private))
     except FetchError as err:
-        raise ValueError(
-            f"audit runs may not crawl {start_url}: {err.message} (for an intranet or local site set "
-            "SCANNER_FETCH_ALLOW_PRIVATE=true, and SCANNER_FETCH_ANY_PORT=true for ports other than 80 and 443)"
-        ) from err
+        hint = "" if allow_private else " (your own local or staging site: add --allow-private)"
+        raise ValueError(f"audit runs may not crawl {start_url}: {err.message}{hint}") from err
 
 
 def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
@@ -138,8 +144,9 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         enabled=not args.disabled,
         name=args.name,
         robustness_sample=args.robustness_sample,
+        allow_private=args.allow_private,
     )
-    check_start_url(spec.start_url, settings)
+    check_start_url(spec.start_url, settings, args.allow_private)
     spec_rules.check_webhook(spec, settings)
     spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))  # at rest
     with transaction(sessions) as session:
@@ -167,7 +174,10 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.db.models import Audit, Site, Tenant
 
     table = Table(title="audits")
-    columns = ("id", "name", "tenant", "site", "start url", "schedule", "missed", "enabled", "last run", "next run")
+    columns = (
+        "id", "name", "tenant", "site", "start url", "schedule", "missed", "enabled", "private ok", "last run",
+        "next run",
+    )  # fmt: skip
     for column in columns:
         table.add_column(column)
     query = select(Audit, Site.host, Tenant.name).join(Site, Site.id == Audit.site_id).join(Tenant)
@@ -177,10 +187,11 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         for audit, host, tenant in session.execute(query.order_by(Audit.id)):
             table.add_row(
                 str(audit.id), audit.name or host, tenant, host, audit.start_url, audit.schedule,
-                audit.missed_run_policy, "yes" if audit.enabled else "no", _when(audit.last_run_at),
+                audit.missed_run_policy, "yes" if audit.enabled else "no", "yes" if audit.allow_private else "no",
+                _when(audit.last_run_at),
                 _when(audit.next_run_at),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 
@@ -188,7 +199,7 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.audits import runner
 
     try:
-        result = runner.run_now(settings, args.audit_id, Console(stderr=True))
+        result = runner.run_now(settings, args.audit_id, console(stderr=True))
     except store.AlreadyRunning as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -196,7 +207,7 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.status != "done":
-        print(f"run {result.run_id} failed: {result.error}", file=sys.stderr)
+        print(f"run {result.run_id} failed ({result.error_code}): {result.error}", file=sys.stderr)
         return 1
     diff = result.diff or {}
     counts = ", ".join(f"{name} {value}" for name, value in result.counts.items())
@@ -220,6 +231,7 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
         "gone",
         "changed",
         "flipped by attack",
+        "reason",
     )
     for column in columns:
         table.add_column(column)
@@ -230,9 +242,9 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
         for run in store.runs_of(session, args.audit_id, args.limit):
             table.add_row(
                 str(run.id), _when(run.started_at), run.status, str(run.pages), str(run.images), str(run.flagged),
-                str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness),
+                str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness), _reason(run),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 
@@ -245,6 +257,13 @@ def _remove(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
             return 1
     print(f"audit {args.audit_id} removed")
     return 0
+
+
+def _reason(run: Any) -> str:
+    """Why a failed run failed: its code, then what it means for people."""
+    if run.status != "failed":
+        return "-"
+    return f"{run.error_code or 'error'}: {run.error}" if run.error else (run.error_code or "-")
 
 
 def _flips(robustness: dict[str, Any] | None) -> str:

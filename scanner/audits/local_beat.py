@@ -89,7 +89,7 @@ class LocalScheduler:
 
     def _fail(self, run_id: int) -> None:
         with transaction(self.sessions) as session:
-            store.fail_run(session, run_id, STOPPED)
+            store.fail_run(session, run_id, STOPPED, "stopped")
 
 
 def _ignore(run_id: int) -> None:

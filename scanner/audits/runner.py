@@ -47,6 +47,15 @@ class RunResult:
     counts: dict[str, int]
     diff: dict[str, Any] | None
     error: str | None = None
+    error_code: str | None = None
+
+
+class RunFailed(Exception):
+    """A run that cannot succeed, with its stable reason: ``code`` is recorded with the run (``error_code``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def owner_id() -> str:
@@ -172,7 +181,7 @@ async def _execute(
 ) -> RunResult:
     audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
     result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
-    if audit.webhook_url and result.status == "done":
+    if audit.webhook_url:  # a failed run too: the receiver learns why, rather than hearing nothing
         payload = _payload(audit, result)
         policy = _webhook_policy(settings)
         await webhooks.deliver(
@@ -203,11 +212,15 @@ async def _crawl_and_record(
         if audit.robustness_sample:
             robustness = await asyncio.to_thread(_robustness_check, settings, sessions, audit, outcome, run_id)
         return await asyncio.to_thread(_record, sessions, run_id, audit.id, outcome, robustness)
+    except RunFailed as err:
+        log.warning("audit %s run %s failed: %s: %s", audit.id, run_id, err.code, err)
+        await asyncio.to_thread(_fail, sessions, run_id, str(err), err.code)
+        return RunResult(run_id, "failed", {}, None, str(err), err.code)
     except Exception as err:  # noqa: BLE001 - any failure ends the run as failed, with its reason
         log.exception("audit %s run %s failed", audit.id, run_id)
         error = f"{type(err).__name__}: {err}"
-        await asyncio.to_thread(_fail, sessions, run_id, error)
-        return RunResult(run_id, "failed", {}, None, error)
+        await asyncio.to_thread(_fail, sessions, run_id, error, "crawl_error")
+        return RunResult(run_id, "failed", {}, None, error, "crawl_error")
     finally:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -242,6 +255,7 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
     from scanner.crawl.scan import crawl_and_scan
     from scanner.local import LocalSubmitter
 
+    await _check_start(settings, audit)
     # The local intake analyses in this process, whatever the settings' broker: see the module docstring.
     local = settings.model_copy(update={"broker_url": None, "result_backend": None})
     with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
@@ -251,12 +265,29 @@ async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console
             outcome = await crawl_and_scan(config, submitter, resume=False, progress=progress)
     outcome.mode = "audit"
     if not outcome.pages or all(page["error"] for page in outcome.pages):
-        raise RuntimeError(f"the crawl of {audit.start_url} reached no page")
+        errors = sorted({page["error"] for page in outcome.pages if page["error"]})
+        said = f" ({', '.join(errors)})" if errors else ""
+        raise RunFailed("no_page", f"the crawl of {audit.start_url} reached no page{said}")
     return outcome
 
 
+async def _check_start(settings: Settings, audit: Audit) -> None:
+    """The start URL under this run's rules, before a browser starts: a refusal becomes the run's reason (the
+    crawl itself would only see the guard's 403)."""
+    from scanner.audits.spec import check_start_url
+    from scanner.fetch import FetchError
+
+    try:
+        await check_start_url(audit.start_url, settings, audit.allow_private)
+    except FetchError as err:
+        hint = ""
+        if err.code in ("blocked_address", "blocked_port") and not audit.allow_private:
+            hint = " (an audit of a local or staging site: `scanner audit add URL --allow-private` on this machine)"
+        raise RunFailed(err.code, f"{audit.start_url} is refused: {err.message}{hint}") from None
+
+
 def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
-    from scanner.intake import fetch_policy
+    from scanner.audits.spec import run_policy
 
     return CrawlConfig(
         start_url=audit.start_url,
@@ -266,8 +297,9 @@ def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfi
         exclude=tuple(audit.exclude or ()),
         max_image_bytes=settings.max_image_bytes,
         state_path=workdir / "frontier.sqlite",
-        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules.
-        network_policy=fetch_policy(settings),
+        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules (or the wider
+        # ones the machine's owner gave this audit).
+        network_policy=run_policy(settings, audit.allow_private),
     )
 
 
@@ -306,16 +338,23 @@ def _record(
     return RunResult(run_id, "done", counts, diff)
 
 
-def _fail(sessions: sessionmaker[Session], run_id: int, error: str) -> None:
+def _fail(sessions: sessionmaker[Session], run_id: int, error: str, code: str) -> None:
     with transaction(sessions) as session:
-        store.fail_run(session, run_id, error)
+        store.fail_run(session, run_id, error, code)
 
 
 def _payload(audit: Audit, result: RunResult) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "id": result.run_id,
+        "status": result.status,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if result.status == "failed":
+        run["error"] = {"code": result.error_code, "message": result.error}
     return {
         "event": "audit.run.finished",
         "audit": {"id": audit.id, "name": audit.name, "start_url": audit.start_url},
-        "run": {"id": result.run_id, "status": result.status, "finished_at": dt.datetime.now(dt.UTC).isoformat()},
+        "run": run,
         "counts": result.counts,
         "diff": result.diff,
     }

@@ -5,19 +5,21 @@ the CLI prints it, the API answers it as a 422."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from scanner.audits import schedule, store
-from scanner.fetch import FetchError, check_target
+from scanner.fetch import FetchError, FetchPolicy, check_target
 from scanner.intake import fetch_policy
 from scanner.settings import Settings
+from scanner.siteurl import site_url
 
 MAX_ROBUSTNESS_SAMPLE = 256
 
 
 def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
     """A validated audit: raises ValueError with a message for people."""
-    start_url = site if "://" in site else f"https://{site}"
+    start_url = site_url(site) if "://" not in site else site  # a bare host: the CLI's one rule (scanner.siteurl)
     parsed = schedule.parse(schedule_text)
     spec = store.AuditSpec(start_url=start_url, schedule=parsed.text, **options)
     if spec.max_pages < 1 or spec.max_depth < 0:
@@ -31,10 +33,21 @@ def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
     return spec
 
 
-async def check_start_url(start_url: str, settings: Settings) -> None:
-    """Audit runs crawl on the server under the fetcher's rules, so a start URL they would refuse is refused
-    when the audit is made, rather than failing at every run: raises ``scanner.fetch.FetchError``."""
-    await check_target(start_url, fetch_policy(settings))
+def run_policy(settings: Settings, allow_private: bool) -> FetchPolicy:
+    """The address and port rules of an audit's runs: the server's fetch rules, or, for an audit its machine's
+    owner allowed private addresses (``scanner audit add --allow-private``), any address and port the fetcher
+    ever allows (never 0.0.0.0 and the like: ``scanner.fetch``).  Read at each run, so the running server honours
+    it without new settings."""
+    policy = fetch_policy(settings)
+    if allow_private:
+        return dataclasses.replace(policy, allow_private=True, allowed_ports=None)
+    return policy
+
+
+async def check_start_url(start_url: str, settings: Settings, allow_private: bool = False) -> None:
+    """Audit runs crawl on the server under ``run_policy``, so a start URL they would refuse is refused when the
+    audit is made, rather than failing at every run: raises ``scanner.fetch.FetchError``."""
+    await check_target(start_url, run_policy(settings, allow_private))
 
 
 def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:

@@ -57,6 +57,7 @@ class AuditSpec:
     enabled: bool = True
     name: str | None = None
     robustness_sample: int = 0  # images attacked by each run's black-box robustness check (0: none)
+    allow_private: bool = False  # may crawl private addresses and any port: the local CLI's --allow-private only
 
 
 def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at: dt.datetime) -> Audit:
@@ -78,6 +79,7 @@ def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at:
         missed_run_policy=spec.missed_run_policy,
         enabled=spec.enabled,
         robustness_sample=spec.robustness_sample,
+        allow_private=spec.allow_private,
         created_at=utcnow(),
         next_run_at=next_run_at,
     )
@@ -135,6 +137,7 @@ def claim_run(
         .values(
             status="failed",
             error="the run lock expired: the runner stopped without finishing (taken over)",
+            error_code="lock_expired",
             finished_at=now,
             locked_by=None,
             lock_expires_at=None,
@@ -245,11 +248,20 @@ def finish_run(
     session.execute(update(Audit).where(Audit.id == run.audit_id).values(last_run_at=now))
 
 
-def fail_run(session: Session, run_id: int, error: str) -> None:
+def fail_run(session: Session, run_id: int, error: str, code: str = "crawl_error") -> None:
+    """End a run as failed with its reason: ``code`` stable (``scanner.audits.runner`` names them), ``error`` for
+    people."""
     session.execute(
         update(AuditRun)
         .where(AuditRun.id == run_id)
-        .values(status="failed", error=error[:4000], finished_at=utcnow(), locked_by=None, lock_expires_at=None)
+        .values(
+            status="failed",
+            error=error[:4000],
+            error_code=code[:40],
+            finished_at=utcnow(),
+            locked_by=None,
+            lock_expires_at=None,
+        )
     )
 
 

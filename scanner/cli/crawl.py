@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.table import Table
 
+from scanner import terminal
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, describe, label_text
 from scanner.helpformat import HelpFormatter
 from scanner.privatefs import private_dir
 from scanner.settings import Settings
+from scanner.siteurl import api_url, site_url
 
 if TYPE_CHECKING:  # the crawler loads Playwright: imported when a crawl runs, not when the parser is built
     from scanner.crawl import CrawlConfig
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     outcome = _run_crawl(args, settings, config)
     if isinstance(outcome, int):
         return outcome
-    print_report(outcome, Console())
+    print_report(outcome, terminal.console())
     try:
         if args.json:
             write_json(outcome, args.json)
@@ -134,7 +136,8 @@ def _run_crawl(args: argparse.Namespace, settings: Settings, config: CrawlConfig
 
     async def run() -> CrawlOutcome:
         async with submitter_for(settings, args.api, args.key) as submitter:
-            outcome = await crawl_and_scan(config, submitter, args.resume, crawl_progress(Console(stderr=True)))
+            progress = crawl_progress(terminal.console(stderr=True))
+            outcome = await crawl_and_scan(config, submitter, args.resume, progress)
             outcome.mode = f"server {args.api}" if args.api else "embedded"
             return outcome
 
@@ -167,7 +170,7 @@ async def submitter_for(settings: Settings, api: str | None, key: str | None) ->
             raise ValueError("--api needs --key (create one with `scanner keys create --name crawler`)")
         from scanner.client import ScannerClient
 
-        async with ScannerClient(api, key) as client:
+        async with ScannerClient(api_url(api), key) as client:
             yield client
         return
     from scanner.local import LocalSubmitter
@@ -263,30 +266,6 @@ def write_csv(outcome: CrawlOutcome, path: Path) -> None:
             row = asdict(image)
             row["pages"] = " ".join(image.pages)
             writer.writerow(safe_row(row))  # no cell a spreadsheet would run as a formula
-
-
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
-
-
-def site_url(text: str) -> str:
-    """The start URL of ``scanner crawl SITE``: a bare host gets https://, a bare loopback host:port http://
-    (a development server rarely speaks TLS); anything else that is not an http(s) URL is refused."""
-    text = text.strip()
-    if "://" not in text:
-        host = text.split("/", 1)[0]
-        if not _HOST.match(host):
-            raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
-        loopback = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-        text = f"{'http' if loopback.lower() in LOOPBACK_HOSTS else 'https'}://{text}"
-    parts = urlsplit(text)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
-    except ValueError as err:
-        raise ValueError(f"not a site: {text!r} ({err})") from err
-    if parts.scheme not in ("http", "https") or not parts.hostname or not _HOST.match(parts.netloc):
-        raise ValueError(f"not a site: {text!r} (give a URL such as https://shop.example/ or 127.0.0.1:8000)")
-    return text
 
 
 def check_outputs(*paths: Path | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from scanner.settings import Settings
@@ -21,14 +22,21 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic.util.exc import CommandError
+
     from scanner.db import migrate
     from scanner.db.session import make_engine
 
-    if args.db_command == "upgrade":
-        make_engine(settings.db_url).dispose()  # creates the SQLite folder when needed
-        migrate.upgrade(settings.db_url, args.revision)
-    elif args.db_command == "downgrade":
-        migrate.downgrade(settings.db_url, args.revision)
+    try:
+        if args.db_command == "upgrade":
+            make_engine(settings.db_url).dispose()  # creates the SQLite folder when needed
+            migrate.upgrade(settings.db_url, args.revision)
+        elif args.db_command == "downgrade":
+            migrate.downgrade(settings.db_url, args.revision)
+    except CommandError as err:  # an unknown revision, or one on the wrong side of the current one
+        known = ", ".join(sorted(migrate.known_revisions()))
+        print(f"error: {err} (revisions: {known}; also head, and base for downgrade)", file=sys.stderr)
+        return 2
     current = migrate.current_revision(make_engine(settings.db_url))
     print(f"schema revision: {current or 'empty'} (newest: {migrate.head_revision()})")
     return 0

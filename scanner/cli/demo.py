@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scanner import terminal
 from scanner.cli.crawl import print_report, submitter_for
 from scanner.helpformat import HelpFormatter
 from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
@@ -42,6 +43,11 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--photos", type=int, default=6, help="ordinary photos on the site, half of them attacked")
     demo.add_argument("--seed", type=int, default=0, help="which test images are drawn and attacked")
     demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's database (its folder is printed), to look at it with `scanner serve` and the dashboard",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +74,7 @@ def run_demo(data: Path, robust_dir: Path, standard_dir: Path, n: int, eps_text:
     from training.bundle import load
     from training.data import load_splits, seeded_subset, to_float
 
-    console = Console()
+    console = terminal.console()
     robust, standard = load(robust_dir), load(standard_dir)
     console.print(f"robust model   {robust.metadata['method']} {robust.metadata['arch']} v{robust.version}")
     console.print(f"standard model {standard.metadata['method']} {standard.metadata['arch']} v{standard.version}")
@@ -121,8 +127,11 @@ def _photos(args: Any, console: Console) -> list[tuple[bytes, bool]]:
         folder = folder.with_name("web-images-demo")
         console.print(f"building a small set of web photos from Debian packages in {folder} (once) ...")
         web_images.build(folder, limit=1, progress=False)
-    console.print(f"adding {args.photos} ordinary photos, every second one attacked through the resize ...")
-    return demo_photos(folder, args.standard, args.photos, args.eps, args.seed)
+    photos = demo_photos(folder, args.standard, args.photos, args.eps, args.seed)
+    # The count placed, not the one asked for: the web-image set may hold fewer suitable photos.
+    fewer = f" (of {args.photos} asked: the web-image set has no more)" if len(photos) < args.photos else ""
+    console.print(f"adding {len(photos)} ordinary photos{fewer}, every second one attacked through the resize ...")
+    return photos
 
 
 def run_crawl_demo(args: Any) -> int:
@@ -136,10 +145,10 @@ def run_crawl_demo(args: Any) -> int:
     from scanner.settings import Settings
     from training.bundle import load
 
-    console = Console()
+    console = terminal.console()
     load(args.robust), load(args.standard)  # a missing or broken bundle is reported before any work
     with tempfile.TemporaryDirectory(prefix="scanner-demo-") as tmp:
-        root = Path(tmp)
+        root = Path(tempfile.mkdtemp(prefix="scanner-demo-")) if args.keep else Path(tmp)
         console.print(
             f"building the demo site: {args.pages} pages x {args.per_page} CIFAR-10 test images, every "
             f"second one attacked (PGD-20, eps {args.eps}) against the standard model ..."
@@ -158,6 +167,13 @@ def run_crawl_demo(args: Any) -> int:
         outcome = asyncio.run(_serve_and_crawl(root / "site", settings, console))
     print_report(outcome, console)
     _score_against_truth(images, outcome, console)
+    if args.keep:
+        data_dir = root / "data"
+        console.print(
+            f"kept the demo's database in {data_dir}: to see it in the dashboard, run "
+            f"SCANNER_DATA_DIR={data_dir} SCANNER_ROBUST_BUNDLE={args.robust} scanner serve",
+            soft_wrap=True,
+        )
     return 0
 
 

@@ -40,6 +40,14 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from scanner.siteurl import site_filter
+
+    try:
+        if args.site is not None:
+            site_filter(args.site)
+    except ValueError as err:  # a usage error: exit 2, like argparse's own, before any database or server
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         rows = fetch_report(settings, args)
     except Exception as err:  # noqa: BLE001 - every failure here is the user's to fix: say it plainly

@@ -4,7 +4,9 @@ analysis worker, with ``--beat`` the audit scheduler too)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -31,6 +33,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
+    host, port = args.host or settings.host, args.port if args.port is not None else settings.port
+    if (problem := cannot_listen(host, port)) is not None:  # before the app, the engine and the database load
+        print(f"error: cannot listen on {host}:{port}: {problem}", file=sys.stderr)
+        return 2
     from aiohttp import web
 
     from scanner.api import create_app
@@ -39,7 +45,6 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from scanner import logsafe
 
     logsafe.install()  # no API key in a log line, whichever logger writes it
-    host, port = args.host or settings.host, args.port if args.port is not None else settings.port
     app = create_app(settings)
     if settings.embedded:
         from scanner.audits.local_beat import scheduler_context
@@ -60,6 +65,24 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (bound the way aiohttp binds it, then released), or None."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        return f"{err.strerror} (give --host an address of this machine, e.g. 127.0.0.1)"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no reason
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    return f"port {port} is in use (stop the server using it, or give another with --port)"
+                return f"{err.strerror or err}"
+    return None
 
 
 def worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, and_, exists, func, insert, select, update
+from sqlalchemy import Select, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -462,6 +462,14 @@ def add_feedback(
     session.add(feedback)
     session.flush()
     return feedback
+
+
+def withdraw_feedback(session: Session, tenant_id: int, image_id: int, kind: str) -> int:
+    """Undo: delete this tenant's feedback of ``kind`` on the image (whoever of the tenant gave it); how many."""
+    result = session.execute(
+        delete(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.image_id == image_id, Feedback.kind == kind)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
 def feedback_counts(session: Session, tenant_id: int, image_id: int) -> dict[str, int]:
