@@ -48,14 +48,15 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.data import load_splits
 from worker.engine import native
-from worker.engine.calibration import roc_auc, wilson_interval
-from worker.engine.engine import NATIVE_DRAFT_SIZE
-from worker.engine.images import ImageLimits, decode_image, to_model_input
+from worker.engine.calibration import roc_auc
+from worker.engine.images import ImageLimits, to_model_input
 from worker.research import delivery, web_images
-from worker.research.calibrate import SEEN_POOL, thumbnailed, unseen_pool
+from worker.research.delivery import thumbnailed, to_images
+from worker.research.detection_metrics import interval
 from worker.research.detector_data import HARD_NEGATIVE
-from worker.research.evaluate import web_attack_start
 from worker.research.native_attacks import NativeAttack
+from worker.research.pools import SEEN_POOL, decode_web_images, unseen_pool
+from worker.research.web_evaluation import web_attack_start
 
 DELIVERIES = ("png", "jpeg90")
 TARGET = 0.01  # per benign kind, the target
@@ -79,11 +80,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
-
-
-def to_images(x: torch.Tensor) -> Images:
-    arrays = x.mul(255).round().byte().permute(0, 2, 3, 1).numpy()
-    return [delivery.from_array(a) for a in arrays]
 
 
 def cifar_sets(args: argparse.Namespace, source: Bundle, pair: list[Bundle], detectors: list[Bundle]) -> dict:
@@ -119,7 +115,7 @@ def web_sets(args: argparse.Namespace, source: Bundle, input_size: Sequence[int]
         r for r in web_images.load_manifest(args.web_dir, "calibration") if r.kind not in web_images.SYNTHETIC_KINDS
     ]
     chosen = random.Random(args.seed).sample(records, min(args.n_web, len(records)))
-    images = [decode_image((args.web_dir / r.file).read_bytes(), ImageLimits(), NATIVE_DRAFT_SIZE) for r in chosen]
+    images = decode_web_images(args.web_dir, chosen, ImageLimits())
     rng = random.Random(args.seed)
     sets: dict[str, tuple[Images, bool]] = {"clean": (images, False)}
     sets |= {f"benign {k}": ([change(im, rng) for im in images], False) for k, change in delivery.BENIGN.items()}
@@ -142,7 +138,7 @@ def logits(detector: Bundle, images: Images, input_size: Sequence[int]) -> torch
 
 
 def rate(hits: torch.Tensor) -> dict[str, Any]:
-    low, high = wilson_interval(int(hits.sum()), len(hits))
+    low, high = interval(int(hits.sum()), len(hits))
     return {"rate": round(float(hits.float().mean()), 4), "ci95": [round(low, 4), round(high, 4)], "n": len(hits)}
 
 

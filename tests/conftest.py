@@ -13,6 +13,7 @@ import torch
 from sqlalchemy import create_engine, text
 
 from tests.support.datasets import write_imagefolder, write_tarball
+from tests.support.logscan import leaked_keys
 from tests.support.servers import free_port
 from tests.support.services import POSTGRES_ADMIN_URL, RedisServer, postgres_reachable
 
@@ -43,6 +44,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_api_key_in_logs(caplog: pytest.LogCaptureFixture):
+    """Every log line of every test's servers (they run in this process) is searched for a full API key."""
+    yield
+    leaks = [text for when in ("setup", "call") for text in leaked_keys(caplog.get_records(when))]
+    assert not leaks, f"an API key reached the log: {leaks[0][:300]}"
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +108,8 @@ def postgres_databases() -> Iterator[Callable[[], str]]:
         for name in names:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: Callable[[], str]) -> str:
+    return postgres_databases()

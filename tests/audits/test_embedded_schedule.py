@@ -31,7 +31,7 @@ LOCAL_SITES = {"SCANNER_FETCH_ALLOW_PRIVATE": "true", "SCANNER_FETCH_ANY_PORT": 
 def test_an_audit_added_in_the_default_setup_runs_under_scanner_serve(site: Site, tmp_path: Path) -> None:
     # A loopback site is refused by default (audit runs follow the fetcher's rules), with the setting to use.
     refused = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120)
-    assert refused.returncode == 2 and "SCANNER_FETCH_ALLOW_PRIVATE" in refused.stderr
+    assert refused.returncode == 2 and "--allow-private" in refused.stderr
     added = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120, **LOCAL_SITES)
     assert added.returncode == 0, added.stderr
     assert "next run" in added.stdout and "scanner serve" in added.stdout

@@ -116,7 +116,7 @@ def test_the_lock_admits_one_run_and_expired_locks_are_taken_over(sessions: Any,
     with sessions() as session:
         crashed, fresh = session.get_one(AuditRun, won[0]), session.get_one(AuditRun, taken)
         assert crashed.status == "failed" and "expired" in (crashed.error or "") and crashed.locked_by is None
-        assert fresh.status == "running" and fresh.locked_by == "runner-new"
+        assert fresh.status == "queued" and fresh.locked_by == "runner-new"
 
 
 def test_webhook_is_signed_and_retried(settings: Settings, sessions: Any, make_audit: Any, receiver: Receiver) -> None:
@@ -151,6 +151,23 @@ def test_webhook_to_a_private_address_is_refused_unless_allowed(
     assert receiver.requests == []
     with sessions() as session:
         assert "blocked_address" in (store.deliveries_of(session, run_id)[0].error or "")
+
+
+def test_a_webhook_name_that_resolves_only_to_loopback_is_recorded_as_blocked_address(
+    sessions: Any, make_audit: Any, receiver: Receiver
+) -> None:
+    """Not a DNS error: the name resolved, to addresses the policy refuses (and they are not named)."""
+    audit_id = make_audit("http://127.0.0.1:9/")
+    with transaction(sessions) as session:
+        run_id = store.claim_run(session, audit_id, "test", "manual")
+    strict = webhooks.FetchPolicy(allow_private=False, allowed_ports=None)
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    assert not asyncio.run(webhooks.deliver(sessions, run_id, by_name, "s", {}, strict, attempts=1))
+    assert receiver.requests == []
+    with sessions() as session:
+        error = store.deliveries_of(session, run_id)[0].error or ""
+    assert error.startswith("blocked_address: "), error
+    assert "127.0.0.1" not in error
 
 
 @pytest.mark.parametrize("policy", ["run-once", "skip"])

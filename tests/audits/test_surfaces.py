@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from scanner.audits.store import LIVE
 from scanner.db.models import AuditRun
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
@@ -86,11 +87,11 @@ def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
         assert http("GET", runs, mine).json()["items"] == []  # the other tenant started nothing
 
         started = http("POST", runs, mine)
-        assert started.status == 202 and started.json()["status"] == "running"
+        assert started.status == 202 and started.json()["status"] == "queued"
         again = http("POST", runs, mine)
         assert again.status == 409 and again.json()["code"] == "already_running"
         finished = wait_for(
-            lambda: [r for r in http("GET", runs, reader).json()["items"] if r["status"] != "running"], 120
+            lambda: [r for r in http("GET", runs, reader).json()["items"] if r["status"] not in LIVE], 120
         )
         assert finished[0]["status"] == "failed" and "reached no page" in finished[0]["error"]
         assert http("DELETE", f"{base}/{audit['id']}", mine).status == 204

@@ -18,10 +18,9 @@ from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
 from tests.support.api import start_api
-from tests.support.dashboard import DashboardApi, Seeded
+from tests.support.dashboard import T0, DashboardApi, Seeded
+from tests.support.queries import add_item, record_image, write_verdict
 from tests.support.verdicts import verdict_with_score
-
-T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
 
 def png(seed: int, size: int = 24) -> bytes:
@@ -62,13 +61,13 @@ def _seed_images(session, versions, tenant: str, tenant_id: int, offset: int) ->
         scan = queries.new_scan(
             session, tenant_id, "crawl", page_url, versions.model_version, versions.calibration_version
         )
-        image = queries.record_image(session, sha256, data, "PNG", 24, 24)
+        image = record_image(session, sha256, data, "PNG", 24, 24)
         image_url = f"https://{site}/img-{i}.png"
-        queries.add_item(session, scan, 0, image=image, image_url=image_url)
+        add_item(session, scan, 0, image=image, image_url=image_url)
         session.flush()
         for sighting in session.query(Sighting).filter_by(scan_id=scan.id):
             sighting.seen_at = T0 + dt.timedelta(days=offset + i)
-        queries.write_verdict(session, image.id, _verdict(versions, label, score))
+        write_verdict(session, image.id, _verdict(versions, label, score))
         seeded.append(Seeded(sha256, data, label, score, site, page_url, score > 1.0, image_url))
     return seeded
 

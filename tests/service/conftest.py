@@ -1,6 +1,6 @@
-"""The service tests' fixtures: a throw-away PostgreSQL database and a Redis database of its own per test, and
-Celery worker processes (``scanner worker``) stopped when the test ends.  The servers themselves (Redis,
-PostgreSQL) are session fixtures of tests/conftest.py; the helpers are in tests/support/."""
+"""The service tests' fixtures: a Redis database of its own per test, and Celery worker processes (``scanner
+worker``) stopped when the test ends.  The servers themselves (Redis, PostgreSQL) and a throw-away PostgreSQL
+database are fixtures of tests/conftest.py; the helpers are in tests/support/."""
 
 from __future__ import annotations
 
@@ -15,12 +15,6 @@ from scanner.settings import Settings
 from tests.support.commands import REPO, SCANNER
 from tests.support.services import RedisServer, WorkerProcess, service_env
 from tests.support.waiting import wait_for
-
-
-@pytest.fixture
-def postgres_url(postgres_databases: Callable[[], str]) -> str:
-    return postgres_databases()
-
 
 _redis_db = iter(range(1, 16))
 

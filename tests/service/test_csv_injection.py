@@ -17,6 +17,7 @@ from scanner.settings import Settings
 from scanner.versions import served_versions
 from tests.support.api import http, start_api, upload
 from tests.support.images import flat_png
+from tests.support.queries import add_item, record_image, write_verdict
 from tests.support.verdicts import verdict_with_score
 
 FORMULAS = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
@@ -53,10 +54,10 @@ def test_uploaded_image_urls_are_validated_and_exports_neutralised(tmp_path: Pat
             scan = queries.new_scan(
                 session, tenant, "api", "https://-1+2.example/p", versions.model_version, versions.calibration_version
             )
-            image = queries.record_image(session, "c" * 64, b"legacy", "PNG", 32, 32)
-            queries.add_item(session, scan, 0, image=image, image_url='=HYPERLINK("http://evil.example","open")')
+            image = record_image(session, "c" * 64, b"legacy", "PNG", 32, 32)
+            add_item(session, scan, 0, image=image, image_url='=HYPERLINK("http://evil.example","open")')
             verdict = verdict_with_score(versions.model_version, versions.calibration_version, "@cat", 5.0)
-            queries.write_verdict(session, image.id, verdict)
+            write_verdict(session, image.id, verdict)
         engine.dispose()
         reply = http("GET", f"{api.base}/v1/reports/flagged?format=csv", token)
         assert reply.status == 200

@@ -116,7 +116,7 @@ def test_redis_restart_delays_work_but_loses_none(
         wait_done(api, key, first)
 
         redis_server.stop()
-        assert http("GET", f"{api.base}/healthz").json()["broker"] is False
+        wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"] is False, 30, what="Redis down")
         # Accepted while the broker is down: kept in the database's outbox.
         reply = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(302), random_png(303)))
         assert reply.status == 202

@@ -8,6 +8,7 @@ The waits in ``wait_for`` are generous limits for a busy machine, far below the 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
+from scanner.api.health import PROBE_S, PROBE_TIMEOUT_S
 from scanner.db.models import Image, Scan, ScanItem, utcnow
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
@@ -114,8 +116,9 @@ def test_health_reports_the_true_age_of_the_oldest_pending_image(
     tmp_path: Path, postgres_url: str, broker_url: str
 ) -> None:
     """No worker: the relay hands the pending image over again and again (``requeue_after_s`` of 1 s), and the
-    age /healthz reports is the scan's whole age across those hand-overs (it once restarted from each of them):
-    between its age just before the request and just after."""
+    age /healthz reports is the scan's whole age across those hand-overs (it once restarted from each of them).
+    /healthz answers from its last probe, so the age lies between the scan's ages at the latest and the earliest
+    moment that probe can have been made (``checked_s_ago`` back, less at most ``PROBE_TIMEOUT_S`` and a period)."""
     settings = distributed_settings(tmp_path, postgres_url, broker_url, requeue_after_s=1.0)
     api = start_api(settings)
     try:
@@ -124,26 +127,35 @@ def test_health_reports_the_true_age_of_the_oldest_pending_image(
         engine = make_engine(postgres_url)
         sessions = make_sessionmaker(engine)
 
-        def handed_over_at() -> object:
+        def handed_over_at() -> dt.datetime | None:
             with sessions() as session:
                 return session.scalar(select(func.max(ScanItem.enqueued_at)))
 
         with sessions() as session:
             submitted = session.scalar(select(Scan.created_at))
+        lag_s = PROBE_TIMEOUT_S + PROBE_S  # the most a probe's reading can precede the time it was checked at
 
-        def reported_age() -> tuple[float, float, float]:
-            """(the scan's age just before the request, the age /healthz reports, the scan's age just after)"""
+        def probed() -> tuple[dt.datetime, float, dt.datetime]:
+            """(the earliest and the latest moment of the probe /healthz answers from, the age it reports)"""
             before = utcnow()
-            reported = http("GET", f"{api.base}/healthz").json()["oldest_pending_s"]
-            return (before - submitted).total_seconds(), reported, (utcnow() - submitted).total_seconds()
+            health = http("GET", f"{api.base}/healthz").json()
+            after, ago = utcnow(), dt.timedelta(seconds=health["checked_s_ago"])
+            slack = dt.timedelta(milliseconds=1)  # checked_s_ago is rounded to the millisecond
+            return before - ago - dt.timedelta(seconds=lag_s) - slack, health["oldest_pending_s"], after - ago + slack
 
-        handed = wait_for(handed_over_at, 30, 0.1, "the first hand-over")
-        low, first, high = reported_age()
-        assert low <= first <= high
-        wait_for(lambda: handed_over_at() > handed, 60, 0.1, "the relay to hand the work over again")
+        def age_at(moment: dt.datetime) -> float:
+            return (moment - submitted).total_seconds()
+
+        wait_for(handed_over_at, 30, 0.1, "the first hand-over")
+        earliest, first, latest = wait_for(lambda: (p := probed())[1] is not None and p, 30, 0.2, "a probe of it")
+        assert age_at(earliest) <= first <= age_at(latest)
+        # A hand-over more than lag_s (and a second) after the submission, then a probe made after it: an age
+        # counted from the latest hand-over would then be below the bracket.
+        wait_for(lambda: age_at(handed_over_at()) > lag_s + 1, 60, 0.1, "a hand-over long after the submission")
+        last = handed_over_at()
+        earliest, later, latest = wait_for(lambda: (p := probed())[0] > last and p, 60, 0.2, "a probe after it")
         engine.dispose()
-        low, later, high = reported_age()
-        assert low <= later <= high  # from the hand-over, it would be at least requeue_after_s short of ``low``
+        assert age_at(earliest) <= later <= age_at(latest)
     finally:
         api.stop()
 
@@ -200,6 +212,6 @@ def test_submissions_are_answered_while_the_broker_hangs(
                 return list(await asyncio.gather(*(post(800 + i) for i in range(4))))
 
         assert asyncio.run(post_four()) == [202, 202, 202, 202]
-        assert http("GET", f"{api.base}/healthz").json()["broker"] is False
+        wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"] is False, 30, what="Redis down")
     finally:
         api.stop()

@@ -3,9 +3,12 @@ for each) and the steps a person takes on the page (sign in, read the table's ro
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from tests.support.api import RunningApi
+
+T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)  # the seeded images are seen one day apart from here
 
 
 @dataclass

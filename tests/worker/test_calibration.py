@@ -16,9 +16,10 @@ import torch
 from training.bundle import Bundle
 from training.data import ArrayDataset, load_splits, split_holdout
 from worker.engine import calibration as calib
+from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.engine import Engine, EngineError
-from worker.research import calibrate
+from worker.research import calibrate, calibration_sets, delivery, operating_point, pools
 from worker.research.delivery import BENIGN
 
 
@@ -62,7 +63,7 @@ def test_unseen_pool_excludes_exactly_what_the_trainer_trained_on():
     record = {"training": {"seed": 3, "train_images": 50}, "command": "python -m training train --holdout 20"}
     other = {**record, "training": {"seed": 4, "train_images": 60}}
     bundles = [Bundle(None, record, Path("r")), Bundle(None, other, Path("s"))]
-    pool, _ = calibrate.unseen_pool(n, bundles)
+    pool, _ = pools.unseen_pool(n, bundles)
     data = ArrayDataset(torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n), ["x"])
     used = set()
     for seed, count in ((3, 50), (4, 60)):
@@ -70,14 +71,14 @@ def test_unseen_pool_excludes_exactly_what_the_trainer_trained_on():
         used |= set(train.labels[:count].tolist())
     assert set(pool.tolist()) == set(range(n)) - used
     no_record = [Bundle(None, {}, Path("x"))]
-    assert len(calibrate.unseen_pool(n, no_record)[0]) == n
+    assert len(pools.unseen_pool(n, no_record)[0]) == n
 
 
 def test_every_benign_version_gives_each_kind_every_image_in_blocks():
     rng = np.random.default_rng(0)
     arrays = [rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8) for i in range(3)]
-    images = [calibrate.delivery.from_array(a) for a in arrays]
-    changed, names = calibrate.every_benign_version(images, seed=1)
+    images = [delivery.from_array(a) for a in arrays]
+    changed, names = calibration_sets.every_benign_version(images, seed=1)
     assert names == [kind for kind in BENIGN for _ in images]
     # block k, item i is kind k applied to image i, with the random draws taken in that order
     draws = random.Random(1)
@@ -90,11 +91,11 @@ def test_every_benign_version_gives_each_kind_every_image_in_blocks():
 def fitted(bundle_dirs, tiny_tarball, web_set):
     """A calibration of the tiny bundles on the tiny data set and web images, with every detector measured."""
     robust, standard = bundle_dirs
-    engine = Engine.from_bundles(robust, standard, threads=1, max_batch=32, detectors=list(calibrate.det.CATALOGUE))
+    engine = Engine.from_bundles(robust, standard, threads=1, max_batch=32, detectors=list(det.CATALOGUE))
     splits = load_splits("imagefolder", tiny_tarball)
-    pool, _ = calibrate.unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
-    keep = list(calibrate.det.DEFAULT_DETECTORS)
-    web = calibrate.load_web_split(web_set, "calibration", engine.limits)
+    pool, _ = pools.unseen_pool(len(splits.train), [engine.robust, engine.standard], engine.detector)
+    keep = list(det.DEFAULT_DETECTORS)
+    web = pools.load_web_split(web_set, "calibration", engine.limits)
     artefact, table = calibrate.run_calibration(
         engine, splits.train, pool, web, n_clean=24, n_adv=18, detectors=keep, n_web_adv=2, target_fpr=0.1,
         steps=2, batch=32,
@@ -110,19 +111,20 @@ def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
 
     engine, splits, pool, web, _artefact, _table = fitted
     names = (f"drawn:pattern-{i:04d}" for i in range(100))
-    held_name = next(n for n in names if not calibrate.fitting_sources([dataclasses.replace(web[0][0], source=n)])[0])
+    fits = calibration_sets.fitting_sources
+    held_name = next(n for n in names if not fits([dataclasses.replace(web[0][0], source=n)])[0])
     drawn = [(dataclasses.replace(r, source=held_name), image) for r, image in web if r.kind == "pattern"]
     natural = [(r, image) for r, image in web if r.kind != "pattern"]
     assert drawn and natural
-    sets = calibrate.collect(
+    sets = calibration_sets.collect(
         engine, splits.train, pool, natural + drawn, n_clean=4, n_adv=2, n_web_adv=1, seed=0, steps=1, batch=32,
         console=Console(quiet=True),
     )  # fmt: skip
-    held_natural = sum(not calibrate.fitting_sources([r])[0] for r, _image in natural)
+    held_natural = sum(not calibration_sets.fitting_sources([r])[0] for r, _image in natural)
     assert len(sets.web_drawn_held.probs) == len(drawn)
     assert len(sets.web_clean_held.probs) == held_natural and len(sets.web_small_held.probs) == held_natural
     assert len(sets.web_benign_held.probs) == held_natural * len(BENIGN) == len(sets.web_benign_names)
-    fitting = sum(calibrate.fitting_sources([r])[0] for r, _image in natural)
+    fitting = sum(calibration_sets.fitting_sources([r])[0] for r, _image in natural)
     assert len(sets.web_clean_fit.probs) == fitting  # the held-out patterns fit nothing either
 
 
@@ -133,7 +135,7 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     assert artefact.n_threshold == 12
     # Recompute the held-out clean scores from scratch (the same deliveries) and check the stored threshold.
     order = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))]
-    clean, _ = calibrate.delivered(calibrate.to_images(splits.train.images[order[:24]].float() / 255), 0)
+    clean, _ = calibration_sets.delivered(delivery.to_images(splits.train.images[order[:24]].float() / 255), 0)
     _, scores = engine.score_images(clean[12:])
     combined = artefact.combined(scores, native.tiled(clean[12:]))
     assert calib.flag_rate(combined, artefact.threshold) == pytest.approx(artefact.measured_fpr)
@@ -154,11 +156,11 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     # every held-out image carries every benign kind into its population's group (not one kind per image)
     counts = artefact.data["threshold_groups"]
     n_untiled = sum(n for name, n in counts.items() if set(name.split(" + ")) & (untiled | {"web small"}))
-    held_web = sum(not calibrate.fitting_sources([record])[0] for record, _image in web)
+    held_web = sum(not calibration_sets.fitting_sources([record])[0] for record, _image in web)
     assert n_untiled >= 12 * (1 + len(BENIGN)) + held_web  # CIFAR-10 clean and changed, a thumbnail of each photo
     # Web images set the threshold from sources the fit never saw; the artefact records the data and the
     # domain model that decides "no confident class".
-    fit_sources = {r.source for r, _ in web if calibrate.fitting_sources([r])[0]}
+    fit_sources = {r.source for r, _ in web if calibration_sets.fitting_sources([r])[0]}
     held_sources = {r.source for r, _ in web} - fit_sources
     assert fit_sources and held_sources and "calibration split" in artefact.data["web"]
     assert artefact.domain is not None and 0 < artefact.domain.keep <= 1
@@ -258,7 +260,7 @@ def test_calibrate_saves_the_scores_the_threshold_was_set_on(bundle_dirs, tiny_t
         untiled["web small"] = torch.cat(shrunk)
     assert tiled and untiled and not sets["web_small_held"]["tiled"].any()
     for groups in (tiled, untiled):
-        groups = calibrate.pool_small_groups(groups, artefact.target_fpr)
+        groups = operating_point.pool_small_groups(groups, artefact.target_fpr)
         worst = max(calib.threshold_for_fpr(g, artefact.target_fpr) for g in groups.values())
         assert worst == pytest.approx(artefact.threshold)
 
@@ -299,7 +301,7 @@ def test_images_too_small_for_native_tiles_carry_the_untiled_offset(fitted):
     files = []
     for side in (40, 96):
         buffer = io.BytesIO()
-        calibrate.delivery.from_array(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
+        delivery.from_array(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
         files.append(buffer.getvalue())
     before, after = (
         Engine(engine.robust, engine.standard, a, threads=1, detector=engine.detector).analyse(files)
@@ -321,7 +323,7 @@ def test_groups_too_small_for_the_target_join_the_largest():
         "tiny": torch.randn(60, generator=generator) + 3.0,
         "resized": torch.randn(90, generator=generator),
     }
-    pooled = calibrate.pool_small_groups(groups, 0.01)
+    pooled = operating_point.pool_small_groups(groups, 0.01)
     assert set(pooled) == {"noisy", "photos + tiny + resized"}
     assert torch.equal(pooled["noisy"], groups["noisy"])
     merged = pooled["photos + tiny + resized"]
@@ -330,7 +332,7 @@ def test_groups_too_small_for_the_target_join_the_largest():
     )
     assert calib.threshold_for_fpr(groups["tiny"], 0.01) == groups["tiny"].max()  # what it would have set alone
     assert calib.threshold_for_fpr(merged, 0.01) < groups["tiny"].max()
-    assert calibrate.pool_small_groups({"tiny": groups["tiny"]}, 0.01).keys() == {"tiny"}  # nothing to join
+    assert operating_point.pool_small_groups({"tiny": groups["tiny"]}, 0.01).keys() == {"tiny"}  # nothing to join
 
 
 def test_small_groups_pool_within_their_family_first():
@@ -339,9 +341,9 @@ def test_small_groups_pool_within_their_family_first():
     generator = torch.Generator().manual_seed(4)
     groups = {"web small": torch.randn(300, generator=generator)}
     groups |= {f"cifar {kind}": torch.randn(60, generator=generator) for kind in ("clean", "noise-4")}
-    pooled = calibrate.pool_small_groups(groups, 0.01)
+    pooled = operating_point.pool_small_groups(groups, 0.01)
     assert pooled.keys() == {"web small", "cifar clean + cifar noise-4"}
     assert torch.equal(pooled["web small"], groups["web small"])
     assert len(pooled["cifar clean + cifar noise-4"]) == 120
     fewer = {name: scores[:30] if name.startswith("cifar") else scores for name, scores in groups.items()}
-    assert calibrate.pool_small_groups(fewer, 0.01).keys() == {"web small + cifar clean + cifar noise-4"}
+    assert operating_point.pool_small_groups(fewer, 0.01).keys() == {"web small + cifar clean + cifar noise-4"}

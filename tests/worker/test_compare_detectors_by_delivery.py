@@ -1,5 +1,5 @@
 """scripts/compare_detectors_by_delivery.py: the threshold is set on one half of every benign group and the
-rates are read on the other half; the web thumbnails it counts (``worker.research.calibrate.thumbnailed``) are read
+rates are read on the other half; the web thumbnails it counts (``worker.research.delivery.thumbnailed``) are read
 without native tiles."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from worker.engine import native
-from worker.research.calibrate import thumbnailed
+from worker.research.delivery import thumbnailed
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_detectors_by_delivery.py"
 

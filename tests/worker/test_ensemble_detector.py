@@ -16,8 +16,8 @@ from training.models import build_model
 from worker.engine import native
 from worker.engine.engine import Engine
 from worker.research import delivery
-from worker.research.calibrate import SEEN_POOL
 from worker.research.ensemble_detector import EnsembleError, build_ensemble, main
+from worker.research.pools import SEEN_POOL
 
 
 def make_pair_bundle(directory: Path, robust: Path, standard: Path, width: int, seed: int, **changes) -> Path:

@@ -14,7 +14,16 @@ from tests.support.models import make_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.engine import Engine
-from worker.research import calibrate, evaluate
+from worker.research import (
+    adaptive_attack,
+    calibrate,
+    cifar_evaluation,
+    detection_metrics,
+    detection_report,
+    evaluate,
+    web_evaluation,
+)
+from worker.research.delivery import quantise
 
 
 def brute_force_auroc(negatives, positives) -> float:
@@ -26,32 +35,32 @@ def test_auroc_matches_the_pair_count_with_ties():
     rng = np.random.default_rng(0)
     for _ in range(5):
         neg, pos = rng.integers(0, 6, 23), rng.integers(2, 9, 17)  # many ties
-        assert evaluate.auroc(neg, pos) == pytest.approx(brute_force_auroc(neg, pos))
-    assert evaluate.auroc([0, 1], [2, 3]) == 1.0 and evaluate.auroc([2, 3], [0, 1]) == 0.0
+        assert detection_metrics.auroc(neg, pos) == pytest.approx(brute_force_auroc(neg, pos))
+    assert detection_metrics.auroc([0, 1], [2, 3]) == 1.0 and detection_metrics.auroc([2, 3], [0, 1]) == 0.0
 
 
 def test_roc_curve_runs_from_origin_to_one_and_its_area_is_the_auroc():
     rng = np.random.default_rng(1)
     neg, pos = rng.integers(0, 10, 40).astype(float), rng.normal(6, 3, 30).round()
-    fpr, tpr = evaluate.roc_curve(neg, pos)
+    fpr, tpr = detection_metrics.roc_curve(neg, pos)
     assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
-    assert evaluate.trapezoid_area(fpr, tpr) == pytest.approx(brute_force_auroc(neg, pos))
+    assert detection_metrics.trapezoid_area(fpr, tpr) == pytest.approx(brute_force_auroc(neg, pos))
 
 
 def test_tpr_at_fpr_on_hand_made_scores():
     clean = np.arange(100.0)  # at 1% FPR only 99 may exceed the threshold (98); at 5%, 95..99 (threshold 94)
     adversarial = np.array([97.5, 98.0, 98.5, 99.5])
-    assert evaluate.tpr_at_fpr(clean, adversarial, 0.01) == 0.5
-    assert evaluate.tpr_at_fpr(clean, adversarial, 0.05) == 1.0
-    assert evaluate.tpr_at_fpr(clean, [0.0, 200.0], 0.01) == 0.5
-    stats = evaluate.detection_stats(clean, adversarial, threshold=99.0)
+    assert detection_metrics.tpr_at_fpr(clean, adversarial, 0.01) == 0.5
+    assert detection_metrics.tpr_at_fpr(clean, adversarial, 0.05) == 1.0
+    assert detection_metrics.tpr_at_fpr(clean, [0.0, 200.0], 0.01) == 0.5
+    stats = detection_metrics.detection_stats(clean, adversarial, threshold=99.0)
     assert stats["flag_rate"] == 0.25 and stats["tpr_at_1pct_fpr"] == 0.5 and 0.9 < stats["auroc"] <= 1
 
 
 def test_attack_names_are_parsed_and_checked():
-    specs = evaluate.parse_attacks("pgd-8-t,cw-4-s,l2-0.5-t,square,adaptive-16", "standard", "robust")
-    assert [(s.name, s.kind, s.budget, s.target) for s in specs] == [
+    specs = cifar_evaluation.parse_attacks("pgd-8-t,cw-4-s,l2-0.5-t,square,adaptive-16", "standard", "robust")
+    assert [(s.name, s.objective, s.budget, s.target) for s in specs] == [
         ("pgd-8-t", "pgd", 8, "transfer"),
         ("cw-4-s", "cw", 4, "standard"),
         ("l2-0.5-t", "l2", 0.5, "transfer"),
@@ -60,10 +69,11 @@ def test_attack_names_are_parsed_and_checked():
     ]
     assert [s.eps for s in specs[:3]] == [8 / 255, 4 / 255, 0.5]  # L2 radii are not in 1/255
     assert [s.eps_text for s in specs[1:3]] == ["4/255", "L2 0.5"]
-    assert [s.name for s in evaluate.parse_attacks("default", "standard", "standard")] == list(evaluate.DEFAULT_ATTACKS)
+    default = cifar_evaluation.parse_attacks("default", "standard", "standard")
+    assert [s.name for s in default] == list(cifar_evaluation.DEFAULT_ATTACKS)
     for bad in ("pgd-8", "fgsm-8-s", "pgd-8-s,pgd-8-s"):
         with pytest.raises(ValueError):
-            evaluate.parse_attacks(bad, "standard", "standard")
+            cifar_evaluation.parse_attacks(bad, "standard", "standard")
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +90,10 @@ def calibrated(bundle_dirs, tiny_tarball, web_set, tmp_path_factory):
 def test_differentiable_scores_equal_the_served_ones(bundle_dirs):
     """Every detector of the catalogue, BPDA ones included, has the served value in the forward pass."""
     engine = Engine.from_bundles(*bundle_dirs, threads=1, detectors=list(det.CATALOGUE))
-    x = evaluate.quantise(torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3)))
+    x = quantise(torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3)))
     _, served = engine.scores(x)
     x.requires_grad_(True)
-    scores = evaluate.differentiable_scores(engine, x)
+    scores = adaptive_attack.differentiable_scores(engine, x)
     for name, value in served.items():
         assert torch.allclose(scores[name].detach(), value, atol=1e-5), name
     (grad,) = torch.autograd.grad(sum(s.sum() for s in scores.values()), x)
@@ -93,14 +103,14 @@ def test_differentiable_scores_equal_the_served_ones(bundle_dirs):
 def test_adaptive_attack_stays_on_the_grid_in_the_ball(calibrated):
     engine = Engine.from_bundles(*calibrated, threads=1)
     combiner = engine.calibration.combiner
-    x = evaluate.quantise(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4)))
+    x = quantise(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4)))
     served = combiner.logit(engine.scores(x)[1])
-    differentiable = evaluate.differentiable_combined(combiner, evaluate.differentiable_scores(engine, x))
+    differentiable = adaptive_attack.differentiable_combined(combiner, adaptive_attack.differentiable_scores(engine, x))
     assert torch.allclose(differentiable.double(), served, atol=1e-4)
     y = torch.tensor([0, 1, 0, 1])
     eps = 8 / 255
     with torch.enable_grad():
-        adv = evaluate.adaptive_attack(engine, engine.standard.model, x, y, eps, steps=2, lam=1.0)
+        adv = adaptive_attack.adaptive_attack(engine, engine.standard.model, x, y, eps, steps=2, lam=1.0)
     assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
     assert torch.allclose(adv * 255, (adv * 255).round(), atol=1e-4)
 
@@ -152,7 +162,7 @@ def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, 
     # the web benign changes asked for, and the thumbnails (the population without native tiles) always
     assert set(web["benign"]) == {"jpeg-q50-95", "noise-4", "thumbnail"}
     assert web["benign"]["thumbnail"]["flagged"]["n"] == 8
-    assert set(web["attacks"]) == {a.name for a in evaluate.WEB_ATTACKS}
+    assert set(web["attacks"]) == {a.name for a in web_evaluation.WEB_ATTACKS}
     assert all(r["n"] == 2 and set(r["delivered"]) == {"png", "jpeg90"} for r in web["attacks"].values())
     targets = document["targets"]
     assert "web PGD-8 at native resolution, PNG" in targets and "web images flagged (95% upper bound)" in targets
@@ -186,7 +196,7 @@ def test_drawn_patterns_count_among_the_benign_kinds_of_the_targets():
             "drawn": {"pattern": flagged(0.03)},
         },
     }
-    targets = evaluate.check_targets(report)
+    targets = detection_report.check_targets(report)
     assert targets["worst benign change (drawn patterns)"] == {"target": "<= 0.01", "value": 0.03, "met": False}
     report["web"]["drawn"]["pattern"] = flagged(0.0)
-    assert evaluate.check_targets(report)["worst benign change (web gamma)"]["met"] is True
+    assert detection_report.check_targets(report)["worst benign change (web gamma)"]["met"] is True

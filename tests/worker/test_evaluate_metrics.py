@@ -1,5 +1,5 @@
-"""The detection metrics of worker.research.evaluate on inputs whose answer is known, not merely "between 0 and 1":
-a perfect detector, an inverted one, a useless one, and an attack that changes nothing.
+"""The detection metrics (worker.research.detection_metrics) on inputs whose answer is known, not merely
+"between 0 and 1": a perfect detector, an inverted one, a useless one, and an attack that changes nothing.
 
 Only the small metric functions are used (auroc, tpr_at_fpr, roc_curve, trapezoid_area, detection_stats, rate),
 so the test holds however the evaluation around them is organised."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker.research.evaluate import auroc, detection_stats, rate, roc_curve, tpr_at_fpr, trapezoid_area
+from worker.research.detection_metrics import auroc, detection_stats, rate, roc_curve, tpr_at_fpr, trapezoid_area
 
 RNG = np.random.default_rng(20261129)
 CLEAN = RNG.normal(0.0, 1.0, 20_000)

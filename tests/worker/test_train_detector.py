@@ -19,8 +19,9 @@ from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
 from worker.engine.engine import Engine, EngineError, default_detector_dir
-from worker.research import calibrate, train_detector
-from worker.research.evaluate import detector_source_families
+from worker.research import calibrate, cifar_attacks, pools, train_detector
+from worker.research.cifar_evaluation import detector_source_families
+from worker.research.terminal import make_progress
 
 
 def _two_model_bundles() -> list[Bundle]:
@@ -32,25 +33,25 @@ def _two_model_bundles() -> list[Bundle]:
 
 def test_calibration_pool_leaves_out_exactly_the_detectors_images():
     n, models = 300, _two_model_bundles()
-    model_pool, _ = calibrate.unseen_pool(n, models)
+    model_pool, _ = pools.unseen_pool(n, models)
     detector = Bundle(None, {"training": {"seed": 9, "pool_images": 70}}, Path("d"))
-    pool, note = calibrate.unseen_pool(n, models, detector)
-    trained_on = set(calibrate.detector_images(model_pool, 9, 70).tolist())
+    pool, note = pools.unseen_pool(n, models, detector)
+    trained_on = set(pools.detector_images(model_pool, 9, 70).tolist())
     assert len(trained_on) == 70 and trained_on <= set(model_pool.tolist())
     assert set(pool.tolist()) == set(model_pool.tolist()) - trained_on
     assert "perturbation detector" in note
     with pytest.raises(ValueError, match="records no training images"):
-        calibrate.unseen_pool(n, models, Bundle(None, {}, Path("d")))
+        pools.unseen_pool(n, models, Bundle(None, {}, Path("d")))
 
 
 def test_a_detector_drawn_from_the_models_training_images_leaves_the_whole_unseen_pool_to_calibration():
     n, models = 300, _two_model_bundles()
-    unseen, _ = calibrate.unseen_pool(n, models)
-    seen, note = calibrate.seen_pool(n, models)
+    unseen, _ = pools.unseen_pool(n, models)
+    seen, note = pools.seen_pool(n, models)
     assert set(seen.tolist()) | set(unseen.tolist()) == set(range(n)) and not set(seen.tolist()) & set(unseen.tolist())
     assert 60 <= len(seen) <= 110 and "trained on" in note
-    detector = Bundle(None, {"training": {"seed": 9, "pool_images": 40, "pool_kind": calibrate.SEEN_POOL}}, Path("d"))
-    kept, note = calibrate.unseen_pool(n, models, detector)
+    detector = Bundle(None, {"training": {"seed": 9, "pool_images": 40, "pool_kind": pools.SEEN_POOL}}, Path("d"))
+    kept, note = pools.unseen_pool(n, models, detector)
     assert torch.equal(kept, unseen) and "saw" in note
 
 
@@ -316,8 +317,8 @@ def test_attacks_on_an_extra_source_target_that_model_and_stay_in_budget(engine)
     with pytest.raises(ValueError, match="not among the attacked models"):
         spec.model(engine, {})
     x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 2, (16,))
-    with Console(file=None, quiet=True) as console, calibrate.make_progress(console) as progress:
-        adv, names, fooled = calibrate.attack_all(
+    with Console(file=None, quiet=True) as console, make_progress(console) as progress:
+        adv, names, fooled = cifar_attacks.attack_all(
             engine, x, y, 5, 8, 0, progress, mix=[spec], sources={"mobilenetv2": source}
         )
     assert set(names) == {spec.name} and spec.name == "pgd-8-m"

@@ -81,17 +81,6 @@ def fpr_upper_bound(false_positives: int, n: int, confidence: float = 0.95) -> f
     return float(stats.beta.ppf(confidence, false_positives + 1, n - false_positives))
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a rate observed as successes / n (two-sided; (0, 1) when n is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    z = float(stats.norm.ppf(0.5 + confidence / 2))
-    rate = successes / n
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def roc_auc(negatives: torch.Tensor | np.ndarray, positives: torch.Tensor | np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with ties counted half): P(score_pos > score_neg)."""
     neg = np.asarray(negatives, dtype=np.float64).reshape(-1)

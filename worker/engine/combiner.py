@@ -30,9 +30,15 @@ class Combiner:
         missing = [f for f in self.features if f not in scores]
         if missing:
             raise KeyError(f"combiner needs detector scores {', '.join(missing)}")
-        x = stack_features(scores, self.features)
-        z = (transform(x) - torch.tensor(self.mean, dtype=x.dtype)) / torch.tensor(self.std, dtype=x.dtype)
-        return z @ torch.tensor(self.weights, dtype=x.dtype) + self.bias
+        return self.logit_of(stack_features(scores, self.features))
+
+    def logit_of(self, features: torch.Tensor) -> torch.Tensor:
+        """The combined score of an (N, F) matrix of detector scores in ``features`` order, in its dtype and on
+        its device, keeping autograd: ``logit`` detaches, and the adaptive attack of ``worker.research`` follows
+        this one's gradient."""
+        like = {"dtype": features.dtype, "device": features.device}
+        z = (transform(features) - torch.tensor(self.mean, **like)) / torch.tensor(self.std, **like)
+        return z @ torch.tensor(self.weights, **like) + self.bias
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

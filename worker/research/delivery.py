@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -156,3 +156,21 @@ def to_array(image: Image.Image) -> np.ndarray:
 
 def from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8), "RGB")
+
+
+def to_images(x: torch.Tensor) -> list[Image.Image]:
+    """PIL images of a float batch (B, C, H, W) in [0, 1] (8-bit, as saved)."""
+    arrays = x.mul(255).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return [from_array(a) for a in arrays]
+
+
+def deliver_all(images: Sequence[Image.Image], name: str, seed: int) -> list[Image.Image]:
+    """Every image through the delivery ``name``."""
+    rng = random.Random(seed)
+    return [DELIVERIES[name](image, rng) for image in images]
+
+
+def thumbnailed(images: Sequence[Image.Image], seed: int) -> list[Image.Image]:
+    """Every image as a thumbnail (``thumbnail``)."""
+    rng = random.Random(seed)
+    return [thumbnail(image, rng) for image in images]

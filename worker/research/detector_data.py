@@ -168,14 +168,12 @@ def cifar_examples(
     """Each CIFAR image clean, benignly changed (``add_benign``) and attacked (where the attack changed it);
     delivered."""
     rng = random.Random(seed)
-    as_uint8 = [t.mul(255).round().byte().permute(0, 2, 3, 1).numpy() for t in (clean, adversarial)]
-    for i in range(len(clean)):
-        image = delivery.from_array(as_uint8[0][i])
+    attacked = delivery.to_images(adversarial)
+    for i, image in enumerate(delivery.to_images(clean)):
         add_image(examples, image, 0, "cifar|clean", rng, input_size, model_view_label=0)
         add_benign(examples, image, "cifar", rng, input_size, hard_negatives)
         if usable[i]:
-            attacked = delivery.from_array(as_uint8[1][i])
-            add_image(examples, attacked, 1, f"cifar|{attack_names[i]}", rng, input_size, model_view_label=1)
+            add_image(examples, attacked[i], 1, f"cifar|{attack_names[i]}", rng, input_size, model_view_label=1)
 
 
 def cap_size(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:

@@ -24,7 +24,7 @@ from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import ENSEMBLE_ARCHITECTURE, build_model
 from worker.research import delivery
-from worker.research.calibrate import SEEN_POOL
+from worker.research.pools import SEEN_POOL
 
 MEMBER_ARCH = "perturbation-pair"
 SHARED_FIELDS = ("num_classes", "classes", "input_size", "tile", "mean", "std", "method", "dataset", "for_bundles")

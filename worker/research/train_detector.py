@@ -54,18 +54,10 @@ from training.models import DETECTOR_ARCHITECTURES, build_model
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import native
-from worker.engine.engine import NATIVE_DRAFT_SIZE, Engine, default_detector_dir
-from worker.engine.images import ImageLimits, decode_image
+from worker.engine.engine import Engine, default_detector_dir
+from worker.engine.images import ImageLimits
 from worker.research import delivery, web_images
-from worker.research.calibrate import (
-    SEEN_POOL,
-    AttackSpec,
-    attack_all,
-    detector_images,
-    make_progress,
-    seen_pool,
-    unseen_pool,
-)
+from worker.research.cifar_attacks import AttackSpec, attack_all
 from worker.research.detector_data import (
     EXTRA_NEGATIVES,
     HARD_NEGATIVE,
@@ -75,6 +67,8 @@ from worker.research.detector_data import (
     cifar_examples,
     natural_examples,
 )
+from worker.research.pools import SEEN_POOL, decode_web_images, detector_images, seen_pool, unseen_pool
+from worker.research.terminal import make_progress
 
 DEFAULT_ARCH = "perturbation-pair"  # cnn2 and residual averaged: fewer clean images in the tail (results/README.md)
 METHOD = "perturbation-detector"
@@ -362,13 +356,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CIFAR training images the models trained on (default; the unseen ones stay for calibration), or "
         "images no model saw",
     )  # fmt: skip
-    parser.add_argument(
-        "--web-dir",
-        type=Path,
-        default=web_images.DEFAULT_DIR,
-        help="web-image set (python -m worker.research.web_images build)",
-
-    )
+    web_images.add_dir_option(parser)
     parser.add_argument("--web-n", type=int, help="use at most this many web images of its train split")
     parser.add_argument(
         "--web-attack-n", type=int, help="attack only this many of them, spread evenly (default: all); the rest "
@@ -452,7 +440,7 @@ def load_web_images(folder: Path, split: str, limit: int | None, limits: ImageLi
     """The web-image set's ``split``, decoded as the engine decodes (at native resolution)."""
     records = web_images.load_manifest(folder, split)
     records = random.Random(0).sample(records, min(limit, len(records))) if limit else records
-    return [decode_image((folder / r.file).read_bytes(), limits, NATIVE_DRAFT_SIZE) for r in records]
+    return decode_web_images(folder, records, limits)
 
 
 def split_holdout(views: ViewSet, fraction: float) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:

@@ -499,6 +499,13 @@ def summary(folder: Path) -> dict[str, dict[str, int]]:
     return {split: dict(counter) for split, counter in counts.items()}
 
 
+def add_dir_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--web-dir`` option of the commands that read the set."""
+    parser.add_argument(
+        "--web-dir", type=Path, default=DEFAULT_DIR, help="web-image set (python -m worker.research.web_images build)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.research.web_images", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("build", "summary"))
