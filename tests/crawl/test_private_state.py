@@ -17,7 +17,8 @@ import json, sys
 from pathlib import Path
 from scanner.crawl import CrawlConfig
 from scanner.crawl.state import CrawlState
-from scanner.crawl_command import CrawlOutcome, _keep_outcome, default_state_path
+from scanner.cli.crawl import default_state_path
+from scanner.crawl.scan import CrawlOutcome, _keep_outcome
 from scanner.settings import Settings
 
 settings = Settings(data_dir=Path(sys.argv[1]))

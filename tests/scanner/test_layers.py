@@ -30,7 +30,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("scanner.analysis", "scanner.crawl", "scanner.client"),  # the hand-over to the engine, the crawler, the client
     ("scanner.intake",),  # the one way in for images
     ("migrations",),  # Alembic's environment and versions, driven by scanner.db.migrate (found, not imported)
-    ("scanner.fetch", "scanner.db"),  # the outside world and the database
+    ("scanner.fetch", "scanner.db", "scanner.logsafe"),  # the outside world, the database (and the log filter
+    # that knows its keys' form)
     ("scanner",),  # settings, versions, explanations, small helpers
     ("worker.research",),  # offline tools that make and measure detectors
     ("worker",),  # the engine: serving only
