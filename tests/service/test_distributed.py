@@ -42,7 +42,13 @@ def test_submit_then_read_the_verdict_through_a_worker(
         assert [item["state"] for item in done["items"]] == ["done", "done", "failed"]
         assert all(item["verdict"]["model_version"] == done["model_version"] for item in done["items"][:2])
         assert http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(101))).status == 201
-        health = http("GET", f"{api.base}/healthz").json()
+        # /healthz reports its background probe's last look (checked_s_ago): wait for one after the scan settled.
+        health = wait_for(
+            lambda: (h := http("GET", f"{api.base}/healthz").json())["oldest_pending_s"] is None and h,
+            30,
+            0.2,
+            "a health probe after the scan settled",
+        )
         assert health == {**health, "status": "ok", "mode": "distributed", "broker": True, "oldest_pending_s": None}
     finally:
         api.stop()
