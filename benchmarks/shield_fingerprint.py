@@ -324,8 +324,8 @@ def variant_counts(specs: Sequence[Spec], pictures: Sequence[Image.Image], seed:
 
 
 def benign_streams(specs: Sequence[Spec], pictures: Sequence[Image.Image], seed: int) -> Counts:
-    """One client sends a photo and all its variants (13 queries), or a burst of 10 frames: the most earlier
-    queries any one of them matches (a session opens when that reaches the client threshold)."""
+    """One client sends a photo and all its variants (12 queries), or a burst of 10 frames: the most earlier
+    queries any one of them matches, at its own size and at any size (what the session rule counts)."""
     rng = random.Random(seed)
     out: Counts = {spec.named(): defaultdict(list) for spec in specs}
     for picture in pictures:
@@ -334,9 +334,15 @@ def benign_streams(specs: Sequence[Spec], pictures: Sequence[Image.Image], seed:
             "burst-10": [burst_frame(picture, rng) for _ in range(10)],
         }
         for kind, images in streams.items():
+            sizes = [im.size for im in images]
             per_spec = list(zip(*(prints(specs, im) for im in images), strict=True))
             for spec, fps in zip(specs, per_spec, strict=True):
-                out[spec.named()][kind].append(max(earlier_matches(fps, spec.threshold)))
+                same = [
+                    sum(shared(fps[t], fps[j]) >= spec.threshold and sizes[t] == sizes[j] for j in range(t))
+                    for t in range(len(fps))
+                ]
+                out[spec.named()][f"{kind}-same-size"].append(max(same))
+                out[spec.named()][f"{kind}-any-size"].append(max(earlier_matches(fps, spec.threshold)))
     return out
 
 
@@ -398,7 +404,8 @@ def measure(specs: Sequence[Spec], data: dict[str, object], args: argparse.Names
             results[name]["benign_variants"][split] = rates(next(s for s in specs if s.named() == name), cases)
         for name, cases in benign_streams(specs, wallpapers, 4).items():
             results[name]["benign_streams"][split] = {
-                kind: {f"K{k}": rate(c, k) for k in (1, 3, 5, 10)} for kind, c in cases.items()
+                kind: {"max": int(max(c)), **{f"K{k}": rate(c, k) for k in (3, 5, 6, 10, 15)}}
+                for kind, c in cases.items()
             }
     _log("variants")
     if args.scale:
@@ -428,15 +435,19 @@ def _log(what: str) -> None:
 
 
 def show(results: dict[str, dict[str, object]]) -> None:
-    streams = Table(title="benign streams of one client: share that would open a session (K earlier matches)")
+    streams = Table(
+        title="benign streams of one client: share reaching K earlier matches (the rule: 6 same size, 15 any)"
+    )
     streams.add_column("candidate")
-    for kind in ("variants", "burst-10"):
-        for k in (3, 5, 10):
-            streams.add_column(f"{kind} K{k}", justify="right")
+    cases = [
+        (kind, k) for kind in ("variants", "burst-10") for k in ((f"{kind}-same-size", 6), (f"{kind}-any-size", 15))
+    ]
+    for _, (case, k) in cases:
+        streams.add_column(f"{case} K{k} (max)", justify="right")
     for name, r in results.items():
-        cells = [r["benign_streams"]["choice"][kind][f"K{k}"] for kind in ("variants", "burst-10") for k in (3, 5, 10)]
-        streams.add_row(name, *(f"{c:.3f}" for c in cells))
-    Console(width=200).print(streams)
+        got = r["benign_streams"]["choice"]
+        streams.add_row(name, *(f"{got[case][f'K{k}']:.3f} ({got[case]['max']})" for _, (case, k) in cases))
+    Console(width=220).print(streams)
     table = Table(title="fingerprint candidates at their threshold (match rates; train+calibration split photos)")
     columns = [
         ("cifar L-inf8", lambda r: r["attack_pairs"]["cifar"]["linf8-random-sign"]),

@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from worker.engine.imaging import crop_box
+
 Kind = Literal["windows", "phash"]
 Fingerprint = np.ndarray  # distinct non-zero uint32 (phash: in band order; windows: sorted)
 
@@ -53,9 +55,12 @@ class Spec:
 
     def named(self) -> str:
         if self.kind == "phash":
-            return f"phash-{self.size}px-{self.top}x{self.bits}bit-t{self.threshold}-e{self.min_energy:g}"
+            return (
+                f"phash-{self.size}px-{self.top}x{self.bits}bit-t{self.threshold}-e{self.min_energy:g}-s{self.sampled}"
+            )
         colour = "rgb" if self.colour else "grey"
-        return f"windows-{self.size}px-{colour}-q{self.step}-w{self.window}-top{self.top}-t{self.threshold}"
+        shape = f"q{self.step}-w{self.window}-top{self.top}-t{self.threshold}-s{self.sampled}"
+        return f"windows-{self.size}px-{colour}-{shape}"
 
     def with_(self, **changes: object) -> Spec:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -105,15 +110,13 @@ def model_view(image: Image.Image | np.ndarray, size: int, colour: bool, sampled
         image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
+    if image.width != image.height:  # the engine's own centre crop, to the pixel (its rounding included)
+        left, top, right, bottom = (round(v) for v in crop_box(image.width, image.height, size, size))
+        image = image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
     side = min(image.size)
-    if sampled and side > size * sampled:  # sample the whole image, then crop the small sample (both cheaper)
-        scale = size * sampled / side
-        lattice = (max(size * sampled, round(image.width * scale)), max(size * sampled, round(image.height * scale)))
-        image = image.resize(lattice, Image.Resampling.NEAREST)
+    if sampled and side > size * sampled:
+        image = image.resize((size * sampled, size * sampled), Image.Resampling.NEAREST)
         side = size * sampled
-    if image.width != image.height:
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
     factor = side // size
     if factor >= 2:  # reduce() is an exact box average and the cheapest way to read every pixel once
         image = image.reduce(factor)

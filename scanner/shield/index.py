@@ -6,26 +6,27 @@ matches: one interface (``Index``), two backends.
 - ``RedisIndex``: in Redis, shared by every API process behind a load balancer; one Lua script per query makes
   the look-up and the insertion atomic, so two processes never miss each other's queries.
 
-What both do for a query (tenant, client, sha256, fingerprint, time):
+What both do for a query (tenant, client, sha256, fingerprint, time, dims):
 
 1. An exact duplicate (the same sha256 for the same tenant within the window) is no new query: it is not stored
    and the earlier query's id and session come back.
-2. Candidates: for each of the query's values, the latest ``chain_depth`` earlier queries of the tenant that hold
-   it (only each query's ``top - threshold + 1`` smallest values are indexed: two fingerprints that share
-   ``threshold`` values share at least one of those, by pigeonhole, so no match is missed and the index is half
-   the size).  The cost per query is bounded by ``chain_depth`` x the values, whatever the store holds.
+2. Candidates: for each of the query's look-up keys (``fingerprint.index_keys``), the latest ``chain_depth``
+   earlier queries of the tenant stored under it.  Any stored fingerprint that matches the query holds one of
+   those keys (pigeonhole), so the cost per query is bounded by ``chain_depth`` x keys, whatever the store
+   holds.
 3. Verification: a candidate matches when it shares at least ``threshold`` values with the query (the stored
-   fingerprints are compared in full, in Python, with the same function for both backends).
+   fingerprints are compared in full, in Python, by the same function for both backends).
 4. The query is stored and indexed.
 
-Time window and eviction: a query older than ``window_s`` is never a candidate; ``MemoryIndex`` overwrites
-the oldest of its ``capacity`` slots (FIFO), ``RedisIndex`` gives every key a TTL of the window, keeps at most
-``chain_depth`` queries per value key and ``tenant_capacity`` queries per tenant (the oldest are dropped).
+Time window and eviction: a query older than ``window_s`` is never a candidate.  ``MemoryIndex`` overwrites the
+oldest of its ``capacity`` slots (FIFO) and drops the keys that slot was the newest holder of; ``RedisIndex``
+gives every key the window as TTL and keeps at most ``chain_depth`` queries per key and ``tenant_capacity`` per
+tenant (the oldest are dropped).
 
-Memory bound (``MemoryIndex``, 50 values, 26 indexed): per slot 50 x 4 B of fingerprint, 27 x (4 + 8) B of
-index keys and chain links, 40 B of metadata, and 2 x 27 x 12 B of hash-table cells: ~1.1 KB, so
-``capacity`` 10^5 is ~110 MB and 10^6 ~1.1 GB, allocated up front (calloc: pages are committed as they fill).
-``RedisIndex``: measured by ``benchmarks/shield.py`` (``used_memory`` per stored query).
+Memory bound (``MemoryIndex``, the default fingerprint: 15 values, 3 keys and the sha256's): per slot 15 x 4 B of
+fingerprint, 4 x (8 + 8) B of keys and chain links and 56 B of metadata in preallocated arrays (~190 B), and
+at most 4 dict entries (~100 B each in CPython): ~0.6 KB a query, ~60 MB for ``capacity`` 10^5 and ~600 MB
+for 10^6.  ``RedisIndex``: measured by ``benchmarks/shield.py`` (``used_memory`` per stored query).
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ class MemoryIndex:
             self._store.close()
 
     def __len__(self) -> int:
-        return min(self._next, self.capacity)
+        """Queries held (a scan of the ring: for tests and reports, not for the request path)."""
+        return int((self._seq >= 0).sum())
 
     # -- inside --
     def _salted(self, tenant: int, lookup: np.ndarray, sha256: str) -> list[int]:

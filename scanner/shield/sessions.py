@@ -7,11 +7,13 @@ A query opens an attack session when, within the window, it matches
   queries keep their size; the same picture a client fetches at several sizes (srcset, CDN resizes,
   thumbnails) is a handful of matches at different sizes.  An attacker who resizes every query to hide is
   caught at the higher count, not never;
-- at least ``tenant_matches`` earlier queries of the tenant at its size (``tenant_matches_any_size`` at any),
-  among which at least ``tenant_repeat_clients`` clients sent two or more (counting this query): one attacker
-  spread over several accounts of the customer's service.  Many users uploading the same meme once each do
-  not open one; an attacker who uses a fresh account for every query is not caught by this rule (QPA-style
-  provenance is the known answer);
+- at least ``tenant_matches`` earlier queries of the tenant at its size, among which at least
+  ``tenant_repeat_clients`` clients sent ``tenant_repeat_queries`` or more (counting this query): one attacker
+  spread over several accounts of the customer's service.  Only same-size matches count here: many users
+  uploading the same meme once each, or browsers that each fetch a popular picture at a few sizes, do not open
+  one.  An attacker who uses a fresh account for every two queries, or resizes every query while spreading
+  them, is not caught by this rule (QPA-style provenance is the known answer); each of his accounts still is
+  by the client rule once it sends enough;
 
 and it extends a session when it matches at least ``extend_matches`` queries already in one (a persistent
 attacker stays in the session however he spreads his queries; a benign upload of the very picture under
@@ -51,11 +53,11 @@ class Policy(StrEnum):
 
 @dataclass(frozen=True)
 class Thresholds:
-    client_matches: int = 5
+    client_matches: int = 6
     client_matches_any_size: int = 15
     tenant_matches: int = 10
-    tenant_matches_any_size: int = 30
-    tenant_repeat_clients: int = 2
+    tenant_repeat_clients: int = 3
+    tenant_repeat_queries: int = 3
     extend_matches: int = 1
 
 
@@ -128,8 +130,8 @@ class Shield:
         mine = sum(m.client == client for m in matched)
         if sum(m.client == client for m in same_size) >= t.client_matches or mine >= t.client_matches_any_size:
             return 0, "client"
-        enough = len(same_size) >= t.tenant_matches or len(matched) >= t.tenant_matches_any_size
-        if enough and _repeat_clients(matched, client) >= t.tenant_repeat_clients:
+        repeat = _repeat_clients(same_size, client, t.tenant_repeat_queries)
+        if len(same_size) >= t.tenant_matches and repeat >= t.tenant_repeat_clients:
             return 0, "tenant"
         return None
 
@@ -140,8 +142,8 @@ class Shield:
         return ShieldResult(query_id, True, session_id, False, record.scope, (), record.queries)
 
 
-def _repeat_clients(matched: tuple[Candidate, ...], client: int) -> int:
-    """Clients with two or more queries among the matched ones and this one."""
+def _repeat_clients(matched: list[Candidate], client: int, queries: int) -> int:
+    """Clients with at least ``queries`` queries among the matched ones and this one."""
     counts = Counter(m.client for m in matched)
     counts[client] += 1
-    return sum(n >= 2 for n in counts.values())
+    return sum(n >= queries for n in counts.values())
