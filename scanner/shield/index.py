@@ -150,7 +150,7 @@ class MemoryIndex:
         capacity: int = 100_000,
         window_s: float = 6 * 3600.0,
         spec: Spec = DEFAULT,
-        chain_depth: int = 32,
+        chain_depth: int = 16,
         path: str | Path | None = None,
     ) -> None:
         self.spec, self.window_s, self.chain_depth = spec, window_s, chain_depth
@@ -260,13 +260,21 @@ class MemoryIndex:
     ) -> tuple[Candidate, ...]:
         """Walk every key's chain (at most ``chain_depth`` live queries of the tenant), then verify them all."""
         seen: set[int] = set()
-        for key, head in zip(keys, heads, strict=True):
-            seq, taken = head, 0
-            while taken < self.chain_depth and self._live(seq, at):
-                if self._tenant[seq % self.capacity] == tenant:  # another tenant's key can collide: skip it
+        capacity, depth, oldest = self.capacity, self.chain_depth, at - self.window_s
+        seq_of, at_of, tenant_of, keys_of, prev_of = self._seq, self._at, self._tenant, self._keys, self._prev
+        last = keys_of.shape[1] - 1
+        for column, (key, seq) in enumerate(zip(keys, heads, strict=True)):
+            taken = 0
+            hint = min(column, last - 1)  # a perceptual hash's group j sits in column j of every holder
+            while seq >= 0 and taken < depth:  # the walk is the request path: inlined, locals only
+                slot = seq % capacity
+                if seq_of[slot] != seq or at_of[slot] < oldest:
+                    break  # overwritten or out of the window: the rest of the chain is older still
+                if tenant_of[slot] == tenant:  # another tenant's key can collide: skip it
                     seen.add(seq)
                     taken += 1
-                seq = self._next_holder(seq, key)
+                found = hint if keys_of[slot, hint] == key else keys_of[slot].tolist().index(key)
+                seq = int(prev_of[slot, found])
         if not seen:
             return ()
         seqs = np.array(sorted(seen), dtype=np.int64)
@@ -549,7 +557,7 @@ class RedisIndex:
         url_or_client: str | Any,
         window_s: float = 6 * 3600.0,
         spec: Spec = DEFAULT,
-        chain_depth: int = 32,
+        chain_depth: int = 16,
         tenant_capacity: int = 1_000_000,
         prefix: str = "shield",
     ) -> None:
