@@ -25,8 +25,9 @@ tenant (the oldest are dropped).
 
 Memory bound (``MemoryIndex``, the default fingerprint: 15 values, 3 keys and the sha256's): per slot 15 x 4 B of
 fingerprint, 4 x (8 + 8) B of keys and chain links and 56 B of metadata in preallocated arrays (~190 B), and
-at most 4 dict entries (~100 B each in CPython): ~0.6 KB a query, ~60 MB for ``capacity`` 10^5 and ~600 MB
-for 10^6.  ``RedisIndex``: measured by ``benchmarks/shield.py`` (``used_memory`` per stored query).
+at most 4 dict entries (~100 B each in CPython, fewer where keys are shared): measured 277 MB for 10^6
+(``benchmarks/shield.py``), so ~28 MB for ``capacity`` 10^5.  ``RedisIndex``: 1.1-1.5 KB a query (``used_memory``
+per stored query in the same benchmark).
 """
 
 from __future__ import annotations
