@@ -1,19 +1,15 @@
-"""Real photos for the shield's tests, and a Redis server of their own."""
+"""Real photos for the shield's tests, and an empty database of the suite's Redis (tests/conftest.py)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from scanner.shield.fingerprint import fingerprint
+from tests.support.services import RedisServer
 from worker.engine.imaging import to_rgb
 from worker.research import web_images
 
@@ -62,59 +58,6 @@ def shrink(photos: list[np.ndarray]) -> list[np.ndarray]:
     """The photos at the model's input size (32 px, CIFAR-10's): an attack's noise is not averaged away."""
     small = [np.asarray(Image.fromarray(p).resize((32, 32), Image.Resampling.BOX)) for p in photos]
     return [s for s in small if fingerprint(s).size]
-
-
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: `apt-get install redis-server` (scripts/test.sh does it)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not self._answers():
-            if time.monotonic() > deadline:
-                raise AssertionError("redis-server did not accept connections within 10 s")
-            time.sleep(0.05)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(_free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
