@@ -8,7 +8,12 @@ What it measures
     ratio to PGD-AT ("pgd-at").
 
     * Time: methods are interleaved round-robin (each repeat runs one step of every method in turn), so machine
-      noise hits all of them alike; the median seconds per step is reported.
+      noise hits all of them alike; the median seconds per step is reported, and the ratios in the table are
+      paired: the median over repeats of (this method's step / the reference's step in the same repeat), which
+      a shared machine's slow drifts affect less than a ratio of medians (also in the JSON, as time_ratio).
+    * CPU time: on a CPU the same steps' process CPU seconds (``time.process_time``) and their paired ratios
+      too.  With ``--threads 1`` that is the step's own work, which other processes on a shared machine slow
+      far less than its wall time (on CUDA it is only the launching).
     * Memory on CUDA: ``max_memory_allocated`` during the step minus what was allocated just before it.
     * Memory on CPU: each method runs warmup + 2 steps in a fresh subprocess of this script; its peak resident
       set (``os.wait4`` rusage ``ru_maxrss``) minus that of a baseline subprocess that builds the same model and
@@ -18,12 +23,19 @@ What it measures
     Data are random CIFAR-shaped batches (3x32x32, 10 classes) from a fixed seed; every method trains its own
     copy of the same initial model with its own optimizer.
 
+    A contestant is a method name or a method with MethodConfig settings of its own,
+    ``otjr:jr_mode=finite-difference:jr_fraction=0.5``, so variants of one method are timed side by side in one
+    run; ``--config key=value,...`` sets MethodConfig fields for every contestant (``attack=n-fgsm``).  Beside
+    the ratio to PGD-AT, each contestant's time is given as a ratio to exact OTJR's (plain ``otjr``) when that
+    is in the run.
+
 Target
     An OTJR step costs at most 1.35x a PGD-AT step (``TARGET_OTJR_RATIO``).
 
 Usage
     python benchmarks/train_step.py [--arch preact18] [--width W] [--batch-size 128] [--steps 5] [--warmup 1]
-                                    [--device auto] [--methods otjr,pgd-at] [--threads N] [--json-only]
+                                    [--device auto] [--methods otjr,pgd-at,otjr:jr_mode=finite-difference]
+                                    [--config attack=n-fgsm] [--threads N] [--json-only]
 
 The rich table goes to stdout, followed by one final JSON line (only that line with ``--json-only``).
 """
@@ -38,7 +50,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from rich.console import Console
@@ -46,8 +58,10 @@ from rich.table import Table
 
 from training.methods import METHODS, Method, MethodConfig, get_method
 from training.models import build_model
+from training.trainer import training_autocast
 
 BASELINE = "pgd-at"
+EXACT_OTJR = "otjr"  # the second reference: OTJR with the exact Jacobian term
 TARGET_OTJR_RATIO = 1.35
 NO_STEP = "none"  # the memory baseline child: model and data built, no step taken
 SEED = 0
@@ -62,13 +76,15 @@ MIB = 2**20
 
 @dataclass
 class Contestant:
-    """One method with its own model copy and optimiser, and what was measured for it."""
+    """One method with its own settings, model copy and optimiser, and what was measured for it."""
 
-    name: str
+    name: str  # the contestant spec: a method name, or a method with settings
     method: Method
+    cfg: MethodConfig
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)  # process CPU seconds of the same steps
     peak_bytes: int = 0
 
 
@@ -80,7 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma list; pgd-at is always added")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma list of methods or method:key=value:... variants; pgd-at is always added",
+    )
+    parser.add_argument("--config", default="", help="key=value,... MethodConfig settings for every contestant")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     parser.add_argument("--child-memory", metavar="METHOD", help=argparse.SUPPRESS)
@@ -97,12 +118,36 @@ def pick_device(name: str) -> torch.device:
 
 
 def method_names(text: str) -> list[str]:
-    """The requested methods in METHODS order, with the baseline always among them."""
-    wanted = {name.strip() for name in text.split(",") if name.strip()} | {BASELINE}
-    unknown = wanted - set(METHODS)
+    """The requested contestants: plain methods in METHODS order, then variants as given; pgd-at always."""
+    specs = list(dict.fromkeys(spec.strip() for spec in text.split(",") if spec.strip()))
+    plain = {spec for spec in specs if ":" not in spec} | {BASELINE}
+    unknown = {spec.split(":")[0] for spec in specs} - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
-    return [name for name in METHODS if name in wanted]
+    return [name for name in METHODS if name in plain] + [spec for spec in specs if ":" in spec]
+
+
+def parse_settings(pairs: list[str], base: MethodConfig) -> MethodConfig:
+    """``base`` with ``key=value`` settings, each value read as its field's type."""
+    types = {f.name: type(getattr(base, f.name)) for f in fields(MethodConfig)}
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"bad setting {pair!r}: need key=value with a MethodConfig field as key")
+        kind = float if types[key] is type(None) else types[key]  # the attacks' optional step and noise
+        values[key] = kind(value)
+    return replace(base, **values)
+
+
+def contestant_config(spec: str, common: MethodConfig) -> tuple[str, MethodConfig]:
+    """The method name and MethodConfig of a contestant spec ``method[:key=value...]``."""
+    name, *pairs = spec.split(":")
+    return name, parse_settings(pairs, common)
+
+
+def common_config(text: str) -> MethodConfig:
+    return parse_settings([pair.strip() for pair in text.split(",") if pair.strip()], MethodConfig())
 
 
 def make_batch(batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,22 +168,22 @@ def make_model(arch: str, width: float, device: torch.device) -> torch.nn.Module
     return model.train()
 
 
-def make_contestant(name: str, model: torch.nn.Module) -> Contestant:
+def make_contestant(spec: str, model: torch.nn.Module, common: MethodConfig) -> Contestant:
+    name, cfg = contestant_config(spec, common)
     model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-    return Contestant(name, get_method(name), model, optimizer)
+    return Contestant(spec, get_method(name), cfg, model, optimizer)
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", torch.bfloat16)
-    return contextlib.nullcontext()
+    """The trainer's autocast: bfloat16 on CUDA (amp on by default), none on CPU."""
+    return training_autocast(device.type, device.type == "cuda")
 
 
-def train_step(c: Contestant, x: torch.Tensor, y: torch.Tensor, cfg: MethodConfig, device: torch.device) -> None:
+def train_step(c: Contestant, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
     """The trainer's loop body: method forward under autocast, zero_grad, backward, optimiser step."""
     with autocast_for(device):
-        step = c.method(c.model, x, y, cfg)
+        step = c.method(c.model, x, y, c.cfg)
     c.optimizer.zero_grad(set_to_none=True)
     step.loss.backward()
     c.optimizer.step()
@@ -149,30 +194,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_step(c: Contestant, x: torch.Tensor, y: torch.Tensor, cfg: MethodConfig, device: torch.device) -> float:
-    """Run one step; return its seconds and, on CUDA, record its peak extra memory."""
+def timed_step(c: Contestant, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """Run one step; return its wall and process CPU seconds and, on CUDA, record its peak extra memory."""
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    started = time.perf_counter()
-    train_step(c, x, y, cfg, device)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    train_step(c, x, y, device)
     sync(device)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     if device.type == "cuda":
         c.peak_bytes = max(c.peak_bytes, torch.cuda.max_memory_allocated(device) - before)
-    return seconds
+    return seconds, cpu_seconds
 
 
 def run_round_robin(contestants: list[Contestant], args: argparse.Namespace, device: torch.device) -> None:
     """Warm up, then time ``args.steps`` repeats, each one step of every method in turn."""
     x, y = make_batch(args.batch_size, device)
-    cfg = MethodConfig()
     for repeat in range(args.warmup + args.steps):
         for c in contestants:
-            seconds = timed_step(c, x, y, cfg, device)
+            seconds, cpu_seconds = timed_step(c, x, y, device)
             if repeat >= args.warmup:
                 c.times.append(seconds)
+                c.cpu_times.append(cpu_seconds)
 
 
 # --- CPU memory: one fresh subprocess per method ------------------------------------------------------------
@@ -187,19 +232,20 @@ def child_memory(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
     model = make_model(args.arch, args.width, device)
     x, y = make_batch(args.batch_size, device)
-    for name in method_names(args.methods):
-        train_step(make_contestant(name, model), x[:2], y[:2], MethodConfig(), device)
+    common = common_config(args.config)
+    for spec in method_names(args.methods):
+        train_step(make_contestant(spec, model, common), x[:2], y[:2], device)
     if args.child_memory != NO_STEP:
-        c = make_contestant(args.child_memory, model)
+        c = make_contestant(args.child_memory, model, common)
         for _ in range(args.warmup + 2):
-            train_step(c, x, y, MethodConfig(), device)
+            train_step(c, x, y, device)
 
 
 def child_max_rss_kib(method: str, args: argparse.Namespace) -> int:
     """Peak resident set (KiB) of a fresh child of this script running ``method``."""
     argv = [sys.executable, os.path.abspath(__file__), "--child-memory", method, "--device", "cpu",
             "--arch", args.arch, "--width", str(args.width), "--batch-size", str(args.batch_size),
-            "--warmup", str(args.warmup), "--methods", args.methods]
+            "--warmup", str(args.warmup), "--methods", args.methods, "--config", args.config]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     quiet = [(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]  # keep stdout for the table and JSON
@@ -230,17 +276,28 @@ def measure_cpu_memory(names: list[str], args: argparse.Namespace, log: Console)
 def summarise(contestants: list[Contestant]) -> dict[str, dict[str, float | list[float] | None]]:
     base = next(c for c in contestants if c.name == BASELINE)
     base_time, base_peak = statistics.median(base.times), base.peak_bytes
+    exact = next((c for c in contestants if c.name == EXACT_OTJR), None)
     results = {}
     for c in contestants:
         median = statistics.median(c.times)
         results[c.name] = {
             "median_s": median,
             "time_ratio": median / base_time,
+            "paired_time_ratio": paired_ratio(c.times, base.times),
+            "paired_otjr_time_ratio": paired_ratio(c.times, exact.times) if exact else None,
             "peak_mib": c.peak_bytes / MIB,
             "memory_ratio": c.peak_bytes / base_peak if base_peak else None,
             "times_s": c.times,
+            "median_cpu_s": statistics.median(c.cpu_times),
+            "paired_cpu_ratio": paired_ratio(c.cpu_times, base.cpu_times),
+            "paired_otjr_cpu_ratio": paired_ratio(c.cpu_times, exact.cpu_times) if exact else None,
         }
     return results
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over repeats of the ratio of two methods' steps in the same repeat."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
 def report(args: argparse.Namespace, device: torch.device, results: dict) -> dict:
@@ -254,25 +311,34 @@ def report(args: argparse.Namespace, device: torch.device, results: dict) -> dic
         "warmup": args.warmup,
         "threads": torch.get_num_threads(),
         "baseline": BASELINE,
+        "config": args.config,
         "memory": "cuda max_memory_allocated minus allocated before the step" if device.type == "cuda"
         else "child ru_maxrss minus a primed no-step child's",
         "target_otjr_time_ratio": TARGET_OTJR_RATIO,
-        "otjr_within_target": None if otjr is None else otjr["time_ratio"] <= TARGET_OTJR_RATIO,
+        "otjr_within_target": None if otjr is None else otjr["paired_time_ratio"] <= TARGET_OTJR_RATIO,
         "results": results,
     }
 
 
 def render_table(summary: dict) -> Table:
     table = Table(title=f"train step vs {BASELINE}: {summary['arch']} width {summary['width']}, "
+                        f"{summary['config'] or 'default settings'}, "
                         f"batch {summary['batch']}, {summary['steps']} steps, {summary['device']}")
-    for column in ("method", "median s/step", f"x {BASELINE} time", "peak MiB", f"x {BASELINE} memory"):
+    cpu = summary["device"] == "cpu"
+    columns = ["method", "median s/step", f"x {BASELINE} time", f"x {EXACT_OTJR} time"]
+    columns += [f"x {BASELINE} cpu", f"x {EXACT_OTJR} cpu"] if cpu else []
+    columns += ["peak MiB", f"x {BASELINE} memory"]
+    for column in columns:
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, r in summary["results"].items():
-        table.add_row(name, f"{r['median_s']:.3f}", f"{r['time_ratio']:.2f}", f"{r['peak_mib']:.1f}",
-                      "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}")
+        ratios = [r["paired_time_ratio"], r["paired_otjr_time_ratio"]]
+        ratios += [r["paired_cpu_ratio"], r["paired_otjr_cpu_ratio"]] if cpu else []
+        table.add_row(name, f"{r['median_s']:.3f}", *("-" if v is None else f"{v:.2f}" for v in ratios),
+                      f"{r['peak_mib']:.1f}", "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}")
+    table.caption = "time and cpu ratios paired: median over repeats of the ratio within a repeat"
     if summary["otjr_within_target"] is not None:
         verdict = "meets" if summary["otjr_within_target"] else "MISSES"
-        table.caption = f"otjr {verdict} the target of <= {TARGET_OTJR_RATIO}x {BASELINE} time"
+        table.caption += f"; otjr {verdict} the target of <= {TARGET_OTJR_RATIO}x {BASELINE} time"
     return table
 
 
@@ -282,7 +348,8 @@ def measure(args: argparse.Namespace, device: torch.device, log: Console) -> lis
     # On CPU memory comes first, while this process is still small (see measure_cpu_memory).
     cpu_peaks = measure_cpu_memory(names, args, log) if device.type == "cpu" else {}
     model = make_model(args.arch, args.width, device)
-    contestants = [make_contestant(name, model) for name in names]
+    common = common_config(args.config)
+    contestants = [make_contestant(spec, model, common) for spec in names]
     log.print(f"timing {len(contestants)} methods round-robin on {device}")
     run_round_robin(contestants, args, device)
     for c in contestants:
@@ -304,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     log = Console(stderr=True, quiet=args.json_only)
     summary = report(args, device, summarise(measure(args, device, log)))
     if not args.json_only:
-        Console().print(render_table(summary))
+        Console(width=max(120, 110 + max(map(len, summary["results"])))).print(render_table(summary))  # whole specs
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -1,7 +1,7 @@
-"""A small asynchronous client of the scanner API, used by ``scanner crawl`` and ``scanner report``.
+"""A small asynchronous client of the scanner API, used by ``scanner crawl --api`` and ``scanner report --api``.
 
-The crawl always talks HTTP: to a remote server (``--api URL --key K``) or to the embedded one it starts on a
-loopback port, so that both modes run the same code path the browser extension uses.
+Without ``--api`` a crawl talks no HTTP: it submits through the intake in its own process (``scanner.local``,
+which answers the same ``whoami``/``submit``/``scan`` calls), so the crawl does not know which of the two it feeds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ class ApiError(Exception):
     """A problem document from the API (or a transport failure), with its stable ``code``."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
+        # No status (the transport failed): the detail alone says it, without a "0 unreachable" prefix.
+        super().__init__(f"{status} {code}: {detail}" if status else detail)
         self.status, self.code, self.detail = status, code, detail
 
 
@@ -35,6 +36,7 @@ class ScannerClient:
         self.base_url, self.key = base_url.rstrip("/"), key
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.retries = retries
+        self._answered = False  # a server that never answered is not retried: see _request
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ScannerClient:
@@ -83,16 +85,25 @@ class ScannerClient:
                 async with self._session.request(
                     method, self.base_url + path, data=form() if form else None, params=params
                 ) as reply:
+                    self._answered = True
                     if reply.status < 400:
                         return await reply.json()
                     problem = await _problem(reply)
                     retry_after = reply.headers.get("Retry-After", "")
+            except aiohttp.ClientConnectorError as err:
+                if not self._answered:  # nothing listens there (or no such host): retrying only delays saying so
+                    raise ApiError(0, "unreachable", self._unreachable(err)) from None
+                problem, retry_after = ApiError(0, "unreachable", f"{self.base_url}: {err}"), ""
             except (aiohttp.ClientError, TimeoutError) as err:
                 problem, retry_after = ApiError(0, "unreachable", f"{self.base_url}: {err or type(err).__name__}"), ""
             if problem.status not in (0, 429, 502, 503, 504) or attempt == self.retries:
                 raise problem
             await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 0.5 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _unreachable(self, err: aiohttp.ClientConnectorError) -> str:
+        reason = err.os_error.strerror if err.os_error is not None and err.os_error.strerror else str(err.os_error)
+        return f"cannot reach the scanner API at {self.base_url} ({reason}): is `scanner serve` running there?"
 
 
 async def _problem(reply: aiohttp.ClientResponse) -> ApiError:

@@ -368,6 +368,18 @@ def _map_error(exc: BaseException, url: str, hop: URL) -> FetchError:
     return FetchError("connection_failed", f"{type(exc).__name__}: {exc}{where}", url)
 
 
+def as_fetch_error(exc: BaseException, url: str) -> FetchError:
+    """What a request to ``url`` made with a ``GuardedConnector`` raised, as the fetcher's error (a name that
+    resolves only to refused addresses is ``blocked_address``, not the DNS error aiohttp wraps it in)."""
+    if isinstance(exc, FetchError):
+        return exc
+    try:
+        hop = URL(url)
+    except (ValueError, TypeError):
+        return FetchError("bad_url", "unparseable URL", url)
+    return _map_error(exc, url, hop)
+
+
 def _content_type(resp: aiohttp.ClientResponse, url: str) -> str | None:
     """The media type if the server sent one; refuses types that are clearly not images."""
     if not resp.headers.get("Content-Type", "").strip():

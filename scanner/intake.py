@@ -26,19 +26,9 @@ from scanner.settings import Settings
 from scanner.versions import ServedVersions
 from worker.engine.imaging import ImageError, ImageLimits, probe_image
 
-
-@dataclass
-class Entry:
-    """One image of a submission, before it is recorded."""
-
-    image_url: str | None = None
-    filename: str | None = None
-    data: bytes | None = None
-    error: tuple[str, str] | None = None
-    sha256: str | None = None
-    format: str = ""
-    width: int = 0
-    height: int = 0
+# One item type from the request to the database: what the intake fetches, checks and hashes is what
+# ``queries.add_items`` records.  ``Entry`` is its name on this side (the API's reader builds them).
+Entry = queries.NewItem
 
 
 @dataclass
@@ -133,20 +123,7 @@ def record(
             versions.model_version,
             versions.calibration_version,
         )
-        items = [
-            queries.NewItem(
-                entry.sha256,
-                entry.data,
-                entry.format,
-                entry.width,
-                entry.height,
-                entry.image_url,
-                entry.filename,
-                entry.error,
-            )
-            for entry in submission.entries
-        ]
-        pending = queries.add_items(session, scan, items)
+        pending = queries.add_items(session, scan, submission.entries)
         queries.finish_scan_if_complete(session, [scan.id])  # every image already known: done at once
         return scan.id, pending
 

@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from scanner import terminal
 from scanner.csvsafe import safe_row
 from scanner.explain import MEANING, label_text
 from scanner.settings import Settings
@@ -33,7 +33,9 @@ def fetch_report(settings: Settings, args: argparse.Namespace) -> list[dict[str,
 
 async def _from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
     from scanner.client import ScannerClient
+    from scanner.siteurl import api_url
 
+    base = api_url(args.api)
     if not args.key:
         raise ValueError("--api needs --key")
     params = {
@@ -46,7 +48,7 @@ async def _from_server(args: argparse.Namespace) -> list[dict[str, Any]]:
         "limit": str(min(args.limit, 1000)),
     }
     rows: list[dict[str, Any]] = []
-    async with ScannerClient(args.api, args.key) as client:
+    async with ScannerClient(base, args.key) as client:
         while len(rows) < args.limit:
             page = await client.flagged(**{k: v for k, v in params.items() if v is not None})
             rows += page["items"]
@@ -61,12 +63,10 @@ def _from_database(settings: Settings, args: argparse.Namespace) -> list[dict[st
 
     from scanner.db import migrate, queries
     from scanner.db.models import Tenant
-    from scanner.db.session import make_engine, make_sessionmaker
+    from scanner.db.session import make_sessionmaker
     from scanner.versions import served_versions
 
-    engine = make_engine(settings.db_url)
-    if not migrate.is_up_to_date(engine):
-        raise RuntimeError(f"no current scanner database at {settings.db_url}: run `scanner db upgrade` or a crawl")
+    engine = migrate.open_current(settings)  # the one migration rule (README: Migrations)
     versions = served_versions(settings)
     with make_sessionmaker(engine)() as session:
         tenant = session.scalar(select(Tenant).where(Tenant.name == args.tenant))
@@ -111,7 +111,7 @@ def print_report(rows: list[dict[str, Any]], fmt: str) -> None:
         writer.writeheader()
         writer.writerows(safe_row(row) for row in plain)  # no cell a spreadsheet would run as a formula
     else:
-        console = Console()
+        console = terminal.console()
         console.print(_table(plain))
         if plain:
             console.print(f"[dim]{MEANING}[/]", highlight=False)

@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_ROBUST = REPO_ROOT / "models" / "pgd-at-preact18-w0.25"
 BUNDLED_STANDARD = REPO_ROOT / "models" / "standard-preact18-w0.25"
+# The default cap of images per scan: the API's schema states it and a crawl sends larger pages as several scans.
+MAX_IMAGES_PER_SCAN = 256
 
 
 def masked_url(url: str | None) -> str:
@@ -74,7 +76,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="whole request body")
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="one image, uploaded or fetched")
     max_image_pixels: int = Field(64 * 1024 * 1024, ge=1, description="width x height, checked before decoding")
-    max_images_per_scan: int = Field(256, ge=1)
+    max_images_per_scan: int = Field(MAX_IMAGES_PER_SCAN, ge=1)
     rate_limit_per_minute: int = Field(600, ge=1, description="requests per key per minute (token bucket)")
     rate_limit_burst: int = Field(120, ge=1)
     auth_failures_per_minute: int = Field(
@@ -83,6 +85,12 @@ class Settings(BaseSettings):
     auth_failures_burst: int = Field(20, ge=1)
     audit_min_interval_s: int = Field(900, ge=1, description="the most frequent schedule an audit may have")
     audits_per_tenant: int = Field(50, ge=1, description="audits a tenant may keep")
+    audit_runs_per_tenant: int = Field(2, ge=1, description="audit runs of one tenant at once; the rest wait queued")
+    audit_runs_per_process: int = Field(
+        2, ge=1, description="audit runs one process executes at once (each a browser); the rest wait queued"
+    )
+    audit_manual_runs_per_hour: int = Field(4, ge=1, description="manual triggers of one audit per hour (429)")
+    event_streams_per_key: int = Field(8, ge=1, description="open event streams (SSE) per key (429)")
 
     # --- fetching image URLs ----------------------------------------------------------------------------------
     fetch_timeout_s: float = Field(10.0, gt=0)

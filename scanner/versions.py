@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scanner.settings import Settings
+from worker.versions import pair_version
 
 UNCALIBRATED = "uncalibrated"
 
 
 @dataclass(frozen=True)
 class ServedVersions:
-    model_version: str  # "<robust bundle version>+<standard bundle version>", as the engine reports it
+    model_version: str  # worker.versions.pair_version of the two bundles, as the engine reports it
     calibration_version: str
 
 
@@ -30,5 +31,5 @@ def served_versions(settings: Settings) -> ServedVersions:
     standard = _version(settings.standard_bundle / "bundle.json")
     calibration = settings.calibration or settings.robust_bundle / "calibration.json"
     if settings.calibration is None and not calibration.is_file():
-        return ServedVersions(f"{robust}+{standard}", UNCALIBRATED)
-    return ServedVersions(f"{robust}+{standard}", _version(calibration))
+        return ServedVersions(pair_version(robust, standard), UNCALIBRATED)
+    return ServedVersions(pair_version(robust, standard), _version(calibration))

@@ -2,6 +2,7 @@
 # Make sure the services the test suite talks to exist and run on this machine:
 #   redis-server   installed (the tests start their own servers on free ports, so they may restart them)
 #   nodejs, npm    installed (the extension's JavaScript is linted with ESLint)
+#   strace         installed (a crawl test traces Chromium's network calls)
 #   PostgreSQL     installed and answering on 127.0.0.1:5432 (the tests create and drop their own databases)
 # Installs Debian packages only when missing; starts PostgreSQL only when it is down.
 set -euo pipefail
@@ -13,6 +14,8 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null || apt_install redis-server
+# The crawler's confinement test traces Chromium's network calls with strace.
+command -v strace >/dev/null || apt_install strace
 # The extension's lint (ESLint from the npm registry) needs Node.js and npm.
 command -v npm >/dev/null || apt_install nodejs npm
 

@@ -11,7 +11,7 @@ import torch
 
 from training.attacks import TRAINING_ATTACKS, parse_eps
 from training.data import DATASETS, DataError
-from training.methods import METHODS, MethodConfig
+from training.methods import JR_MODES, METHODS, TERMS_PRECISIONS, MethodConfig
 from training.models import ARCHITECTURES
 from training.schedules import SCHEDULES
 
@@ -64,6 +64,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--beta-jr", type=float, default=defaults.beta_jr)
     train.add_argument("--n-projections", type=int, default=defaults.n_projections)
     train.add_argument("--trades-beta", type=float, default=defaults.trades_beta)
+    train.add_argument(
+        "--jr-mode",
+        choices=JR_MODES,
+        default=defaults.jr_mode,
+        help="Jacobian term: exact (double backward) or finite-difference (one extra forward, no double backward)",
+    )
+    train.add_argument(
+        "--jr-step",
+        type=float,
+        default=defaults.jr_step,
+        help="finite-difference step: RMS per-image L2 move in pixel units",
+    )
+    train.add_argument(
+        "--jr-fraction", type=float, default=defaults.jr_fraction, help="Jacobian term on this random part of a batch"
+    )
+    train.add_argument(
+        "--terms-precision",
+        choices=TERMS_PRECISIONS,
+        default=defaults.terms_precision,
+        help="SW/JR and the forwards they read: fp32 (autocast off) or under the bf16 autocast (--no-amp aside)",
+    )
     train.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
 
     evaluate = sub.add_parser("eval", help="evaluate bundles under attack; writes JSON, Markdown and a PNG curve")
@@ -114,6 +135,10 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         beta_jr=args.beta_jr,
         n_projections=args.n_projections,
         trades_beta=args.trades_beta,
+        jr_mode=args.jr_mode,
+        jr_step=args.jr_step,
+        jr_fraction=args.jr_fraction,
+        terms_precision=args.terms_precision,
     )
     cfg = TrainConfig(
         method=args.method,

@@ -62,6 +62,12 @@ class TrainConfig:
     method_config: MethodConfig = field(default_factory=MethodConfig)
 
 
+def training_autocast(device_type: str, enabled: bool) -> torch.autocast:
+    """The autocast every training step's method runs under: bfloat16 (the trainer enables it on CUDA with
+    ``amp``).  Methods turn it off for what must stay fp32 (``MethodConfig.terms_precision``)."""
+    return torch.autocast(device_type, torch.bfloat16, enabled=enabled)
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,7 +189,7 @@ class Trainer:
         batches = iterate_batches(
             self.train_set, self.cfg.batch_size, generator, rank=self.dist.rank, world_size=self.dist.world_size
         )
-        autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
+        autocast = training_autocast(self.device.type, self.cfg.amp and self.device.type == "cuda")
         for seen_steps, (images, labels) in enumerate(batches, start=1):
             x = augment(to_float(images, self.device), generator)
             y = labels.to(self.device, non_blocking=True)

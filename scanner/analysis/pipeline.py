@@ -1,10 +1,15 @@
 """Analyse queued images and record their verdicts: the one code path of the Celery task and the embedded mode.
 
-Crash safety.  Before the engine runs, each image's ``attempts`` is incremented and committed; a verdict resets
-it.  A delivery that finds an image with attempts left over knows an earlier delivery died on this batch (a
-worker killed, a segfault in a decoder), so it goes one image at a time, and an image that reaches
-``max_deliveries`` unfinished attempts is dead-lettered instead of being tried again: a poison input costs a
-few deliveries, never a loop, and the other images of its batch still get their verdicts.
+Crash safety.  Before the engine runs on a group of images, each image's ``attempts`` is raised and committed; a
+verdict resets it.  A delivery that finds images with attempts left over knows an earlier delivery died on
+them (a worker killed, a segfault in a decoder).  It bisects instead of retrying the batch whole: the images
+of the run that died hold the most attempts (every run of a delivery raises its images to one level above
+all that is pending), so they are the suspects, and they are run in halves, a failing half in halves again,
+down to single images; the other pending images run together after them.  A poison image so costs
+O(log n) runs, not one run per image of its batch, and an image found alone at the top level with
+``max_deliveries`` attempts is dead-lettered instead of being tried again.  The other images of its batch
+still get their verdicts.  A failure inside the process (an exception) bisects within the delivery; a
+crash leaves the levels for the next delivery to read.
 """
 
 from __future__ import annotations
@@ -81,31 +86,68 @@ def analyse_images(
             queries.settle_known(session, image_ids, model_version, calibration_version)
     if not todo:
         return outcome
-    if all(attempts == 0 for _, attempts in todo):
-        _start([image_id for image_id, _ in todo], factory)
-        _analyse_and_record([image_id for image_id, _ in todo], factory, engine, outcome)
-        return outcome
-    outcome.careful = True
-    failure: Exception | None = None
-    for image_id, _ in todo:
-        if _dead_letter_if_exhausted(
-            image_id, factory, model_version, calibration_version, max_deliveries, task_id, outcome
-        ):
-            continue
-        _start([image_id], factory)
-        try:
-            _analyse_and_record([image_id], factory, engine, outcome)
-        except Exception as err:  # noqa: BLE001 - the others still get their verdicts; re-raised below
-            log.warning("image %d failed its analysis: %r", image_id, err)
-            failure = failure or err
-    if failure is not None:
-        raise failure  # the task is retried; this image's attempts already count toward the dead letter
+    top = max(attempts for _, attempts in todo)
+    run = _Bisection(factory, engine, outcome, level=top + 1)
+    if top == 0:  # a first delivery: the batch whole, in halves if that fails here
+        run.group([image_id for image_id, _ in todo])
+    else:
+        outcome.careful = True
+        suspects = [image_id for image_id, attempts in todo if attempts == top]
+        if len(suspects) == 1 or top >= max_deliveries + bisection_depth(len(todo)):
+            # alone in the run that died, or past every level a bisection could raise an innocent image to
+            suspects = [
+                image_id
+                for image_id in suspects
+                if not _dead_letter_if_exhausted(
+                    image_id, factory, model_version, calibration_version, max_deliveries, task_id, outcome
+                )
+            ]
+        run.halves(suspects)  # they ran together when a delivery died: never whole again
+        run.group([image_id for image_id, attempts in todo if attempts < top])
+    if run.failure is not None:
+        raise run.failure  # the task is retried; the failing images' levels count toward the dead letter
     return outcome
 
 
-def _start(image_ids: list[int], factory: sessionmaker[Session]) -> None:
+def bisection_depth(size: int) -> int:
+    """How many halvings isolate one image of ``size``: the levels an innocent image may climb beside a poison."""
+    return max(size - 1, 0).bit_length()
+
+
+class _Bisection:
+    """The runs of one delivery; each run's images are raised to ``level`` before the engine starts, so a run
+    that dies is the one group at the top level when the next delivery looks."""
+
+    def __init__(self, factory: sessionmaker[Session], engine: Analyser, outcome: Outcome, level: int) -> None:
+        self.factory, self.engine, self.outcome, self.level = factory, engine, outcome, level
+        self.failure: Exception | None = None
+
+    def group(self, image_ids: list[int]) -> None:
+        """Run these images together; if that fails in the process, their halves."""
+        if not image_ids:
+            return
+        _start(image_ids, self.factory, self.level)
+        try:
+            _analyse_and_record(image_ids, self.factory, self.engine, self.outcome)
+        except Exception as err:  # noqa: BLE001 - the others still get their verdicts; re-raised at the end
+            if len(image_ids) == 1:
+                log.warning("image %d failed its analysis: %r", image_ids[0], err)
+                self.failure = self.failure or err
+                return
+            self.halves(image_ids)
+
+    def halves(self, image_ids: list[int]) -> None:
+        if len(image_ids) <= 1:
+            self.group(image_ids)
+            return
+        middle = len(image_ids) // 2
+        self.group(image_ids[:middle])
+        self.group(image_ids[middle:])
+
+
+def _start(image_ids: list[int], factory: sessionmaker[Session], level: int | None = None) -> None:
     with transaction(factory) as session:
-        queries.count_attempt(session, image_ids)
+        queries.count_attempt(session, image_ids, level)
 
 
 def _dead_letter_if_exhausted(

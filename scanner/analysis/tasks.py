@@ -1,5 +1,9 @@
 """The Celery worker: ``scanner worker`` builds it with ``create_worker_app(settings)`` and runs it.
 
+The app holds the analysis task; ``scanner worker`` adds the audit tasks to it
+(``scanner.audits.cli.worker_arguments``): the audits run crawls analysed through this package, so this package
+imports nothing of them.
+
 The engine is loaded once per worker *process*, in ``worker_process_init`` (a forked child cannot reuse a
 parent's CUDA context, nor its database connections).
 """
@@ -10,8 +14,9 @@ import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
+from scanner.analysis import heartbeat
 from scanner.analysis.celery_app import ANALYSE_TASK, make_celery
 from scanner.analysis.pipeline import analyse_images, engine_for
 from scanner.db.session import make_engine, make_sessionmaker
@@ -53,6 +58,15 @@ def create_worker_app(settings: Settings) -> Celery:
     def load_in_child(**_: Any) -> None:
         state.reset()  # nothing inherited from the parent process
         state.engine, state.sessions  # noqa: B018 - load now, not on the first task
+        heartbeat.start(settings.broker_url or "")  # this child can take work now: /healthz counts it
+
+    @worker_ready.connect(weak=False)
+    def beat_without_children(sender: Any = None, **_: Any) -> None:
+        from celery.concurrency.prefork import TaskPool
+
+        if not isinstance(getattr(sender, "pool", None), TaskPool):  # solo/threads: this process runs the tasks
+            state.engine  # noqa: B018 - as a prefork child does: ready means the model is loaded
+            heartbeat.start(settings.broker_url or "")
 
     @app.task(
         name=ANALYSE_TASK,
@@ -80,7 +94,4 @@ def create_worker_app(settings: Settings) -> Celery:
         log.info("batch of %d images: %s", len(image_ids), outcome)
         return outcome.__dict__
 
-    from scanner.audits.tasks import register as register_audit_tasks
-
-    register_audit_tasks(app, settings)
     return app

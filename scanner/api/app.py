@@ -1,5 +1,6 @@
 """The aiohttp application: services, middlewares (problems, metrics, CORS, authentication and rate limits) and
-start-up/shut-down.  Routes live in ``scanner.api.routes``."""
+start-up/shut-down.  Routes live in ``scanner.api.routes``, ``scanner.api.audits`` and ``scanner.api.dashboard``;
+what their handlers need of the application is ``scanner.api.context``."""
 
 from __future__ import annotations
 
@@ -7,54 +8,27 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
-from scanner.api.dispatch import Dispatcher, make_dispatcher
+from scanner.api import audits, dashboard, health, routes
+from scanner.api.context import KEY, SERVICES, Services, in_thread, services
+from scanner.api.dispatch import make_dispatcher
+from scanner.api.malformed import ProtocolLog
 from scanner.api.metrics import Metrics
 from scanner.api.problems import Problem, from_http_exception
 from scanner.api.ratelimit import RateLimiter
-from scanner.api.text import check_tree, is_clean
+from scanner.api.text import is_clean
 from scanner.db import keys, migrate
 from scanner.db.models import ApiKey, utcnow
 from scanner.db.session import make_sessionmaker
 from scanner.settings import Settings
-from scanner.versions import ServedVersions, served_versions
+from scanner.versions import served_versions
 
 log = logging.getLogger(__name__)
-BodyModel = TypeVar("BodyModel", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LAST_USED_EVERY_S = 60.0  # last_used_at is written at most this often per key: reads stay read-only
-
-
-@dataclass
-class Services:
-    settings: Settings
-    versions: ServedVersions
-    metrics: Metrics
-    limiter: RateLimiter
-    auth_failures: RateLimiter  # per client address: a wrong key costs a token, so guessing meets 429s
-    db: Engine | None = None
-    sessions: sessionmaker[Session] | None = None
-    dispatcher: Dispatcher | None = None
-    _last_used: dict[str, float] = field(default_factory=dict)
-
-
-SERVICES = web.AppKey("services", Services)
-KEY = web.RequestKey("api_key", ApiKey)  # the authenticated key of a /v1/ request
-
-
-def services(request: web.Request) -> Services:
-    return request.app[SERVICES]
-
-
-async def in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 # --- middlewares (create_app orders them: CORS, problems, metrics, authentication) ------------------------
@@ -199,37 +173,15 @@ def _authenticate(svc: Services, token: str) -> ApiKey:
         return key
 
 
-def require_scope(request: web.Request, *scopes: str) -> ApiKey:
-    """The request's key, if it holds one of ``scopes``."""
-    key: ApiKey = request[KEY]
-    if not set(scopes) & set(key.scopes.split()):
-        raise Problem(403, "insufficient_scope", f"this key lacks the scope {' or '.join(scopes)}")
-    return key
-
-
-async def json_body(request: web.Request, model: type[BodyModel]) -> BodyModel:
-    """The request's JSON body validated by ``model``: 415 when it is not JSON, 422 listing what is wrong."""
-    if request.content_type != "application/json":
-        raise Problem(415, "unsupported_media_type", "send application/json")
-    try:
-        body = model.model_validate_json(await request.read())
-    except ValidationError as err:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
-        raise Problem(422, "invalid_body", detail) from err
-    check_tree(body.model_dump())
-    return body
-
-
 # --- the application ----------------------------------------------------------------------------------------
 
 
 def create_app(settings: Settings, engine: Any = None) -> web.Application:
     """The API.  ``engine``: an already loaded ``worker.engine.Engine`` for the embedded mode (tests share one);
     by default the embedded mode loads the bundles named in ``settings``."""
-    from scanner.api import routes
-
     app = web.Application(
         client_max_size=settings.max_body_bytes,
+        handler_args={"logger": ProtocolLog()},  # a request the HTTP parser refuses is not echoed or logged
         middlewares=[cors_middleware, problem_middleware, metrics_middleware, auth_middleware, text_middleware],
     )
     app[SERVICES] = Services(
@@ -239,13 +191,12 @@ def create_app(settings: Settings, engine: Any = None) -> web.Application:
         limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
         auth_failures=RateLimiter(settings.auth_failures_per_minute, settings.auth_failures_burst),
     )
-    routes.add_routes(app)
+    for module in (routes, audits, dashboard, health):
+        module.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         svc = app[SERVICES]
-        # The embedded mode migrates its own SQLite file; a shared database is migrated deliberately, so a
-        # server never changes a schema other processes are using.
-        svc.db = await in_thread(migrate.current_engine, settings.db_url, settings.embedded)
+        svc.db = await in_thread(migrate.open_current, settings)  # the one migration rule: see migrate
         svc.sessions = make_sessionmaker(svc.db)
         svc.dispatcher = make_dispatcher(settings, svc.sessions, engine)
         await svc.dispatcher.start()

@@ -1,30 +1,36 @@
 """The audit routes: ``/v1/audits`` (create, list, delete) and ``/v1/audits/{audit_id}/runs`` (history, trigger).
 
 Tenant-scoped like every ``/v1/`` route: an audit of another tenant is answered as not found.  A triggered run
-takes the run lock here, in the request (409 ``already_running`` when it is held), and then executes where the
-analysis does: a Celery worker in the distributed mode (the task ``scanner.audits.run``), a background task
-of this process in the embedded mode.
+takes the run lock here, in the request (409 ``already_running`` when it is held; 429 ``too_many_runs`` past
+``audit_manual_runs_per_hour``), waits ``queued`` until the tenant's and the runner's limits admit it, and
+executes where the analysis does: a Celery worker in the distributed mode (the task ``scanner.audits.run``), a
+background task of this process in the embedded mode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
+import math
 import re
 from typing import Any
 
 from aiohttp import web
 
 from scanner import secretbox
-from scanner.api.app import in_thread, json_body, require_scope, services
+from scanner.api.context import in_thread, json_body, require_scope, services
+from scanner.api.patterns import CRON, EVERY, TARGET_URL
 from scanner.api.problems import Problem
 from scanner.api.schemas import AuditRequest
+from scanner.audits import spec as audit_spec
 from scanner.audits import store
 from scanner.db.models import Audit, AuditRun, utcnow
 from scanner.db.session import transaction
 
 BACKGROUND = web.AppKey("audit_background", set)
 AUDIT_ID = re.compile(r"^[0-9]{1,18}$")
+TRIGGER_WINDOW = dt.timedelta(hours=1)
 MAX_ROW_ID = 2**31 - 1  # ids are PostgreSQL integers: a larger one names no row (and must not reach a query)
 
 
@@ -60,13 +66,13 @@ async def create_audit(request: web.Request) -> web.Response:
     body = await json_body(request, AuditRequest)
     spec = _spec(body, services(request).settings)
     await check_start_url(spec.start_url, services(request).settings)
+    if spec.webhook_url:
+        await check_target_url("webhook_url", spec.webhook_url, services(request).settings)
     document = await in_thread(_create, request, key.tenant_id, spec)
     return web.json_response(document, status=201, headers={"Location": f"/v1/audits/{document['id']}/runs"})
 
 
 def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
-    from scanner.api.openapi import CRON, EVERY, HTTP_URL
-    from scanner.audits.cli import check_webhook, spec_from
     from scanner.audits.schedule import interval_text
     from scanner.crawl.patterns import pattern_error
 
@@ -76,20 +82,20 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
         raise Problem(422, "invalid_schedule", "every is a number of 1 to 3 digits and s, m, h or d: 30s, 6h")
     if body.cron is not None and not re.fullmatch(CRON, body.cron):
         raise Problem(422, "invalid_schedule", 'cron fields are "*", "*/step" or a number, e.g. "0 3 * * *"')
-    if not re.fullmatch(HTTP_URL, body.start_url):
+    if not re.fullmatch(TARGET_URL, body.start_url):
         raise Problem(422, "invalid_start_url", "start_url must be an absolute http(s) URL")
     for pattern in (*(body.include or ()), *(body.exclude or ())):
         if (error := pattern_error(pattern)) is not None:
             raise Problem(422, "invalid_pattern", f"include/exclude: {error}")
-    if body.webhook_url is not None and not re.fullmatch(HTTP_URL, body.webhook_url):
+    if body.webhook_url is not None and not re.fullmatch(TARGET_URL, body.webhook_url):
         raise Problem(422, "invalid_body", "webhook_url must be an absolute http(s) URL")
     try:
-        spec = spec_from(
+        spec = audit_spec.spec_from(
             body.start_url,
             interval_text(body.every) if body.every is not None else body.cron or "",
             **body.model_dump(exclude={"start_url", "every", "cron"}),
         )
-        check_webhook(spec, None)
+        audit_spec.check_webhook(spec, None)
     except ValueError as err:
         code = "invalid_schedule" if "schedule" in str(err) or "interval" in str(err) else "invalid_body"
         raise Problem(422, code, str(err)) from err
@@ -99,13 +105,19 @@ def _spec(body: AuditRequest, settings: Any) -> store.AuditSpec:
 async def check_start_url(start_url: str, settings: Any) -> None:
     """Refuse a start URL the fetcher would refuse (422 with its code: bad_url, blocked_address, blocked_port):
     the run crawls it from inside our network on the tenant's behalf."""
+    await check_target_url("start_url", start_url, settings)
+
+
+async def check_target_url(field: str, url: str, settings: Any) -> None:
+    """``check_start_url`` for any URL the service will request later (a webhook is POSTed to from inside our
+    network too): refused now, with the fetcher's code, rather than at every run."""
     from scanner.api.intake import fetch_policy
     from scanner.fetch import FetchError, check_target
 
     try:
-        await check_target(start_url, fetch_policy(settings))
+        await check_target(url, fetch_policy(settings))
     except FetchError as err:
-        raise Problem(422, err.code, f"start_url: {err.message}") from err
+        raise Problem(422, err.code, f"{field}: {err.message}") from err
 
 
 def _check_frequency(schedule: str, settings: Any) -> None:
@@ -185,12 +197,28 @@ def _claim(request: web.Request, tenant_id: int, audit_id: int) -> dict[str, Any
     with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
         if store.audit_of(session, tenant_id, audit_id) is None:
             raise _not_found(audit_id)
+        _check_trigger_rate(session, audit_id, services(request).settings.audit_manual_runs_per_hour)
         try:
             run_id = store.claim_run(session, audit_id, f"api:{owner_id()}", "manual")
         except store.AlreadyRunning as err:
             raise Problem(409, "already_running", str(err)) from err
     with services(request).sessions() as session:  # type: ignore[misc]
         return run_json(session.get_one(AuditRun, run_id))
+
+
+def _check_trigger_rate(session: Any, audit_id: int, per_hour: int) -> None:
+    """At most ``per_hour`` manual runs of an audit in any hour (counted in the database, so every API process
+    and restart agrees): 429 ``too_many_runs`` with the seconds until the oldest leaves the hour."""
+    now = utcnow()
+    recent = store.manual_runs_since(session, audit_id, now - TRIGGER_WINDOW)
+    if len(recent) >= per_hour:
+        wait = (recent[-per_hour] + TRIGGER_WINDOW - now).total_seconds()
+        raise Problem(
+            429,
+            "too_many_runs",
+            f"an audit may be triggered at most {per_hour} times an hour",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
 
 async def _start(request: web.Request, run_id: int) -> None:
@@ -223,6 +251,7 @@ def audit_json(audit: Audit, host: str) -> dict[str, Any]:
         "missed_run_policy": audit.missed_run_policy,
         "enabled": audit.enabled,
         "robustness_sample": audit.robustness_sample,
+        "allow_private": audit.allow_private,
         "created_at": _iso(audit.created_at),
         "last_run_at": _iso(audit.last_run_at),
         "next_run_at": _iso(audit.next_run_at),
@@ -244,6 +273,7 @@ def run_json(run: AuditRun) -> dict[str, Any]:
         "gone": run.gone,
         "changed": run.changed,
         "error": run.error,
+        "error_code": run.error_code,
         "robustness": run.robustness,
     }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from scanner.api.app import in_thread, require_scope, services
+from scanner.api.context import in_thread, require_scope, services
 from scanner.api.problems import Problem
 from scanner.db import queries
 from scanner.db.models import ImageBlob

@@ -5,6 +5,9 @@ and a relay loop hands over again whatever was never handed over (broker down at
 over ``requeue_after_s`` ago and is still pending (a broker restarted without persistence lost it).  Verdict
 writes are idempotent, so handing an image over twice costs time, never correctness.
 
+The embedded mode's analysis is ``scanner.analysis.inprocess``, the one in-process hand-over (the local
+submitter uses it too); its retry rule is written there.
+
 A request never waits for the broker: it records its work (the outbox) and hands it over in the background
 (``submit_soon``), so a broker outage delays analysis but not the 202.  In the distributed mode the relay
 also watches the broker, so that lost work comes back in seconds rather than after ``requeue_after_s``:
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from scanner.analysis.inprocess import InProcessAnalysis
 from scanner.db import queries
 from scanner.db.models import utcnow
 from scanner.db.session import transaction
@@ -232,71 +235,31 @@ class CeleryDispatcher(Dispatcher):
 
 
 class InProcessDispatcher(Dispatcher):
-    """The embedded mode: one analysis thread in the API process, fed in batches from an asyncio queue.
-
-    Images that arrive within a few milliseconds of each other share a batch (dynamic batching), so a
-    browser sending one image per request still gets batched inference."""
+    """The embedded mode: the outbox relay in front of ``scanner.analysis.inprocess.InProcessAnalysis``, the
+    analysis thread of this process (dynamic batching, and its retry rule)."""
 
     mode = "embedded"
-    batch_wait_s = 0.005
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], engine: Any = None) -> None:
         super().__init__(settings, sessions)
-        self.engine = engine
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._analysis = ThreadPoolExecutor(1, thread_name_prefix="analysis")
-        self._loop_task: asyncio.Task[None] | None = None
+        self.analysis = InProcessAnalysis(settings, sessions, engine)
 
     async def start(self) -> None:
-        if self.engine is None:
-            self.engine = await asyncio.get_running_loop().run_in_executor(self._analysis, self._load_engine)
-        self._loop_task = asyncio.create_task(self._analyse_forever())
+        await self.analysis.load_engine()  # a server that cannot load its models fails at start, not later
+        await self.analysis.start()
         # Work accepted before a restart is picked up again, however recently it was handed over.
         await self.relay_once(everything=True)
         await super().start()
 
-    def _load_engine(self) -> Any:
-        from scanner.analysis.pipeline import engine_for
-
-        return engine_for(self.settings)
-
     async def _hand_over(self, image_ids: list[int], model_version: str, calibration_version: str) -> None:
-        for image_id in image_ids:
-            self._queue.put_nowait(image_id)
+        self.analysis.put(image_ids)
 
     async def healthy(self) -> bool | None:
-        return self._loop_task is not None and not self._loop_task.done()
-
-    async def _analyse_forever(self) -> None:
-        from scanner.analysis.pipeline import analyse_images
-
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self.batch_wait_s
-            while len(batch) < self.settings.batch_size:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            ids = sorted(set(batch))
-            try:
-                await loop.run_in_executor(
-                    self._analysis, analyse_images, self.sessions, self.engine, ids, self.settings.max_deliveries
-                )
-            except Exception:  # noqa: BLE001 - the relay hands the images over again later
-                log.exception("in-process analysis of %d images failed", len(ids))
+        return self.analysis.running
 
     async def stop(self) -> None:
         await super().stop()
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        self._analysis.shutdown(wait=True, cancel_futures=True)
+        await self.analysis.stop()
 
 
 async def _in_thread(function: Any, *args: Any) -> Any:

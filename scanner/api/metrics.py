@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass
@@ -31,3 +31,4 @@ class Metrics:
         self.refusals = Counter(
             "scanner_refusals", "requests refused, by problem code", ["code"], registry=self.registry
         )
+        self.event_streams = Gauge("scanner_open_event_streams", "event streams (SSE) open now", registry=self.registry)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -16,11 +16,10 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 
 from scanner import intake as intake_path
-from scanner.api import audits, dashboard, intake
-from scanner.api.app import KEY, in_thread, json_body, require_scope, services
+from scanner.api import intake, streams
+from scanner.api.context import KEY, SERVICES, in_thread, json_body, require_scope, services
 from scanner.api.problems import Problem
 from scanner.api.schemas import FeedbackRequest, FlaggedRow
 from scanner.api.text import is_clean
@@ -39,18 +38,17 @@ SCAN_SCOPES = ("scans:write", "reports:read")
 
 
 def add_routes(app: web.Application) -> None:
+    streams.install(app, app[SERVICES].settings.event_streams_per_key)
     app.router.add_post("/v1/scans", create_scan)
     app.router.add_get("/v1/scans/{scan_id}", get_scan)
     app.router.add_get("/v1/scans/{scan_id}/events", scan_events)
     app.router.add_get("/v1/images/{sha256}", get_image)
     app.router.add_post("/v1/images/{sha256}/feedback", post_feedback)
+    app.router.add_delete("/v1/images/{sha256}/feedback/{kind}", delete_feedback)
     app.router.add_get("/v1/reports/flagged", flagged_report)
     app.router.add_get("/v1/me", whoami)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    audits.add_routes(app)
-    dashboard.add_routes(app)
 
 
 # --- scans ---------------------------------------------------------------------------------------------------
@@ -94,12 +92,28 @@ def scan_document(request: web.Request, tenant_id: int, scan_id: str) -> dict[st
 
 
 async def scan_events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: ``item`` as each image settles, ``progress`` on every change, ``done`` at the end."""
+    """Server-sent events: ``item`` as each image settles, ``progress`` on every change, ``done`` at the end
+    (``timeout`` after ``SSE_MAX_S``, ``closing`` when the server shuts down).  Polling stops when the client
+    leaves; a key holds at most ``event_streams_per_key`` streams (``scanner.api.streams``)."""
     key = require_scope(request, *SCAN_SCOPES)
     scan_id = request.match_info["scan_id"]
     document = await in_thread(scan_document, request, key.tenant_id, scan_id)  # 404 before the stream starts
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    async with streams.stream_slot(request, key.id) as open_streams:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):  # the client left mid-write: nothing more to send
+            await _stream(request, response, open_streams, key.tenant_id, scan_id, document)
+        return response
+
+
+async def _stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    open_streams: streams.EventStreams,
+    tenant_id: int,
+    scan_id: str,
+    document: dict[str, Any],
+) -> None:
     settled: set[int] = set()
     last_counts = None
     started = time.monotonic()
@@ -114,10 +128,13 @@ async def scan_events(request: web.Request) -> web.StreamResponse:
         if document["status"] == "done" or time.monotonic() - started > SSE_MAX_S:
             await _event(response, "done" if document["status"] == "done" else "timeout", document)
             break
-        await asyncio.sleep(SSE_POLL_S)
-        document = await in_thread(scan_document, request, key.tenant_id, scan_id)
+        if await streams.pause(open_streams, SSE_POLL_S):
+            await _event(response, "closing", {"detail": "the server is shutting down: reconnect later"})
+            break
+        if streams.client_gone(request):
+            return
+        document = await in_thread(scan_document, request, tenant_id, scan_id)
     await response.write_eof()
-    return response
 
 
 async def _event(response: web.StreamResponse, name: str, data: Any) -> None:
@@ -201,6 +218,24 @@ def _record_feedback(request: web.Request, key: Any, sha256: str, body: Feedback
             "calibration_version": feedback.calibration_version,
             "created_at": _iso(feedback.created_at),
         }
+
+
+async def delete_feedback(request: web.Request) -> web.Response:
+    """Undo "this is a false flag" (or "missed"): the tenant's feedback of that kind on the image is withdrawn."""
+    key = require_scope(request, "scans:write")
+    sha256, kind = request.match_info["sha256"].lower(), request.match_info["kind"]
+    if kind not in ("false_flag", "missed"):
+        raise Problem(404, "unknown_feedback_kind", "the kinds of feedback are false_flag and missed")
+    await in_thread(_withdraw_feedback, request, key.tenant_id, sha256, kind)
+    return web.Response(status=204)
+
+
+def _withdraw_feedback(request: web.Request, tenant_id: int, sha256: str, kind: str) -> None:
+    with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
+        found = queries.image_seen_by(session, tenant_id, sha256) if SHA256.match(sha256) else None
+        if found is None:
+            raise Problem(404, "image_not_found", f"this key's tenant has not submitted the image {sha256}")
+        queries.withdraw_feedback(session, tenant_id, found[0].id, kind)
 
 
 CSV_COLUMNS = list(FlaggedRow.model_fields)
@@ -333,38 +368,6 @@ def _tenant_name(request: web.Request, tenant_id: int) -> str:
 
 
 # --- operations ----------------------------------------------------------------------------------------------
-
-
-async def healthz(request: web.Request) -> web.Response:
-    """``ok`` when the database answers, the broker answers and pending work is being consumed; ``degraded``
-    when work waits longer than the requeue interval (workers down or stuck); ``down`` without a database."""
-    svc = services(request)
-    database, oldest = await in_thread(_database_health, request)
-    broker = await svc.dispatcher.healthy() if svc.dispatcher else None
-    status = "ok"
-    if oldest is not None and oldest > svc.settings.requeue_after_s or broker is False:
-        status = "degraded"
-    if not database:
-        status = "down"
-    body = {
-        "status": status,
-        "mode": "embedded" if svc.settings.embedded else "distributed",
-        "database": database,
-        "broker": broker,
-        "oldest_pending_s": oldest,
-        "model_version": svc.versions.model_version,
-        "calibration_version": svc.versions.calibration_version,
-    }
-    return web.json_response(body, status=503 if status == "down" else 200)
-
-
-def _database_health(request: web.Request) -> tuple[bool, float | None]:
-    try:
-        with transaction(services(request).sessions) as session:  # type: ignore[arg-type]
-            session.execute(text("SELECT 1"))
-            return True, queries.oldest_pending_age_s(session)
-    except Exception:  # noqa: BLE001 - any failure means the database is unusable
-        return False, None
 
 
 async def metrics(request: web.Request) -> web.Response:

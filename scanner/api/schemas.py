@@ -133,12 +133,27 @@ class FlaggedReport(BaseModel):
     next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last page")
 
 
+ComponentState = Literal["ok", "degraded", "down", "unknown", "not_used"]
+
+
+class HealthComponents(BaseModel):
+    """Each part's state, so that a degraded service says which part is degraded."""
+
+    database: ComponentState
+    broker: ComponentState = Field(description="not_used in the embedded mode")
+    workers: ComponentState = Field(description="degraded when no worker process beats: work is not consumed")
+    queue: ComponentState = Field(description="degraded when an image waits longer than the requeue interval")
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "down"]
     mode: Literal["embedded", "distributed"]
     database: bool
     broker: bool | None
     oldest_pending_s: float | None = Field(description="age of the oldest unfinished image: proves consumption")
+    workers: int | None = Field(description="live worker processes (their heartbeats); null when unknown")
+    components: HealthComponents
+    checked_s_ago: float = Field(description="age of the probe results (probed in the background)")
     model_version: str
     calibration_version: str
 
@@ -233,6 +248,10 @@ class AuditOut(BaseModel):
     missed_run_policy: Literal["run-once", "skip"]
     enabled: bool
     robustness_sample: int
+    allow_private: bool = Field(
+        description="may crawl private addresses and any port: set only by `scanner audit add --allow-private` "
+        "on the server's machine; audits made through the API follow the server's fetch rules"
+    )
     created_at: dt.datetime
     last_run_at: dt.datetime | None
     next_run_at: dt.datetime | None
@@ -255,7 +274,9 @@ class RobustnessOut(BaseModel):
 class AuditRunOut(BaseModel):
     id: int
     audit_id: int
-    status: Literal["running", "done", "failed", "missed"]
+    status: Literal["queued", "running", "done", "failed", "missed"] = Field(
+        description="queued: waiting for the tenant's (audit_runs_per_tenant) or the runner's limit of runs at once"
+    )
     trigger: str
     started_at: dt.datetime
     finished_at: dt.datetime | None
@@ -265,7 +286,11 @@ class AuditRunOut(BaseModel):
     newly_flagged: int
     gone: int
     changed: int
-    error: str | None
+    error: str | None = Field(description="why a failed run failed, for people")
+    error_code: str | None = Field(
+        description="why a failed run failed, stable: a fetch refusal (blocked_address, blocked_port, dns_failure, "
+        "bad_url), no_page (no page could be crawled), lock_expired (its runner stopped) or crawl_error"
+    )
     robustness: RobustnessOut | None = Field(description="the black-box attack's result, when the audit asks")
 
 

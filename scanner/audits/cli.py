@@ -8,25 +8,25 @@ import dataclasses
 import sys
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from scanner import secretbox
-from scanner.audits import schedule, store, webhooks
+from scanner.audits import schedule, store
+from scanner.audits import spec as spec_rules
 from scanner.helpformat import HelpFormatter
 from scanner.settings import Settings
+from scanner.terminal import console
 
 DEFAULT_TICK_S = 30.0
-
-
-MAX_ROBUSTNESS_SAMPLE = 256
 
 
 def add_parser(sub: Any) -> None:
     audit = sub.add_parser("audit", help="scheduled audits of a site")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     add = audit_sub.add_parser("add", help="audit a site on a schedule", formatter_class=HelpFormatter)
-    add.add_argument("site", help="start URL (a bare host gets https://)")
+    add.add_argument(
+        "site", help="start URL, e.g. https://shop.example/ (a bare host gets https://, a bare 127.0.0.1:8000 http://)"
+    )
     when = add.add_mutually_exclusive_group(required=True)
     when.add_argument("--every", help="interval: 30s, 15m, 6h, 1d")
     when.add_argument("--cron", help='5-field cron expression in UTC, e.g. "0 3 * * *"')
@@ -52,6 +52,12 @@ def add_parser(sub: Any) -> None:
         help="each run attacks N of the site's images with Square (black box, eps 8/255) and reports the flips",
     )
     add.add_argument("--disabled", action="store_true", help="create it paused")
+    add.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="your own local or staging site: its runs may reach private addresses (127.0.0.1, 10.x, ...) and any "
+        "port, whatever the server's fetch settings; recorded with the audit and shown by `audit list`",
+    )
     audit_sub.add_parser("list", help="list audits").add_argument("--tenant", help="only this tenant's audits")
     audit_id = "the audit's id (`scanner audit list`)"
     audit_sub.add_parser("run", help="run an audit now, in the foreground").add_argument(
@@ -71,11 +77,14 @@ def add_worker_options(worker: argparse.ArgumentParser) -> None:
 
 
 def worker_arguments(args: argparse.Namespace, app: Any, settings: Settings) -> list[str]:
-    """Extra ``celery worker`` arguments for ``scanner worker --beat``: the embedded beat and its tick."""
+    """The audits' part of ``scanner worker``: the audit tasks registered on the worker's app (made by
+    ``scanner.analysis.tasks``, which knows no audits), and with ``--beat`` the embedded beat and its tick; the
+    extra ``celery worker`` arguments."""
+    from scanner.audits.tasks import enable_beat, register
+
+    register(app, settings)
     if not args.beat:
         return []
-    from scanner.audits.tasks import enable_beat
-
     enable_beat(app, args.audit_tick)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return ["--beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}"]
@@ -86,7 +95,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     from scanner.db.session import make_sessionmaker
 
     try:
-        engine = migrate.current_engine(settings.db_url, upgrade_if_behind=settings.embedded)
+        engine = migrate.open_current(settings)
     except migrate.SchemaOutOfDate as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -101,52 +110,17 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
 
 
-def spec_from(site: str, schedule_text: str, **options: Any) -> store.AuditSpec:
-    """A validated audit (shared by the CLI and the API): raises ValueError with a message for people."""
-    start_url = site if "://" in site else f"https://{site}"
-    parsed = schedule.parse(schedule_text)
-    spec = store.AuditSpec(start_url=start_url, schedule=parsed.text, **options)
-    if spec.max_pages < 1 or spec.max_depth < 0:
-        raise ValueError("max_pages must be at least 1 and max_depth at least 0")
-    if spec.missed_run_policy not in schedule.MISSED_POLICIES:
-        raise ValueError(f"the missed-run policy is one of {', '.join(schedule.MISSED_POLICIES)}")
-    if not 0 <= spec.robustness_sample <= MAX_ROBUSTNESS_SAMPLE:
-        raise ValueError(f"the robustness sample is 0 to {MAX_ROBUSTNESS_SAMPLE} images")
-    if bool(spec.webhook_url) != bool(spec.webhook_secret):
-        raise ValueError("a webhook needs both its URL and its secret")
-    return spec
-
-
-def check_start_url(start_url: str, settings: Settings) -> None:
-    """Audit runs crawl on the server under the fetcher's rules, so a start URL they would refuse is refused
-    now, with the setting that allows it, rather than failing at every run."""
+def check_start_url(start_url: str, settings: Settings, allow_private: bool = False) -> None:
+    """``spec.check_start_url``, saying how to audit one's own local or staging site when it is refused."""
     import asyncio
 
-    from scanner.fetch import FetchError, check_target
-    from scanner.intake import fetch_policy
+    from scanner.fetch import FetchError
 
     try:
-        asyncio.run(check_target(start_url, fetch_policy(settings)))
+        asyncio.run(spec_rules.check_start_url(start_url, settings, allow_private))
     except FetchError as err:
-        raise ValueError(
-            f"audit runs may not crawl {start_url}: {err.message} (for an intranet or local site set "
-            "SCANNER_FETCH_ALLOW_PRIVATE=true, and SCANNER_FETCH_ANY_PORT=true for ports other than 80 and 443)"
-        ) from err
-
-
-def check_webhook(spec: store.AuditSpec, settings: Settings | None) -> None:
-    from scanner.fetch import FetchError
-    from scanner.intake import fetch_policy
-
-    if spec.webhook_url:
-        if not spec.webhook_url.lower().startswith(("http://", "https://")):
-            raise ValueError("the webhook URL must be an http(s) URL")
-        if settings is None:  # the API: the address is checked at each delivery, and a refusal recorded there
-            return
-        try:
-            webhooks.check_target(spec.webhook_url, fetch_policy(settings))
-        except FetchError as err:
-            raise ValueError(f"the webhook URL is refused: {err}") from err
+        hint = "" if allow_private else " (your own local or staging site: add --allow-private)"
+        raise ValueError(f"audit runs may not crawl {start_url}: {err.message}{hint}") from err
 
 
 def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
@@ -157,7 +131,7 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     if args.max_pages < 1 or args.max_depth < 0:  # said with the options people typed, not the fields' names
         raise ValueError("--max-pages must be at least 1 and --max-depth at least 0")
 
-    spec = spec_from(
+    spec = spec_rules.spec_from(
         args.site,
         schedule.interval_text(args.every) if args.every else args.cron,
         max_pages=args.max_pages,
@@ -170,9 +144,10 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         enabled=not args.disabled,
         name=args.name,
         robustness_sample=args.robustness_sample,
+        allow_private=args.allow_private,
     )
-    check_start_url(spec.start_url, settings)
-    check_webhook(spec, settings)
+    check_start_url(spec.start_url, settings, args.allow_private)
+    spec_rules.check_webhook(spec, settings)
     spec = dataclasses.replace(spec, webhook_secret=secretbox.encrypt(settings, spec.webhook_secret))  # at rest
     with transaction(sessions) as session:
         tenant = keys.get_or_create_tenant(session, args.tenant)
@@ -199,7 +174,10 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.db.models import Audit, Site, Tenant
 
     table = Table(title="audits")
-    columns = ("id", "name", "tenant", "site", "start url", "schedule", "missed", "enabled", "last run", "next run")
+    columns = (
+        "id", "name", "tenant", "site", "start url", "schedule", "missed", "enabled", "private ok", "last run",
+        "next run",
+    )  # fmt: skip
     for column in columns:
         table.add_column(column)
     query = select(Audit, Site.host, Tenant.name).join(Site, Site.id == Audit.site_id).join(Tenant)
@@ -209,10 +187,11 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         for audit, host, tenant in session.execute(query.order_by(Audit.id)):
             table.add_row(
                 str(audit.id), audit.name or host, tenant, host, audit.start_url, audit.schedule,
-                audit.missed_run_policy, "yes" if audit.enabled else "no", _when(audit.last_run_at),
+                audit.missed_run_policy, "yes" if audit.enabled else "no", "yes" if audit.allow_private else "no",
+                _when(audit.last_run_at),
                 _when(audit.next_run_at),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 
@@ -220,7 +199,7 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
     from scanner.audits import runner
 
     try:
-        result = runner.run_now(settings, args.audit_id, Console(stderr=True))
+        result = runner.run_now(settings, args.audit_id, console(stderr=True))
     except store.AlreadyRunning as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -228,7 +207,7 @@ def _run(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.status != "done":
-        print(f"run {result.run_id} failed: {result.error}", file=sys.stderr)
+        print(f"run {result.run_id} failed ({result.error_code}): {result.error}", file=sys.stderr)
         return 1
     diff = result.diff or {}
     counts = ", ".join(f"{name} {value}" for name, value in result.counts.items())
@@ -252,6 +231,7 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
         "gone",
         "changed",
         "flipped by attack",
+        "reason",
     )
     for column in columns:
         table.add_column(column)
@@ -262,9 +242,9 @@ def _history(args: argparse.Namespace, settings: Settings, sessions: Any) -> int
         for run in store.runs_of(session, args.audit_id, args.limit):
             table.add_row(
                 str(run.id), _when(run.started_at), run.status, str(run.pages), str(run.images), str(run.flagged),
-                str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness),
+                str(run.newly_flagged), str(run.gone), str(run.changed), _flips(run.robustness), _reason(run),
             )  # fmt: skip
-    Console(width=200).print(table)
+    console().print(table)
     return 0
 
 
@@ -277,6 +257,13 @@ def _remove(args: argparse.Namespace, settings: Settings, sessions: Any) -> int:
             return 1
     print(f"audit {args.audit_id} removed")
     return 0
+
+
+def _reason(run: Any) -> str:
+    """Why a failed run failed: its code, then what it means for people."""
+    if run.status != "failed":
+        return "-"
+    return f"{run.error_code or 'error'}: {run.error}" if run.error else (run.error_code or "-")
 
 
 def _flips(robustness: dict[str, Any] | None) -> str:

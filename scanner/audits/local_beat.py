@@ -1,7 +1,7 @@
 """The audit schedule without Celery: ``scanner serve`` in the embedded mode ticks the database schedule itself.
 
 Why not beat: the embedded mode has no broker, so no Celery worker could take a run.  The tick is the very one
-beat runs (``scanner.audits.tasks.tick``): the compare-and-set on ``next_run_at``, the run lock and the
+beat runs (``scanner.audits.runner.tick``): the compare-and-set on ``next_run_at``, the run lock and the
 missed-run policy are the same, so a ``scanner serve`` and a ``scanner worker --beat`` on one database still
 start each slot once.  Runs execute in the server's event loop (``runner.execute_run``) and analyse with the
 engine the server already loaded (``scanner.analysis.pipeline.engine_for`` is one engine per process).
@@ -19,7 +19,6 @@ from aiohttp import web
 from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.audits import runner, store
-from scanner.audits.tasks import tick
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 
@@ -64,7 +63,7 @@ class LocalScheduler:
     async def _tick_forever(self) -> None:
         while not self._stopping.is_set():
             try:
-                started = await asyncio.to_thread(tick, self.sessions, _ignore, self.tick_s)
+                started = await asyncio.to_thread(runner.tick, self.sessions, _ignore, self.tick_s)
             except Exception:  # noqa: BLE001 - a database hiccup must not end the schedule
                 log.exception("audit schedule tick failed; retrying at the next tick")
                 started = []
@@ -90,7 +89,7 @@ class LocalScheduler:
 
     def _fail(self, run_id: int) -> None:
         with transaction(self.sessions) as session:
-            store.fail_run(session, run_id, STOPPED)
+            store.fail_run(session, run_id, STOPPED, "stopped")
 
 
 def _ignore(run_id: int) -> None:

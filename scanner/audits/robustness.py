@@ -53,21 +53,22 @@ def check(
     import torch
 
     from training.attacks import square
-    from worker.engine.images import ImageError, decode_image, to_model_input
+    from worker.engine.images import ImageError, decoding, to_model_input
 
-    images, skipped = [], 0
+    inputs, skipped = [], 0
     for data in blobs:
-        try:
-            images.append(decode_image(data, engine.limits, engine.draft_size))
+        try:  # only the model input is kept: the decoded pixels go as soon as it is cut (the pixel budget)
+            with decoding(data, engine.limits, engine.draft_size) as image:
+                inputs.append(to_model_input([image], engine.input_size))
         except ImageError:
             skipped += 1
-    if not images:
+    if not inputs:
         return RobustnessResult(0, 0, skipped, eps, queries, engine.model_version)
     model = engine.robust.model.eval()
-    x = to_model_input(images, engine.input_size).to(engine.device)
+    x = torch.cat(inputs).to(engine.device)
     with torch.no_grad():
         clean = model(x).argmax(1)
     adversarial = square(model, x, clean, eps, queries, seed)
     with torch.no_grad():
         flipped = int((model(adversarial).argmax(1) != clean).sum())
-    return RobustnessResult(len(images), flipped, skipped, eps, queries, engine.model_version)
+    return RobustnessResult(len(inputs), flipped, skipped, eps, queries, engine.model_version)

@@ -17,6 +17,8 @@ import logging
 import os
 import socket
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +27,17 @@ from rich.console import Console
 from sqlalchemy.orm import Session, sessionmaker
 
 from scanner import secretbox
-from scanner.audits import store, webhooks
+from scanner.audits import schedule, store, webhooks
 from scanner.audits.diff import Seen, compare
 from scanner.crawl import CrawlConfig
-from scanner.crawl_command import CrawlOutcome
-from scanner.db.models import Audit
+from scanner.crawl.scan import CrawlOutcome
+from scanner.db.models import Audit, utcnow
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 60.0
+ADMIT_POLL_S = 1.0  # how often a queued run asks again to be admitted
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ class RunResult:
     counts: dict[str, int]
     diff: dict[str, Any] | None
     error: str | None = None
+    error_code: str | None = None
+
+
+class RunFailed(Exception):
+    """A run that cannot succeed, with its stable reason: ``code`` is recorded with the run (``error_code``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def owner_id() -> str:
@@ -56,6 +68,42 @@ def claim(sessions: sessionmaker[Session], audit_id: int, trigger: str = "manual
         return store.claim_run(session, audit_id, owner_id(), trigger)
 
 
+def tick(sessions: sessionmaker[Session], enqueue: Callable[[int], Any], tick_s: float) -> list[int]:
+    """One tick of the schedule: start every due audit's run (by the missed-run policy) and ``enqueue`` it; the
+    run ids started.  Beat's task (``scanner.audits.tasks``) and the embedded scheduler of ``scanner serve``
+    (``scanner.audits.local_beat``) both call it, so neither starts a slot the other took."""
+    now = utcnow()
+    with sessions() as session:
+        due = store.due_audits(session, now)
+    started = []
+    for audit_id, slot in due:
+        run_id = _claim_slot(sessions, audit_id, slot, now, dt.timedelta(seconds=3 * tick_s))
+        if run_id is not None:
+            enqueue(run_id)
+            started.append(run_id)
+    return started
+
+
+def _claim_slot(
+    sessions: sessionmaker[Session], audit_id: int, slot: dt.datetime, now: dt.datetime, grace: dt.timedelta
+) -> int | None:
+    with transaction(sessions) as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None:
+            return None
+        run, following = schedule.next_slot(schedule.parse(audit.schedule), slot, now, audit.missed_run_policy, grace)
+        if not store.advance_slot(session, audit_id, slot, following):
+            return None  # another tick took this slot
+        if not run:
+            log.info("audit %s: slot %s missed, skipped by policy", audit_id, slot.isoformat())
+            return None
+        try:
+            return store.claim_run(session, audit_id, f"queued:{owner_id()}", "schedule", now)
+        except store.AlreadyRunning:
+            log.info("audit %s: slot %s comes while a run is still going on: not started", audit_id, slot)
+            return None
+
+
 async def execute_run(
     settings: Settings, run_id: int, console: Console | None = None, webhook_backoff_s: float = webhooks.BACKOFF_S
 ) -> RunResult:
@@ -64,26 +112,88 @@ async def execute_run(
     sessions = make_sessionmaker(engine)
     try:
         owner = owner_id()
-        with transaction(sessions) as session:
-            if not store.adopt_run(session, run_id, owner):
-                raise store.AlreadyRunning(f"run {run_id} is no longer running: its lock was taken over")
-        audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
-        result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
-        if audit.webhook_url and result.status == "done":
-            payload = _payload(audit, result)
-            policy = _webhook_policy(settings)
-            await webhooks.deliver(
-                sessions,
-                run_id,
-                audit.webhook_url,
-                secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
-                payload,
-                policy,
-                backoff_s=webhook_backoff_s,
-            )
-        return result
+        await _wait_for_admission(settings, sessions, run_id, owner)
+        try:
+            return await _execute(settings, sessions, run_id, owner, console, webhook_backoff_s)
+        finally:
+            _PROCESS_SLOTS.release()
     finally:
         engine.dispose()
+
+
+class _ProcessSlots:
+    """The audit runs this process executes at once (each drives a browser).  A counter under a thread lock, not
+    an asyncio semaphore: Celery runs each task in its own event loop, and the embedded server's runs share one."""
+
+    def __init__(self) -> None:
+        self._lock, self.taken = threading.Lock(), 0
+
+    def take(self, limit: int) -> bool:
+        with self._lock:
+            if self.taken >= limit:
+                return False
+            self.taken += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.taken -= 1
+
+
+_PROCESS_SLOTS = _ProcessSlots()
+
+
+async def _wait_for_admission(settings: Settings, sessions: sessionmaker[Session], run_id: int, owner: str) -> None:
+    """Wait, queued, for one of this process's slots and for the tenant's limit to admit the run (the waiting run's
+    lock is extended meanwhile); on return the run is running and holds a slot.  Raises ``AlreadyRunning`` when
+    the run was taken over while it waited."""
+
+    def admit() -> bool:
+        with transaction(sessions) as session:
+            return store.admit_run(session, run_id, owner, settings.audit_runs_per_tenant)
+
+    while True:
+        if _PROCESS_SLOTS.take(settings.audit_runs_per_process):
+            try:
+                if await asyncio.to_thread(admit):
+                    return
+            except BaseException:
+                _PROCESS_SLOTS.release()
+                raise
+            _PROCESS_SLOTS.release()
+        elif not await asyncio.to_thread(_still_queued, sessions, run_id, owner):
+            raise store.AlreadyRunning(f"run {run_id} is no longer queued: its lock was taken over")
+        await asyncio.sleep(ADMIT_POLL_S)
+
+
+def _still_queued(sessions: sessionmaker[Session], run_id: int, owner: str) -> bool:
+    with transaction(sessions) as session:
+        return store.admit_run(session, run_id, owner, 0)  # a limit of 0 admits nothing: extends the lock only
+
+
+async def _execute(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    run_id: int,
+    owner: str,
+    console: Console | None,
+    webhook_backoff_s: float,
+) -> RunResult:
+    audit, tenant = await asyncio.to_thread(_load, sessions, run_id)
+    result = await _crawl_and_record(settings, sessions, run_id, owner, audit, tenant, console)
+    if audit.webhook_url:  # a failed run too: the receiver learns why, rather than hearing nothing
+        payload = _payload(audit, result)
+        policy = _webhook_policy(settings)
+        await webhooks.deliver(
+            sessions,
+            run_id,
+            audit.webhook_url,
+            secretbox.decrypt(settings, audit.webhook_secret) or "",  # encrypted at rest
+            payload,
+            policy,
+            backoff_s=webhook_backoff_s,
+        )
+    return result
 
 
 async def _crawl_and_record(
@@ -97,16 +207,20 @@ async def _crawl_and_record(
 ) -> RunResult:
     beat = asyncio.create_task(_heartbeat(sessions, run_id, owner))
     try:
-        outcome = await _crawl(settings, audit, tenant, console or Console(stderr=True, quiet=True))
+        outcome = await _crawl(settings, audit, tenant, console)
         robustness = None
         if audit.robustness_sample:
             robustness = await asyncio.to_thread(_robustness_check, settings, sessions, audit, outcome, run_id)
         return await asyncio.to_thread(_record, sessions, run_id, audit.id, outcome, robustness)
+    except RunFailed as err:
+        log.warning("audit %s run %s failed: %s: %s", audit.id, run_id, err.code, err)
+        await asyncio.to_thread(_fail, sessions, run_id, str(err), err.code)
+        return RunResult(run_id, "failed", {}, None, str(err), err.code)
     except Exception as err:  # noqa: BLE001 - any failure ends the run as failed, with its reason
         log.exception("audit %s run %s failed", audit.id, run_id)
         error = f"{type(err).__name__}: {err}"
-        await asyncio.to_thread(_fail, sessions, run_id, error)
-        return RunResult(run_id, "failed", {}, None, error)
+        await asyncio.to_thread(_fail, sessions, run_id, error, "crawl_error")
+        return RunResult(run_id, "failed", {}, None, error, "crawl_error")
     finally:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -135,24 +249,45 @@ async def _heartbeat(sessions: sessionmaker[Session], run_id: int, owner: str) -
             log.warning("run %s lost its lock", run_id)
 
 
-async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console) -> CrawlOutcome:
-    from scanner.crawl_command import crawl_and_scan
+async def _crawl(settings: Settings, audit: Audit, tenant: str, console: Console | None) -> CrawlOutcome:
+    """The audit's crawl, its progress on ``console`` (``scanner audit run``); none for scheduled runs."""
+    from scanner.crawl.progress import crawl_progress
+    from scanner.crawl.scan import crawl_and_scan
     from scanner.local import LocalSubmitter
 
+    await _check_start(settings, audit)
     # The local intake analyses in this process, whatever the settings' broker: see the module docstring.
     local = settings.model_copy(update={"broker_url": None, "result_backend": None})
     with tempfile.TemporaryDirectory(prefix="audit-") as workdir:
         config = _crawl_config(settings, audit, Path(workdir))
         async with LocalSubmitter(local, tenant) as submitter:
-            outcome = await crawl_and_scan(config, submitter, resume=False, console=console)
+            progress = crawl_progress(console) if console is not None else None
+            outcome = await crawl_and_scan(config, submitter, resume=False, progress=progress)
     outcome.mode = "audit"
     if not outcome.pages or all(page["error"] for page in outcome.pages):
-        raise RuntimeError(f"the crawl of {audit.start_url} reached no page")
+        errors = sorted({page["error"] for page in outcome.pages if page["error"]})
+        said = f" ({', '.join(errors)})" if errors else ""
+        raise RunFailed("no_page", f"the crawl of {audit.start_url} reached no page{said}")
     return outcome
 
 
+async def _check_start(settings: Settings, audit: Audit) -> None:
+    """The start URL under this run's rules, before a browser starts: a refusal becomes the run's reason (the
+    crawl itself would only see the guard's 403)."""
+    from scanner.audits.spec import check_start_url
+    from scanner.fetch import FetchError
+
+    try:
+        await check_start_url(audit.start_url, settings, audit.allow_private)
+    except FetchError as err:
+        hint = ""
+        if err.code in ("blocked_address", "blocked_port") and not audit.allow_private:
+            hint = " (an audit of a local or staging site: `scanner audit add URL --allow-private` on this machine)"
+        raise RunFailed(err.code, f"{audit.start_url} is refused: {err.message}{hint}") from None
+
+
 def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfig:
-    from scanner.intake import fetch_policy
+    from scanner.audits.spec import run_policy
 
     return CrawlConfig(
         start_url=audit.start_url,
@@ -162,8 +297,9 @@ def _crawl_config(settings: Settings, audit: Audit, workdir: Path) -> CrawlConfi
         exclude=tuple(audit.exclude or ()),
         max_image_bytes=settings.max_image_bytes,
         state_path=workdir / "frontier.sqlite",
-        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules.
-        network_policy=fetch_policy(settings),
+        # A crawl on a tenant's behalf: every request under the fetcher's address and port rules (or the wider
+        # ones the machine's owner gave this audit).
+        network_policy=run_policy(settings, audit.allow_private),
     )
 
 
@@ -202,16 +338,23 @@ def _record(
     return RunResult(run_id, "done", counts, diff)
 
 
-def _fail(sessions: sessionmaker[Session], run_id: int, error: str) -> None:
+def _fail(sessions: sessionmaker[Session], run_id: int, error: str, code: str) -> None:
     with transaction(sessions) as session:
-        store.fail_run(session, run_id, error)
+        store.fail_run(session, run_id, error, code)
 
 
 def _payload(audit: Audit, result: RunResult) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "id": result.run_id,
+        "status": result.status,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    if result.status == "failed":
+        run["error"] = {"code": result.error_code, "message": result.error}
     return {
         "event": "audit.run.finished",
         "audit": {"id": audit.id, "name": audit.name, "start_url": audit.start_url},
-        "run": {"id": result.run_id, "status": result.status, "finished_at": dt.datetime.now(dt.UTC).isoformat()},
+        "run": run,
         "counts": result.counts,
         "diff": result.diff,
     }

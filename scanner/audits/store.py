@@ -1,9 +1,10 @@
 """Every database statement of the audits, so that the race-sensitive ones sit together and are reviewed together.
 
-The run lock is an ``audit_runs`` row in state ``running`` with ``locked_by``/``lock_expires_at``.  Claiming it
-first touches the audit row with a no-op UPDATE: PostgreSQL then holds that row's lock, and SQLite its database
-write lock, until the claim commits, so concurrent claimers are serialised on both backends.  Under that lock
-an expired ``running`` row (a crashed runner) is marked failed, and the new row is inserted only if no running
+The run lock is an ``audit_runs`` row in state ``queued`` or ``running`` with ``locked_by``/``lock_expires_at``;
+a claimed run waits ``queued`` until its runner admits it (``admit_run``: the tenant's limit of running runs).
+Claiming it first touches the audit row with a no-op UPDATE: PostgreSQL then holds that row's lock, and SQLite
+its database write lock, until the claim commits, so concurrent claimers are serialised on both backends.
+Under that lock an expired live row (a crashed runner) is marked failed, and the new row is inserted only if no live
 row remains (INSERT ... SELECT ... WHERE NOT EXISTS).  The scheduler's slots are claimed with a compare-and-set
 on ``next_run_at`` in the same transaction, so two ticks (or two beats) never start the same slot twice.
 """
@@ -20,9 +21,20 @@ from sqlalchemy.orm import Session
 
 from scanner.audits.diff import Seen
 from scanner.db import queries
-from scanner.db.models import Audit, AuditRun, AuditRunImage, Image, Site, UTCDateTime, WebhookDelivery, utcnow
+from scanner.db.models import (
+    Audit,
+    AuditRun,
+    AuditRunImage,
+    Image,
+    Site,
+    Tenant,
+    UTCDateTime,
+    WebhookDelivery,
+    utcnow,
+)
 
 LOCK_LEASE = dt.timedelta(minutes=10)
+LIVE = ("queued", "running")  # a run in either state holds its audit's lock
 
 
 class AlreadyRunning(Exception):
@@ -45,6 +57,7 @@ class AuditSpec:
     enabled: bool = True
     name: str | None = None
     robustness_sample: int = 0  # images attacked by each run's black-box robustness check (0: none)
+    allow_private: bool = False  # may crawl private addresses and any port: the local CLI's --allow-private only
 
 
 def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at: dt.datetime) -> Audit:
@@ -66,6 +79,7 @@ def create_audit(session: Session, tenant_id: int, spec: AuditSpec, next_run_at:
         missed_run_policy=spec.missed_run_policy,
         enabled=spec.enabled,
         robustness_sample=spec.robustness_sample,
+        allow_private=spec.allow_private,
         created_at=utcnow(),
         next_run_at=next_run_at,
     )
@@ -110,27 +124,29 @@ def claim_run(
     now: dt.datetime | None = None,
     lease: dt.timedelta = LOCK_LEASE,
 ) -> int:
-    """Take the run lock of an audit by inserting its running run; the run's id.  Raises ``AlreadyRunning``
-    when a live run holds it and ``LookupError`` when the audit is gone.  Call it first in its transaction."""
+    """Take the run lock of an audit by inserting its run, queued; the run's id.  Raises ``AlreadyRunning``
+    when a live (queued or running) run holds it and ``LookupError`` when the audit is gone.  Call it first in
+    its transaction."""
     now = now or utcnow()
     touched = session.execute(update(Audit).where(Audit.id == audit_id).values(next_run_at=Audit.next_run_at))
     if touched.rowcount == 0:  # type: ignore[attr-defined]
         raise LookupError(f"no audit {audit_id}")
     session.execute(
         update(AuditRun)
-        .where(AuditRun.audit_id == audit_id, AuditRun.status == "running", AuditRun.lock_expires_at < now)
+        .where(AuditRun.audit_id == audit_id, AuditRun.status.in_(LIVE), AuditRun.lock_expires_at < now)
         .values(
             status="failed",
             error="the run lock expired: the runner stopped without finishing (taken over)",
+            error_code="lock_expired",
             finished_at=now,
             locked_by=None,
             lock_expires_at=None,
         )
     )
-    running = exists().where(AuditRun.audit_id == audit_id, AuditRun.status == "running")
+    running = exists().where(AuditRun.audit_id == audit_id, AuditRun.status.in_(LIVE))
     values = select(
         literal(audit_id),
-        literal("running"),
+        literal("queued"),  # the runner starts it when the tenant's and its own limits allow (admit_run)
         literal(trigger),
         literal(owner),
         literal(now + lease, UTCDateTime()),
@@ -143,10 +159,32 @@ def claim_run(
     return run_id
 
 
-def adopt_run(session: Session, run_id: int, owner: str, lease: dt.timedelta = LOCK_LEASE) -> bool:
-    """The runner that executes a run claimed elsewhere (by the scheduler) takes the lock over; False when the run
-    is no longer running (its lock expired and another claim replaced it)."""
-    return _extend(session, run_id, None, owner, lease)
+def admit_run(session: Session, run_id: int, owner: str, per_tenant: int, lease: dt.timedelta = LOCK_LEASE) -> bool:
+    """Start a queued run (queued -> running, ``owner`` takes its lock) if its tenant has fewer than
+    ``per_tenant`` runs running; False when it must wait.  Raises ``AlreadyRunning`` when the run is no longer
+    queued (its lock expired and another claim replaced it).  The tenant's row is touched first, so that two
+    runners admitting runs of one tenant are serialised (as ``claim_run`` is per audit)."""
+    now = utcnow()
+    tenant_id = session.scalar(
+        select(Audit.tenant_id).join(AuditRun, AuditRun.audit_id == Audit.id).where(AuditRun.id == run_id)
+    )
+    if tenant_id is None:
+        raise AlreadyRunning(f"run {run_id} is gone")
+    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(name=Tenant.name))
+    running = session.scalar(
+        select(func.count(AuditRun.id))
+        .join(Audit, Audit.id == AuditRun.audit_id)
+        .where(Audit.tenant_id == tenant_id, AuditRun.status == "running", AuditRun.lock_expires_at >= now)
+    )
+    if running >= per_tenant:
+        return _extend(session, run_id, None, owner, lease, "queued") or _gone(run_id)
+    query = update(AuditRun).where(AuditRun.id == run_id, AuditRun.status == "queued")
+    result = session.execute(query.values(status="running", locked_by=owner, lock_expires_at=now + lease))
+    return result.rowcount == 1 or _gone(run_id)  # type: ignore[attr-defined]
+
+
+def _gone(run_id: int) -> bool:
+    raise AlreadyRunning(f"run {run_id} is no longer queued: its lock was taken over")
 
 
 def heartbeat(session: Session, run_id: int, owner: str, lease: dt.timedelta = LOCK_LEASE) -> bool:
@@ -154,12 +192,22 @@ def heartbeat(session: Session, run_id: int, owner: str, lease: dt.timedelta = L
     return _extend(session, run_id, owner, owner, lease)
 
 
-def _extend(session: Session, run_id: int, holder: str | None, owner: str, lease: dt.timedelta) -> bool:
-    query = update(AuditRun).where(AuditRun.id == run_id, AuditRun.status == "running")
+def _extend(
+    session: Session, run_id: int, holder: str | None, owner: str, lease: dt.timedelta, status: str = "running"
+) -> bool:
+    query = update(AuditRun).where(AuditRun.id == run_id, AuditRun.status == status)
     if holder is not None:
         query = query.where(AuditRun.locked_by == holder)
     result = session.execute(query.values(locked_by=owner, lock_expires_at=utcnow() + lease))
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def manual_runs_since(session: Session, audit_id: int, since: dt.datetime) -> list[dt.datetime]:
+    """When the audit's manual runs since ``since`` started, oldest first (the trigger's rate limit)."""
+    query = select(AuditRun.started_at).where(
+        AuditRun.audit_id == audit_id, AuditRun.trigger == "manual", AuditRun.started_at >= since
+    )
+    return list(session.scalars(query.order_by(AuditRun.started_at)))
 
 
 def finish_run(
@@ -200,11 +248,20 @@ def finish_run(
     session.execute(update(Audit).where(Audit.id == run.audit_id).values(last_run_at=now))
 
 
-def fail_run(session: Session, run_id: int, error: str) -> None:
+def fail_run(session: Session, run_id: int, error: str, code: str = "crawl_error") -> None:
+    """End a run as failed with its reason: ``code`` stable (``scanner.audits.runner`` names them), ``error`` for
+    people."""
     session.execute(
         update(AuditRun)
         .where(AuditRun.id == run_id)
-        .values(status="failed", error=error[:4000], finished_at=utcnow(), locked_by=None, lock_expires_at=None)
+        .values(
+            status="failed",
+            error=error[:4000],
+            error_code=code[:40],
+            finished_at=utcnow(),
+            locked_by=None,
+            lock_expires_at=None,
+        )
     )
 
 

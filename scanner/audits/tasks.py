@@ -1,5 +1,6 @@
 """The Celery side of audits: ``scanner.audits.tick`` (run by beat every few seconds) claims the due slots of the
-DB-backed schedule and enqueues ``scanner.audits.run`` for each run it started.
+DB-backed schedule (``runner.tick``, which the embedded scheduler calls too) and enqueues ``scanner.audits.run``
+for each run it started.
 
 Why the schedule lives in the database and not in beat: beat only ticks; ``next_run_at`` moves on by a
 compare-and-set in the same transaction that takes the run lock, so a second beat (or a tick that overlaps the
@@ -10,17 +11,14 @@ a worker killed) keeps its lock only until the lease expires; the next claim the
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
-from scanner.audits import runner, schedule, store
-from scanner.db.models import Audit, utcnow
-from scanner.db.session import make_engine, make_sessionmaker, transaction
+from scanner.audits import runner, store
+from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,42 +27,9 @@ RUN_TASK = "scanner.audits.run"
 DEFAULT_TICK_S = 30.0
 
 
-def tick(sessions: sessionmaker[Session], enqueue: Callable[[int], Any], tick_s: float = DEFAULT_TICK_S) -> list[int]:
-    """Start every due audit's run (by the missed-run policy) and enqueue it; the run ids started."""
-    now = utcnow()
-    with sessions() as session:
-        due = store.due_audits(session, now)
-    started = []
-    for audit_id, slot in due:
-        run_id = _claim_slot(sessions, audit_id, slot, now, dt.timedelta(seconds=3 * tick_s))
-        if run_id is not None:
-            enqueue(run_id)
-            started.append(run_id)
-    return started
-
-
-def _claim_slot(
-    sessions: sessionmaker[Session], audit_id: int, slot: dt.datetime, now: dt.datetime, grace: dt.timedelta
-) -> int | None:
-    with transaction(sessions) as session:
-        audit = session.get(Audit, audit_id)
-        if audit is None:
-            return None
-        run, following = schedule.next_slot(schedule.parse(audit.schedule), slot, now, audit.missed_run_policy, grace)
-        if not store.advance_slot(session, audit_id, slot, following):
-            return None  # another tick took this slot
-        if not run:
-            log.info("audit %s: slot %s missed, skipped by policy", audit_id, slot.isoformat())
-            return None
-        try:
-            return store.claim_run(session, audit_id, f"queued:{runner.owner_id()}", "schedule", now)
-        except store.AlreadyRunning:
-            log.info("audit %s: slot %s comes while a run is still going on: not started", audit_id, slot)
-            return None
-
-
 def register(app: Celery, settings: Settings) -> None:
-    """Register the audit tasks on the worker's app (``scanner.analysis.tasks.create_worker_app`` calls it)."""
+    """Register the audit tasks on the worker's app (``scanner worker`` calls it through
+    ``scanner.audits.cli.worker_arguments``, on the app of ``scanner.analysis.tasks.create_worker_app``)."""
     holder: dict[str, sessionmaker[Session]] = {}
 
     def sessions() -> sessionmaker[Session]:  # per process, created on first use (after the fork)
@@ -74,7 +39,7 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=TICK_TASK, ignore_result=True)
     def tick_task(tick_s: float = DEFAULT_TICK_S) -> list[int]:
-        return tick(sessions(), lambda run_id: run_task.delay(run_id), tick_s)
+        return runner.tick(sessions(), lambda run_id: run_task.delay(run_id), tick_s)
 
     @app.task(name=RUN_TASK, ignore_result=True, acks_late=False)
     def run_task(run_id: int) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scanner.audits import store
 from scanner.db.session import transaction
-from scanner.fetch import FetchError, FetchPolicy, GuardedConnector, GuardedResolver, check_url
+from scanner.fetch import FetchError, FetchPolicy, GuardedConnector, GuardedResolver, as_fetch_error, check_url
 
 ATTEMPTS = 3
 BACKOFF_S = 1.0
@@ -94,7 +94,8 @@ async def _attempt(
             error = None if reply.status < 400 else f"HTTP {reply.status}"
             return reply.status, error, (time.perf_counter() - started) * 1000
     except (aiohttp.ClientError, TimeoutError, OSError, FetchError) as err:
-        return None, f"{type(err).__name__}: {err}", (time.perf_counter() - started) * 1000
+        refused = as_fetch_error(err, url)  # the fetcher's code first: blocked_address, dns_failure, timeout...
+        return None, f"{refused.code}: {refused.message}", (time.perf_counter() - started) * 1000
 
 
 def _record(

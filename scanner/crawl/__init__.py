@@ -4,7 +4,9 @@ It yields one PageResult per page, with each image's bytes; it does not analyse 
 each: ``urls`` (normalisation, scope, traps), ``state``/``frontier``/``imagestore`` (the resumable SQLite state),
 ``robots``/``sitemaps``/``textfetch`` (site metadata over aiohttp), ``politeness`` (per-host pacing),
 ``browser``/``render``/``extract``/``images`` (Chromium, page loading, image discovery and bytes) and
-``crawler`` (the scheduler tying them together).
+``crawler`` (the scheduler tying them together).  Above the engine, ``scan`` hands each page's images to a
+submitter and follows their verdicts (the loop ``scanner crawl``, ``scanner demo`` and the audit runs share), and
+``progress`` draws its live progress line.
 """
 
 from scanner.crawl.browser import BrowserNotFoundError, find_chromium, launch_browser

@@ -6,8 +6,15 @@ and the usual names on PATH). Machines without internet cannot run ``playwright 
 package is a first-class choice, not a hack.
 
 Flags: the background-networking, component-update and sync flags stop Chromium from calling home (on a closed
-network those calls fail and retry forever); ``--no-sandbox`` only when running as root, where Chromium refuses
-to start otherwise; for everyone else the sandbox stays on, because the crawler renders untrusted pages.
+network those calls fail and retry forever).  Those alone left Chromium 156 resolving accounts.google.com and
+update.googleapis.com about three times a second (its sign-in and component services ignore them), so the
+sign-in, component-update and variations services are pointed at ``127.0.0.1:9``, a port Chromium never
+connects to (it is on its restricted list), and pings, DNS prefetch, domain reliability reports and phishing
+checks are off.  A crawl confined to the guard proxy (an audit, ``scanner.crawl.guard``) also gets host
+resolver rules that resolve no name at all: its pages reach the network through the proxy, which resolves
+for them, and nothing the browser does for itself can send a DNS query past it.  ``--no-sandbox`` only when
+running as root, where Chromium refuses to start otherwise; for everyone else the sandbox stays on, because
+the crawler renders untrusted pages.
 
 Memory: Playwright's memory grows with every page a context has seen, so contexts are recycled after N pages;
 a retired context is closed when its last page is, and each page is closed before its context.
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 
 SYSTEM_CHROMIUMS = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+NOWHERE = "http://127.0.0.1:9/"  # the discard port: on Chromium's list of ports it never connects to
 QUIET_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
@@ -34,7 +42,19 @@ QUIET_FLAGS = (
     "--headless=new",
     # WebRTC may send UDP past the proxy an audit's crawl is confined to (scanner.crawl.guard): no UDP but proxied.
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    # Phone-home services that the flags above leave running, sent to a port Chromium refuses to connect to.
+    f"--gaia-url={NOWHERE}",
+    f"--component-updater=url-source={NOWHERE}",
+    f"--variations-server-url={NOWHERE}",
+    "--no-pings",
+    "--dns-prefetch-disable",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--safebrowsing-disable-auto-update",
 )
+# A crawl whose every request goes through the guard proxy: Chromium itself resolves no name (the proxy's
+# address is a literal), so nothing it does for itself leaves the machine.
+CONFINED_FLAGS = ("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",)
 VIEWPORT = {"width": 1280, "height": 800}
 
 
@@ -66,10 +86,11 @@ def find_chromium(
     )
 
 
-def launch_args(euid: int | None = None) -> list[str]:
-    """Command-line flags for Chromium; ``--no-sandbox`` only for root."""
+def launch_args(euid: int | None = None, confined: bool = False) -> list[str]:
+    """Command-line flags for Chromium; ``confined``: every page request goes through a proxy (no name is
+    resolved by Chromium); ``--no-sandbox`` only for root."""
     root = (os.geteuid() if euid is None else euid) == 0
-    return [*QUIET_FLAGS, *(["--no-sandbox"] if root else [])]
+    return [*QUIET_FLAGS, *(CONFINED_FLAGS if confined else ()), *(["--no-sandbox"] if root else [])]
 
 
 @dataclass
@@ -87,8 +108,10 @@ class LaunchedBrowser:
             await self.playwright.stop()
 
 
-async def launch_browser(browser_path: str | None = None, env: Mapping[str, str] | None = None) -> LaunchedBrowser:
-    """Start Playwright and Chromium (new headless mode)."""
+async def launch_browser(
+    browser_path: str | None = None, env: Mapping[str, str] | None = None, confined: bool = False
+) -> LaunchedBrowser:
+    """Start Playwright and Chromium (new headless mode); ``confined`` for a crawl behind the guard proxy."""
     playwright = await async_playwright().start()
     try:
         env = os.environ if env is None else env
@@ -96,7 +119,7 @@ async def launch_browser(browser_path: str | None = None, env: Mapping[str, str]
         browser = await playwright.chromium.launch(
             executable_path=executable,
             headless=True,
-            args=launch_args(),
+            args=launch_args(confined=confined),
             chromium_sandbox=os.geteuid() != 0,
         )
     except BaseException:

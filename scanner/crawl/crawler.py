@@ -320,7 +320,8 @@ class Crawler:
     """A polite Playwright crawler; ``async with Crawler(config) as c: async for page in c.crawl(): ...``.
 
     ``browser``: an already launched Playwright Browser to use (and leave open), e.g. one shared by several
-    crawls; by default the crawler launches its own Chromium and closes it on exit.
+    crawls; by default the crawler launches its own Chromium and closes it on exit (confined to the guard
+    proxy, DNS included, when the config has a network policy: a shared browser should be launched so too).
     """
 
     def __init__(self, config: CrawlConfig, *, browser: Browser | None = None) -> None:
@@ -337,10 +338,10 @@ class Crawler:
         self._guard: GuardProxy | None = None
 
     async def __aenter__(self) -> Crawler:
-        if self._browser is None:
-            self._launched = await launch_browser(self.config.browser_path)
-            self._browser = self._launched.browser
         policy = self.config.network_policy
+        if self._browser is None:  # confined: the guard below is its only way out, DNS included
+            self._launched = await launch_browser(self.config.browser_path, confined=policy is not None)
+            self._browser = self._launched.browser
         if policy is None:
             self._session = new_session(self.config.user_agent)
         else:

@@ -203,11 +203,14 @@ class ImageCollector:
         except ImageUnavailable as exc:
             self._stats.images_skipped += 1
             return KnownImage(None, None, exc.code), url
-        label = data_url_label(mime, hashlib.sha256(data).hexdigest())
-        return self._remember(label, data, mime), label
+        sha256 = hashlib.sha256(data).hexdigest()
+        label = data_url_label(mime, sha256)
+        # The label names the content: a data: URL met before is known by it, neither hashed nor stored again.
+        known = self._store.lookup(label)
+        return (known or self._remember(label, sha256, data, mime)), label
 
-    def _remember(self, url: str, data: bytes, content_type: str | None) -> KnownImage:
-        known, new = self._store.remember(url, data, content_type)
+    def _remember(self, url: str, sha256: str, data: bytes, content_type: str | None) -> KnownImage:
+        known, new = self._store.remember(url, sha256, data, content_type)
         if new:
             self._stats.images_unique += 1
             self._stats.bytes += len(data)
@@ -223,7 +226,7 @@ class ImageCollector:
             if exc.code in TRANSIENT_ERRORS:
                 return KnownImage(None, None, exc.code)
             return self._store.remember_failure(url, exc.code)
-        return self._remember(url, data, content_type)
+        return self._remember(url, hashlib.sha256(data).hexdigest(), data, content_type)
 
     async def _fetch(
         self, url: str, capture: ResponseCapture, context: BrowserContext, referer: str

@@ -8,7 +8,6 @@ once, under the first URL's content type). It also makes a resumed crawl reuse w
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from scanner.crawl.state import CrawlState
@@ -35,9 +34,9 @@ class ImageStore:
         ).fetchone()
         return None if row is None else KnownImage(*row)
 
-    def remember(self, url: str, data: bytes, content_type: str | None) -> tuple[KnownImage, bool]:
-        """Store the bytes seen at ``url``; returns what is now known and whether the content is new to the crawl."""
-        digest = hashlib.sha256(data).hexdigest()
+    def remember(self, url: str, digest: str, data: bytes, content_type: str | None) -> tuple[KnownImage, bool]:
+        """Store the bytes seen at ``url``, whose SHA-256 the caller computed (once: a data: URL needs it for its
+        label first); returns what is now known and whether the content is new to the crawl."""
         with self._state.transaction() as db:
             new = db.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (digest,)).fetchone() is None
             if new:

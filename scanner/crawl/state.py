@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from scanner.privatefs import private_dir, private_file
+
 SCHEMA_VERSION = "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -61,11 +63,12 @@ class CrawlState:
     def __init__(self, path: Path | None, *, resume: bool) -> None:
         self._tmpdir = tempfile.mkdtemp(prefix="crawl-state-") if path is None else None
         self.path = Path(self._tmpdir, "state.sqlite3") if self._tmpdir else Path(path)  # type: ignore[arg-type]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)  # the pages and images a crawl met: its owner's only
         self._lock = self._take_lock()
         self.resumed = resume and self.path.exists()
         if not self.resumed:
             self._remove_files()
+        private_file(self.path)  # before SQLite opens it: SQLite gives the -wal and -shm files its mode
         self.conn = sqlite3.connect(self.path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -73,7 +76,7 @@ class CrawlState:
         self._check_version()
 
     def _take_lock(self) -> int:
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

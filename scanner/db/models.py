@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -239,6 +240,8 @@ class Audit(Base):
     """A recurring audit of a site (scheduled by Celery beat in the audits issue)."""
 
     __tablename__ = "audits"
+    # Ids are never reused after a delete (SQLite reuses the largest rowid without AUTOINCREMENT): migration 0007.
+    __table_args__ = {"sqlite_autoincrement": True}
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
@@ -260,14 +263,18 @@ class Audit(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Encrypted at rest (scanner.secretbox): a Fernet token of a secret of up to 200 characters.
     webhook_secret: Mapped[str | None] = mapped_column(String(400))
+    # Migration 0007: the machine's owner let this audit crawl private addresses and any port (`scanner audit add
+    # --allow-private`, for a local or staging site); the API never sets it.
+    allow_private: Mapped[bool] = mapped_column(default=False, server_default=sa_false())
 
 
 class AuditRun(Base):
     __tablename__ = "audit_runs"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids never reused: see Audit
     id: Mapped[int] = mapped_column(primary_key=True)
     audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id", ondelete="CASCADE"), index=True)
     scan_id: Mapped[str | None] = mapped_column(ForeignKey("scans.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running / done / failed / missed
+    status: Mapped[str] = mapped_column(String(16), default="running")  # queued / running / done / failed / missed
     # The run lock: one runner holds it until it expires, so a crashed runner cannot block the audit forever.
     locked_by: Mapped[str | None] = mapped_column(String(100))
     lock_expires_at: Mapped[dt.datetime | None]
@@ -277,6 +284,8 @@ class AuditRun(Base):
     images: Mapped[int] = mapped_column(default=0)
     flagged: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Migration 0007: why a failed run failed, a stable code (blocked_address, no_page, crawl_error, ...).
+    error_code: Mapped[str | None] = mapped_column(String(40))
     # Added with the audits feature (migration 0003): how it started and the diff against the previous run.
     trigger: Mapped[str] = mapped_column(String(16), default="manual", server_default="manual")  # or "schedule"
     newly_flagged: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Select, and_, exists, func, insert, select, update
+from sqlalchemy import Select, and_, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -60,30 +60,6 @@ def site_host(text: str) -> str:
         return text
 
 
-def record_image(session: Session, sha256: str, data: bytes, fmt: str, width: int, height: int) -> Image:
-    """The image row for these bytes, created with its blob on first sight; ``last_seen`` moves on."""
-    now = utcnow()
-    insert_ignoring_duplicates(
-        session,
-        Image,
-        {
-            "sha256": sha256,
-            "format": fmt,
-            "byte_size": len(data),
-            "width": width,
-            "height": height,
-            "first_seen": now,
-            "last_seen": now,
-            "attempts": 0,
-        },
-        ["sha256"],
-    )
-    image = session.scalars(select(Image).where(Image.sha256 == sha256)).one()
-    image.last_seen = now
-    insert_ignoring_duplicates(session, ImageBlob, {"image_id": image.id, "data": data}, ["image_id"])
-    return image
-
-
 def new_scan(
     session: Session, tenant_id: int, source: str, page_url: str | None, model_version: str, calibration_version: str
 ) -> Scan:
@@ -105,7 +81,8 @@ def new_scan(
 
 @dataclass
 class NewItem:
-    """One image of a submission: bytes checked and hashed, or the error that refused it."""
+    """One image of a submission (``scanner.intake.Entry``): given by URL or as bytes, then fetched, checked and
+    hashed by the intake; recorded with its bytes, or with the error that refused it."""
 
     sha256: str | None = None
     data: bytes | None = None
@@ -234,36 +211,6 @@ def _upsert_images(session: Session, items: Sequence[NewItem], now: dt.datetime)
     return ids  # type: ignore[return-value]
 
 
-def add_item(
-    session: Session,
-    scan: Scan,
-    position: int,
-    *,
-    image: Image | None = None,
-    image_url: str | None = None,
-    filename: str | None = None,
-    error: tuple[str, str] | None = None,
-) -> ScanItem:
-    """One image of a scan (``add_items`` for one), for callers that already hold the image row."""
-    item = NewItem(
-        image.sha256 if image else None, b"" if image else None, image_url=image_url, filename=filename, error=error
-    )
-    if image is not None:
-        item.format, item.width, item.height = image.format, image.width, image.height
-    add_items(session, scan, [item], first_position=position)
-    return session.scalars(select(ScanItem).where(ScanItem.scan_id == scan.id, ScanItem.position == position)).one()
-
-
-def verdict_for(session: Session, image_id: int, model_version: str, calibration_version: str) -> Verdict | None:
-    return session.scalar(
-        select(Verdict).where(
-            Verdict.image_id == image_id,
-            Verdict.model_version == model_version,
-            Verdict.calibration_version == calibration_version,
-        )
-    )
-
-
 def finish_scan_if_complete(session: Session, scan_ids: Iterable[str]) -> None:
     """Stamp ``finished_at`` on those of these scans that have no pending item left (one statement)."""
     ids = list(set(scan_ids))
@@ -359,9 +306,11 @@ def blobs_by_sha256(session: Session, sha256s: Sequence[str]) -> list[bytes]:
     return [rows[sha] for sha in sha256s if sha in rows]
 
 
-def count_attempt(session: Session, image_ids: Sequence[int]) -> None:
-    """One more analysis of these images is starting (committed before the engine runs)."""
-    session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=Image.attempts + 1))
+def count_attempt(session: Session, image_ids: Sequence[int], level: int | None = None) -> None:
+    """One more analysis of these images is starting (committed before the engine runs): each one's attempts
+    go up by one, or to ``level`` (a careful delivery puts every image it starts one above all pending)."""
+    attempts = Image.attempts + 1 if level is None else level
+    session.execute(update(Image).where(Image.id.in_(image_ids)).values(attempts=attempts))
 
 
 def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> None:
@@ -376,10 +325,6 @@ def write_verdicts(session: Session, verdicts: dict[int, dict[str, Any]]) -> Non
     session.execute(update(Image).where(Image.id.in_(list(verdicts))).values(attempts=0))
     first = next(iter(verdicts.values()))
     _settle_items(session, list(verdicts), first["model_version"], first["calibration_version"], "done", None)
-
-
-def write_verdict(session: Session, image_id: int, verdict: dict[str, Any]) -> None:
-    write_verdicts(session, {image_id: verdict})
 
 
 _VERDICT_FIELDS = (
@@ -517,6 +462,14 @@ def add_feedback(
     session.add(feedback)
     session.flush()
     return feedback
+
+
+def withdraw_feedback(session: Session, tenant_id: int, image_id: int, kind: str) -> int:
+    """Undo: delete this tenant's feedback of ``kind`` on the image (whoever of the tenant gave it); how many."""
+    result = session.execute(
+        delete(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.image_id == image_id, Feedback.kind == kind)
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
 def feedback_counts(session: Session, tenant_id: int, image_id: int) -> dict[str, int]:

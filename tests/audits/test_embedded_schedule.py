@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.audits.conftest import Site
-from tests.people import scanner, serving
-from tests.service.conftest import wait_for
+import pytest
+
+from tests.support.audit_sites import Site
+from tests.support.commands import scanner, serving
+from tests.support.waiting import wait_for
 
 
 def _runs(data_dir: Path, audit_id: str) -> list[list[str]]:
@@ -25,10 +27,11 @@ def _runs(data_dir: Path, audit_id: str) -> list[list[str]]:
 LOCAL_SITES = {"SCANNER_FETCH_ALLOW_PRIVATE": "true", "SCANNER_FETCH_ANY_PORT": "true"}
 
 
+@pytest.mark.browser
 def test_an_audit_added_in_the_default_setup_runs_under_scanner_serve(site: Site, tmp_path: Path) -> None:
     # A loopback site is refused by default (audit runs follow the fetcher's rules), with the setting to use.
     refused = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120)
-    assert refused.returncode == 2 and "SCANNER_FETCH_ALLOW_PRIVATE" in refused.stderr
+    assert refused.returncode == 2 and "--allow-private" in refused.stderr
     added = scanner(tmp_path, "audit", "add", site.url, "--every", "2s", timeout=120, **LOCAL_SITES)
     assert added.returncode == 0, added.stderr
     assert "next run" in added.stdout and "scanner serve" in added.stdout

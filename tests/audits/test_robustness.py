@@ -10,7 +10,8 @@ from scanner.analysis.pipeline import engine_for
 from scanner.audits import robustness, runner
 from scanner.db.models import AuditRun
 from scanner.settings import Settings
-from tests.audits.conftest import Site, png
+from tests.support.audit_sites import Site
+from tests.support.images import crawlable_png
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def engine() -> Any:
 
 
 def test_no_budget_flips_nothing_and_a_large_one_flips_most(engine: Any) -> None:
-    blobs = [png(seed, 32) for seed in range(6)]
+    blobs = [crawlable_png(seed, 32) for seed in range(6)]
     none = robustness.check(engine, blobs, eps=0.0, queries=50)
     assert (none.sample, none.flipped, none.skipped) == (6, 0, 0)
     large = robustness.check(engine, blobs, eps=0.5, queries=100)
@@ -28,7 +29,7 @@ def test_no_budget_flips_nothing_and_a_large_one_flips_most(engine: Any) -> None
 
 
 def test_undecodable_bytes_are_skipped_not_fatal(engine: Any) -> None:
-    result = robustness.check(engine, [b"not an image", png(9, 32)], eps=8 / 255, queries=20)
+    result = robustness.check(engine, [b"not an image", crawlable_png(9, 32)], eps=8 / 255, queries=20)
     assert (result.sample, result.skipped) == (1, 1)
 
 
@@ -39,6 +40,7 @@ def test_the_sample_is_seeded_and_bounded() -> None:
     assert robustness.sample_images(items[:4], 10) == items[:4]
 
 
+@pytest.mark.browser
 def test_a_run_records_the_check(settings: Settings, sessions: Any, site: Site, make_audit: Any) -> None:
     audit_id = make_audit(site.url, robustness_sample=2)
     result = runner.run_now(settings, audit_id)

@@ -17,13 +17,15 @@ from scanner.audits.diff import Seen, compare
 from scanner.db.models import AuditRun, utcnow
 from scanner.db.session import transaction
 from scanner.settings import Settings
-from tests.audits.conftest import Receiver, Site, png
+from tests.support.audit_sites import Receiver, Site
+from tests.support.images import crawlable_png
 
 
 def _run(settings: Settings, audit_id: int) -> runner.RunResult:
     return runner.run_now(settings, audit_id)
 
 
+@pytest.mark.browser
 def test_two_runs_record_snapshots_and_the_diff(settings: Settings, sessions: Any, site: Site, make_audit: Any) -> None:
     audit_id = make_audit(site.url)
     first = _run(settings, audit_id)
@@ -31,9 +33,9 @@ def test_two_runs_record_snapshots_and_the_diff(settings: Settings, sessions: An
     assert first.counts["pages"] == 1 and first.counts["images"] == 3
     assert first.diff is not None and first.diff["previous_run"] is None and len(first.diff["added"]) == 3
 
-    site.images["a.png"] = png(101)  # replaced in place
+    site.images["a.png"] = crawlable_png(101)  # replaced in place
     del site.images["b.png"]  # removed
-    site.images["d.png"] = png(4)  # added
+    site.images["d.png"] = crawlable_png(4)  # added
     second = _run(settings, audit_id)
     assert second.status == "done", second.error
     diff = second.diff
@@ -114,7 +116,7 @@ def test_the_lock_admits_one_run_and_expired_locks_are_taken_over(sessions: Any,
     with sessions() as session:
         crashed, fresh = session.get_one(AuditRun, won[0]), session.get_one(AuditRun, taken)
         assert crashed.status == "failed" and "expired" in (crashed.error or "") and crashed.locked_by is None
-        assert fresh.status == "running" and fresh.locked_by == "runner-new"
+        assert fresh.status == "queued" and fresh.locked_by == "runner-new"
 
 
 def test_webhook_is_signed_and_retried(settings: Settings, sessions: Any, make_audit: Any, receiver: Receiver) -> None:
@@ -149,6 +151,23 @@ def test_webhook_to_a_private_address_is_refused_unless_allowed(
     assert receiver.requests == []
     with sessions() as session:
         assert "blocked_address" in (store.deliveries_of(session, run_id)[0].error or "")
+
+
+def test_a_webhook_name_that_resolves_only_to_loopback_is_recorded_as_blocked_address(
+    sessions: Any, make_audit: Any, receiver: Receiver
+) -> None:
+    """Not a DNS error: the name resolved, to addresses the policy refuses (and they are not named)."""
+    audit_id = make_audit("http://127.0.0.1:9/")
+    with transaction(sessions) as session:
+        run_id = store.claim_run(session, audit_id, "test", "manual")
+    strict = webhooks.FetchPolicy(allow_private=False, allowed_ports=None)
+    by_name = receiver.url.replace("127.0.0.1", "localhost")
+    assert not asyncio.run(webhooks.deliver(sessions, run_id, by_name, "s", {}, strict, attempts=1))
+    assert receiver.requests == []
+    with sessions() as session:
+        error = store.deliveries_of(session, run_id)[0].error or ""
+    assert error.startswith("blocked_address: "), error
+    assert "127.0.0.1" not in error
 
 
 @pytest.mark.parametrize("policy", ["run-once", "skip"])

@@ -9,21 +9,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
+from scanner.audits.store import LIVE
 from scanner.db.models import AuditRun
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from tests.audits.conftest import Site
-from tests.service.conftest import (
-    REPO,
-    SCANNER,
-    WorkerProcess,
-    http,
-    service_env,
-    start_api,
-    wait_for,
-)
+from tests.support.api import http, start_api
+from tests.support.audit_sites import Site
+from tests.support.commands import REPO, SCANNER
+from tests.support.services import WorkerProcess, service_env
+from tests.support.waiting import wait_for
 
 
 def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,6 +32,7 @@ def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCANNER, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.browser
 def test_cli_add_list_run_history_remove(tmp_path: Path, site: Site) -> None:
     added = scanner(tmp_path, "audit", "add", site.url, "--every", "6h", "--max-pages", "5", "--missed", "skip")
     assert added.returncode == 0, added.stderr
@@ -62,6 +60,7 @@ def test_cli_add_list_run_history_remove(tmp_path: Path, site: Site) -> None:
     assert "every 6h" not in scanner(tmp_path, "audit", "list").stdout
 
 
+@pytest.mark.browser
 def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
     api = start_api(settings)
     try:
@@ -88,11 +87,11 @@ def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
         assert http("GET", runs, mine).json()["items"] == []  # the other tenant started nothing
 
         started = http("POST", runs, mine)
-        assert started.status == 202 and started.json()["status"] == "running"
+        assert started.status == 202 and started.json()["status"] == "queued"
         again = http("POST", runs, mine)
         assert again.status == 409 and again.json()["code"] == "already_running"
         finished = wait_for(
-            lambda: [r for r in http("GET", runs, reader).json()["items"] if r["status"] != "running"], 120
+            lambda: [r for r in http("GET", runs, reader).json()["items"] if r["status"] not in LIVE], 120
         )
         assert finished[0]["status"] == "failed" and "reached no page" in finished[0]["error"]
         assert http("DELETE", f"{base}/{audit['id']}", mine).status == 204
@@ -101,6 +100,7 @@ def test_api_routes_are_tenant_scoped(settings: Settings) -> None:
         api.stop()
 
 
+@pytest.mark.browser
 def test_beat_and_worker_run_a_fast_schedule(tmp_path: Path, redis_server: Any, site: Site) -> None:
     settings = Settings(
         data_dir=tmp_path / "data", broker_url=f"redis://127.0.0.1:{redis_server.port}/14", engine_threads=1

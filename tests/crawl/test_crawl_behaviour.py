@@ -11,7 +11,7 @@ from aiohttp import web
 from scanner.crawl import CrawlConfig, Crawler, StateLockedError
 from scanner.crawl.browser import PagePool
 from scanner.crawl.state import CrawlState
-from tests.crawl.site import Site, blob, html, png, status
+from tests.support.sites import Site, blob, html, png, status
 
 FAST = {"use_sitemaps": False, "scroll": False, "retry_backoff_s": 0.05, "page_timeout_s": 10}
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from scanner.crawl import CrawlConfig, Crawler, CrawlStats, PageResult
-from tests.crawl.site import Site, blob, data_url, html, png, redirect, status
+from tests.support.sites import Site, blob, data_url, html, png, redirect, status
 
 SMALL = png(100, 80, (200, 0, 0))
 LARGE = png(800, 400, (0, 200, 0))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scanner.crawl import CrawlConfig
 from scanner.fetch import FetchPolicy
-from tests.crawl.site import Site, blob, html, png, redirect
+from tests.support.sites import Site, blob, html, png, redirect
 
 
 def _sites(allowed: Site, other: Site) -> None:

@@ -12,7 +12,8 @@ import pytest
 from scanner.crawl import CrawlConfig
 from scanner.crawl.patterns import pattern_error
 from scanner.settings import Settings
-from tests.service.conftest import REPO, http, start_api
+from tests.support.api import http, start_api
+from tests.support.commands import REPO
 
 EVIL = r"(a+)+$"  # exponential for a backtracking engine on "aaaa...!"
 
@@ -40,6 +41,7 @@ def test_patterns_re2_cannot_run_are_refused(pattern: str) -> None:
         CrawlConfig(start_url="http://shop.example/", include=(pattern,))
 
 
+@pytest.mark.slow
 def test_audit_creation_refuses_invalid_patterns(tmp_path: Path) -> None:
     api = start_api(Settings(data_dir=tmp_path / "data", fetch_allow_private=True))
     try:

@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -18,35 +17,10 @@ from scanner.db.models import AuditRun, Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, start_api, verdict_with_score
-
-T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
-
-
-@dataclass
-class Seeded:
-    """One seeded image: what the dashboard must show for it."""
-
-    sha256: str
-    data: bytes
-    label: str | None
-    score: float
-    site: str
-    page_url: str
-    flagged: bool
-    image_url: str = ""
-
-
-@dataclass
-class DashboardApi:
-    api: RunningApi
-    tokens: dict[str, str]
-    images: dict[str, list[Seeded]] = field(default_factory=dict)
-    run_flagged: list[int] = field(default_factory=list)
-
-    def flagged(self, tenant: str) -> list[Seeded]:
-        """The tenant's flagged images, newest sighting first (as the report orders them)."""
-        return [image for image in reversed(self.images[tenant]) if image.flagged]
+from tests.support.api import start_api
+from tests.support.dashboard import T0, DashboardApi, Seeded
+from tests.support.queries import add_item, record_image, write_verdict
+from tests.support.verdicts import verdict_with_score
 
 
 def png(seed: int, size: int = 24) -> bytes:
@@ -87,13 +61,13 @@ def _seed_images(session, versions, tenant: str, tenant_id: int, offset: int) ->
         scan = queries.new_scan(
             session, tenant_id, "crawl", page_url, versions.model_version, versions.calibration_version
         )
-        image = queries.record_image(session, sha256, data, "PNG", 24, 24)
+        image = record_image(session, sha256, data, "PNG", 24, 24)
         image_url = f"https://{site}/img-{i}.png"
-        queries.add_item(session, scan, 0, image=image, image_url=image_url)
+        add_item(session, scan, 0, image=image, image_url=image_url)
         session.flush()
         for sighting in session.query(Sighting).filter_by(scan_id=scan.id):
             sighting.seen_at = T0 + dt.timedelta(days=offset + i)
-        queries.write_verdict(session, image.id, _verdict(versions, label, score))
+        write_verdict(session, image.id, _verdict(versions, label, score))
         seeded.append(Seeded(sha256, data, label, score, site, page_url, score > 1.0, image_url))
     return seeded
 

@@ -6,8 +6,7 @@ the dashboard."""
 
 from __future__ import annotations
 
-from tests.dashboard.conftest import DashboardApi
-from tests.dashboard.test_page import sign_in, table_shas
+from tests.support.dashboard import DashboardApi, sign_in, table_shas
 
 
 def test_details_explain_the_verdict(page, dashboard_api: DashboardApi) -> None:  # noqa: ANN001

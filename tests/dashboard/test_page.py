@@ -10,20 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.dashboard.conftest import DashboardApi
-
-
-def sign_in(page, dashboard_api: DashboardApi, tenant: str = "acme", page_size: int | None = None) -> None:  # noqa: ANN001
-    page.goto(f"{dashboard_api.api.base}/dashboard")
-    if page_size is not None:
-        page.evaluate("size => { document.body.dataset.pageSize = String(size); }", page_size)
-    page.get_by_label("API key").fill(dashboard_api.tokens[tenant])
-    page.get_by_role("button", name="Sign in").click()
-    page.locator("#status").filter(has_text="shown").wait_for()
-
-
-def table_shas(page) -> list[str]:  # noqa: ANN001
-    return page.locator("#rows tr").evaluate_all("rows => rows.map(row => row.dataset.sha256)")
+from tests.support.dashboard import DashboardApi, sign_in, table_shas
 
 
 def test_signed_in_tenant_sees_its_flagged_rows_with_thumbnails(

@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from scanner.api.dashboard import PAGE_CSP
-from tests.dashboard.conftest import DashboardApi
+from tests.support.dashboard import DashboardApi
 
 
 @dataclass

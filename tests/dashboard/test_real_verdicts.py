@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from scanner.settings import Settings
-from tests.extension.conftest import api_settings, build_site_images, http, wait_scan
-from tests.service.conftest import RunningApi, start_api, upload
+from tests.support.api import RunningApi, start_api, upload
+from tests.support.extension import api_settings, build_site_images, http, wait_scan
 
 
 @pytest.fixture(scope="module")

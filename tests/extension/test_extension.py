@@ -14,26 +14,25 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from tests.extension.conftest import EXTENSION, Api, Browser, Site, fill_options, http, wait_quiet, wait_settled
-from tests.service.conftest import wait_for
+from tests.support.extension import (
+    BADGES_JS,
+    EXTENSION,
+    IMAGES_JS,
+    Api,
+    Browser,
+    Site,
+    badges_by_image,
+    fill_options,
+    http,
+    wait_quiet,
+    wait_settled,
+)
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Hostile page CSS: none of it may reach the badges (they live in shadow roots).
 HOSTILE_CSS = "button { display: none !important; } * { font-size: 3px !important; color: transparent !important; }"
-
-BADGES_JS = """() => [...document.querySelectorAll('robust-scanner-badge')].map(host => {
-  const button = host.shadowRoot.querySelector('.badge');
-  const r = button.getBoundingClientRect();
-  return {aria: button.getAttribute('aria-label'), kind: button.className, x: r.left + r.width / 2,
-          y: r.top + r.height / 2, w: r.width, details: host.shadowRoot.querySelector('.details').textContent};
-})"""
-
-IMAGES_JS = """() => [...document.images].map(img => {
-  const r = img.getBoundingClientRect();
-  return {src: img.getAttribute('src') || '', current: img.currentSrc, html: img.outerHTML,
-          left: r.left, top: r.top, right: r.right, bottom: r.bottom};
-})"""
 
 
 def gallery_html(site: Site, tag: str) -> str:
@@ -59,24 +58,6 @@ def open_gallery(browser: Browser, site: Site, tag: str) -> tuple[Page, int]:
     url = site.url(f"{tag}.html")
     page.goto(url)
     return page, browser.tab_id(url)
-
-
-def badges_by_image(page: Page) -> dict[str, dict] | None:
-    """Each badge assigned to the image whose top-right quarter holds its centre, keyed by the image's src;
-    None while some badge is elsewhere (a repositioning frame may still be due)."""
-    images, badges = page.evaluate(IMAGES_JS), page.evaluate(BADGES_JS)
-    placed: dict[str, dict] = {}
-    for badge in badges:
-        owners = [
-            img
-            for img in images
-            if (img["left"] + img["right"]) / 2 <= badge["x"] <= img["right"]
-            and img["top"] <= badge["y"] <= (img["top"] + img["bottom"]) / 2
-        ]
-        if len(owners) != 1:
-            return None
-        placed[owners[0]["src"]] = badge
-    return placed
 
 
 def wait_badges(page: Page, count: int, what: str = "badges") -> dict[str, dict]:

@@ -14,9 +14,9 @@ import pytest
 from playwright.sync_api import Page
 
 from scanner.settings import Settings
-from tests.extension.conftest import Api, Browser, Site, wait_settled
-from tests.extension.test_extension import BADGES_JS, badges_by_image
-from tests.service.conftest import start_api, wait_for
+from tests.support.api import start_api
+from tests.support.extension import BADGES_JS, Api, Browser, Site, badges_by_image, wait_settled
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +139,16 @@ def _distinct_copy(source: Path, target: Path) -> bytes:
 def _known_verdict(api: Api, data: bytes, label: str | None, score: float) -> None:
     import hashlib
 
-    from scanner.db import queries
     from scanner.db.session import make_engine, make_sessionmaker, transaction
     from scanner.versions import served_versions
-    from tests.service.conftest import verdict_with_score
+    from tests.support.queries import record_image, write_verdict
+    from tests.support.verdicts import verdict_with_score
 
     settings = api.running.settings
     versions = served_versions(settings)
     engine = make_engine(settings.db_url)
     with transaction(make_sessionmaker(engine)) as session:
-        image = queries.record_image(session, hashlib.sha256(data).hexdigest(), data, "PNG", 32, 32)
+        image = record_image(session, hashlib.sha256(data).hexdigest(), data, "PNG", 32, 32)
         verdict = verdict_with_score(versions.model_version, versions.calibration_version, "cat", score)
-        queries.write_verdict(session, image.id, {**verdict, "label": label})
+        write_verdict(session, image.id, {**verdict, "label": label})
     engine.dispose()

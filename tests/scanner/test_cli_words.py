@@ -7,8 +7,12 @@ import argparse
 import re
 from pathlib import Path
 
+import pytest
+
 from scanner.cli import _parser
-from tests.people import scanner
+from tests.support.commands import scanner
+
+pytestmark = pytest.mark.slow  # the scanner command in subprocesses
 
 
 def _subparsers(parser: argparse.ArgumentParser, path: str = "scanner") -> list[tuple[str, argparse.ArgumentParser]]:

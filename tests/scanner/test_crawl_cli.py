@@ -20,8 +20,10 @@ from aiohttp import web
 from scanner.cli import DEFAULT_DATA
 from scanner.demo_site import build_demo_site
 from scanner.settings import BUNDLED_STANDARD, Settings
-from tests.people import serving
-from tests.service.conftest import RunningApi, start_api
+from tests.support.api import RunningApi, start_api
+from tests.support.commands import serving
+
+pytestmark = pytest.mark.slow  # scanner crawl in subprocesses, over a demo site built with the shipped models
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 
@@ -60,6 +62,7 @@ def scanner(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCANNER, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.browser
 def test_embedded_crawl_reports_every_image_and_exports(site: tuple[str, list], tmp_path: Path) -> None:
     url, images = site
     done = scanner(tmp_path, "crawl", url, "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"))
@@ -91,6 +94,7 @@ def test_embedded_crawl_reports_every_image_and_exports(site: tuple[str, list], 
     assert "embedded crawl" not in keys_listed.stdout
 
 
+@pytest.mark.browser
 def test_fail_on_flagged_exits_3_when_the_attacked_images_are_caught(site: tuple[str, list], tmp_path: Path) -> None:
     url, _ = site
     done = scanner(tmp_path, "crawl", url, "--fail-on-flagged", "--json", str(tmp_path / "r.json"))
@@ -99,6 +103,7 @@ def test_fail_on_flagged_exits_3_when_the_attacked_images_are_caught(site: tuple
     assert done.returncode == 3
 
 
+@pytest.mark.browser
 def test_resume_continues_without_recrawling(site: tuple[str, list], tmp_path: Path) -> None:
     url, images = site
     first = scanner(tmp_path, "crawl", url, "--max-pages", "2", "--json", str(tmp_path / "a.json"))
@@ -115,6 +120,7 @@ def test_resume_continues_without_recrawling(site: tuple[str, list], tmp_path: P
     assert report_b["counts"]["pages"] == len(pages_b)
 
 
+@pytest.mark.browser
 def test_crawl_and_report_against_a_running_server(site: tuple[str, list], tmp_path: Path) -> None:
     url, images = site
     server: RunningApi = start_api(
@@ -155,6 +161,7 @@ def _index(root: Path):  # noqa: ANN202 - an aiohttp handler
     return index
 
 
+@pytest.mark.browser
 def test_report_explains_verdicts_and_marks_confirmed_false_flags(site: tuple[str, list], tmp_path: Path) -> None:
     url, _ = site
     crawled = scanner(tmp_path, "crawl", url, "--json", str(tmp_path / "r.json"))

@@ -11,11 +11,15 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
-from tests.crawl.site import Site, html, png
-from tests.people import SCANNER, environment, scanner
-from tests.service.conftest import free_port, wait_for
+from tests.support.commands import SCANNER, environment, scanner
+from tests.support.servers import free_port
+from tests.support.sites import Site, html, png
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow  # each test runs the scanner command, most of them a crawl
 
 IMAGE = png(64, 64, (200, 30, 30))
 
@@ -33,6 +37,7 @@ def test_not_a_url_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "no image was flagged" not in done.stdout
 
 
+@pytest.mark.browser
 def test_a_port_where_nothing_listens_is_connection_refused_and_fails(tmp_path: Path) -> None:
     port = free_port()
     done = scanner(tmp_path, "crawl", f"127.0.0.1:{port}", "--fail-on-flagged", timeout=300)
@@ -42,6 +47,7 @@ def test_a_port_where_nothing_listens_is_connection_refused_and_fails(tmp_path: 
     assert "robots" not in line
 
 
+@pytest.mark.browser
 def test_a_failed_start_page_fails_the_crawl_even_when_other_pages_worked(tmp_path: Path) -> None:
     with Site() as site:
         site.routes["/other.html"] = html("<p>other</p>")
@@ -51,6 +57,7 @@ def test_a_failed_start_page_fails_the_crawl_even_when_other_pages_worked(tmp_pa
     assert f"the start page {site.url('/')} failed: HTTP 404" in _one_line(done.stderr)
 
 
+@pytest.mark.browser
 def test_a_bare_loopback_host_and_port_is_crawled_over_http(tmp_path: Path) -> None:
     with Site() as site:
         site.routes["/"] = html('<img src="/a.png" width="64" height="64">')
@@ -76,6 +83,7 @@ def test_bad_option_values_are_named_as_typed(tmp_path: Path) -> None:
     assert done.returncode == 2 and "--max-pages" in _one_line(done.stderr) and "max_pages" not in done.stderr
 
 
+@pytest.mark.browser
 def test_ctrl_c_during_a_crawl_ends_it_in_one_line(tmp_path: Path) -> None:
     with Site() as site:
         site.routes["/"] = html('<a href="/slow/1">1</a>')

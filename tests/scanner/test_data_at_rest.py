@@ -16,7 +16,8 @@ from scanner import secretbox
 from scanner.db import migrate
 from scanner.db.session import make_engine
 from scanner.settings import Settings
-from tests.service.conftest import SCANNER, http, start_api
+from tests.support.api import http, start_api
+from tests.support.commands import SCANNER
 
 
 def _mode(path: Path) -> int:
@@ -53,6 +54,7 @@ def _stored_secret(settings: Settings) -> str:
     return stored
 
 
+@pytest.mark.slow
 def test_webhook_secrets_created_through_the_api_are_encrypted(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", fetch_allow_private=True)
     api = start_api(settings)
@@ -68,6 +70,7 @@ def test_webhook_secrets_created_through_the_api_are_encrypted(tmp_path: Path) -
     assert _mode(settings.data_dir / secretbox.KEY_FILE) == 0o600
 
 
+@pytest.mark.slow
 def test_webhook_secrets_created_by_the_cli_are_encrypted_with_the_configured_key(tmp_path: Path) -> None:
     key = Fernet.generate_key().decode()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANNER_")}

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from training import bundle
 from training.models import build_model
+
+pytestmark = pytest.mark.slow  # each test runs scanner demo (models loaded in a subprocess)
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNER = REPO / ".venv" / "bin" / "scanner"
@@ -58,6 +62,7 @@ def test_demo_prints_both_models_verdicts(tiny_tarball: Path, tmp_path: Path) ->
     assert done.stdout.count("yes") == 3  # every second image of six is perturbed
 
 
+@pytest.mark.browser
 def test_demo_crawls_its_site_and_scores_against_the_truth(tiny_tarball: Path, tmp_path: Path) -> None:
     """The README's main command, on tiny bundles: build the site, serve it, crawl it with Chromium, analyse in
     process, and find every image however the page places it."""

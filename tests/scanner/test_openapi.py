@@ -26,7 +26,6 @@ from scanner.api import create_app, openapi
 from scanner.db import keys, migrate
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
-from tests.service.conftest import postgres_databases  # noqa: F401 - the PostgreSQL fixture of the server's second run
 
 # Only the committed document is served; drift from the generator is test_committed_document_is_generated's job.
 schema = schemathesis.openapi.from_path(openapi.OPENAPI_PATH)
@@ -141,7 +140,7 @@ class Server:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 def server(request, tmp_path_factory) -> Iterator[Server]:
     """The API in embedded mode (bundled models) on 127.0.0.1, served by its own loop in a thread; once with
     SQLite and once with PostgreSQL, which refuses text SQLite takes (NUL characters)."""
@@ -180,6 +179,7 @@ def server(request, tmp_path_factory) -> Iterator[Server]:
         loop.close()
 
 
+@pytest.mark.slow  # generated cases for every operation, on both databases: about a minute in all
 @schema.parametrize()
 @settings(
     max_examples=25,

@@ -13,9 +13,10 @@ from sqlalchemy.exc import OperationalError
 
 from scanner.db.session import make_engine
 from scanner.settings import masked_url
-from tests.service.conftest import SCANNER
+from tests.support.commands import SCANNER
 
 
+@pytest.mark.slow
 def test_serve_prints_no_password(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANNER_")}
     env.update(

@@ -17,7 +17,10 @@ import pytest
 from scanner.db import keys, migrate
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from tests.service.conftest import free_port, wait_for
+from tests.support.servers import free_port
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow  # the scanner command in subprocesses, scanner serve among them
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from scanner.settings import Settings
-from tests.service.conftest import RunningApi, http, start_api
+from tests.support.api import RunningApi, http, start_api
 
 
 @pytest.fixture

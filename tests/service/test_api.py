@@ -4,7 +4,6 @@ submission and verdicts, known verdicts at once, events, images, authentication,
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import struct
 import zlib
@@ -13,20 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from scanner.settings import Settings
-from tests.service.conftest import RunningApi, http, start_api, upload, wait_for
+from tests.support.api import RunningApi, http, start_api, upload
+from tests.support.images import random_png
+from tests.support.waiting import wait_for
 from worker.engine import load_engine
 
 RNG = np.random.default_rng(7)
-
-
-def png(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
@@ -74,7 +67,7 @@ def wait_done(api: RunningApi, key: str, scan_id: str) -> dict:
 
 
 def test_an_uploaded_image_gets_a_verdict_and_the_same_bytes_are_answered_at_once(api: RunningApi, key: str) -> None:
-    image = png(1)
+    image = random_png(1)
     reply = http("POST", f"{api.base}/v1/scans", key, data=upload(image, page_url="https://shop.example/p/1"))
     assert reply.status == 202, reply.body
     scan = reply.json()
@@ -105,7 +98,7 @@ def test_an_uploaded_image_gets_a_verdict_and_the_same_bytes_are_answered_at_onc
 
 
 def test_a_scan_mixes_accepted_and_refused_images_and_keeps_going(api: RunningApi, key: str) -> None:
-    reply = http("POST", f"{api.base}/v1/scans", key, data=upload(png(2), b"not an image", png_bomb(), b""))
+    reply = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(2), b"not an image", png_bomb(), b""))
     assert reply.status == 202
     items = wait_done(api, key, reply.json()["id"])["items"]
     assert [item["state"] for item in items] == ["done", "failed", "failed", "failed"]
@@ -114,7 +107,7 @@ def test_a_scan_mixes_accepted_and_refused_images_and_keeps_going(api: RunningAp
 
 def test_an_oversized_image_is_refused_but_the_body_is_read(api: RunningApi, key: str) -> None:
     big = bytes(400_000)  # over max_image_bytes (300 kB), under the body cap
-    reply = http("POST", f"{api.base}/v1/scans", key, data=upload(big, png(3)))
+    reply = http("POST", f"{api.base}/v1/scans", key, data=upload(big, random_png(3)))
     assert reply.status == 202
     items = wait_done(api, key, reply.json()["id"])["items"]
     assert items[0]["error"]["code"] == "too_many_bytes" and items[1]["state"] == "done"
@@ -123,7 +116,7 @@ def test_an_oversized_image_is_refused_but_the_body_is_read(api: RunningApi, key
 def test_request_level_refusals_are_problem_documents(api: RunningApi, key: str) -> None:
     cases = [
         (dict(data=upload(bytes(2_100_000))), 413, "body_too_large"),
-        (dict(data=upload(*[png(10 + i) for i in range(9)])), 422, "too_many_images"),
+        (dict(data=upload(*[random_png(10 + i) for i in range(9)])), 422, "too_many_images"),
         (dict(data=b"x", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
         (dict(data=b"{not json", headers={"Content-Type": "application/json"}), 422, "invalid_body"),
         (dict(json={"image_urls": []}), 422, "invalid_body"),
@@ -188,13 +181,13 @@ def test_authentication_failures(api: RunningApi, key: str) -> None:
 
 def test_scopes_are_enforced(api: RunningApi) -> None:
     reader = api.new_key("reader", "acme", scopes=("reports:read",))
-    reply = http("POST", f"{api.base}/v1/scans", reader, data=upload(png(4)))
+    reply = http("POST", f"{api.base}/v1/scans", reader, data=upload(random_png(4)))
     assert reply.status == 403 and reply.json()["code"] == "insufficient_scope"
     assert http("GET", f"{api.base}/v1/reports/flagged", reader).status == 200
 
 
 def test_tenants_never_see_each_other(api: RunningApi, key: str) -> None:
-    image = png(5)
+    image = random_png(5)
     scan = http("POST", f"{api.base}/v1/scans", key, data=upload(image, page_url="https://acme.example/")).json()
     wait_done(api, key, scan["id"])
     sha = scan["items"][0]["sha256"]
@@ -213,7 +206,7 @@ def test_tenants_never_see_each_other(api: RunningApi, key: str) -> None:
 
 
 def test_image_document(api: RunningApi, key: str) -> None:
-    image = png(6, (64, 48))
+    image = random_png(6, (64, 48))
     for page in ("https://a.example/1", "https://b.example/2"):
         scan = http("POST", f"{api.base}/v1/scans", key, data=upload(image, page_url=page)).json()
         wait_done(api, key, scan["id"])
@@ -228,7 +221,7 @@ def test_image_document(api: RunningApi, key: str) -> None:
 
 
 def test_scan_events_stream_items_then_done(api: RunningApi, key: str) -> None:
-    scan = http("POST", f"{api.base}/v1/scans", key, data=upload(png(7), png(8), b"junk")).json()
+    scan = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(7), random_png(8), b"junk")).json()
     reply = http("GET", f"{api.base}/v1/scans/{scan['id']}/events", key)
     assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/event-stream")
     events = [block.split("\n") for block in reply.body.decode().strip().split("\n\n")]
@@ -304,7 +297,7 @@ def test_work_accepted_before_a_restart_is_finished_after_it(tmp_path: Path, eng
         tenant_id = keys.get_or_create_tenant(session, "acme").id
     entries = []
     for seed in (31, 32):
-        data = png(seed)
+        data = random_png(seed)
         entries.append(
             Entry(
                 filename="x.png", data=data, sha256=hashlib.sha256(data).hexdigest(), format="PNG", width=40, height=32
@@ -322,10 +315,10 @@ def test_work_accepted_before_a_restart_is_finished_after_it(tmp_path: Path, eng
 
 def test_uploads_can_say_where_each_file_came_from(api: RunningApi, key: str) -> None:
     urls = ["https://cdn.example/a.png", None]
-    form = upload(png(41), png(42), page_url="https://cdn.example/page", image_urls=json.dumps(urls))
+    form = upload(random_png(41), random_png(42), page_url="https://cdn.example/page", image_urls=json.dumps(urls))
     scan = http("POST", f"{api.base}/v1/scans", key, data=form).json()
     assert [item["image_url"] for item in scan["items"]] == urls
-    mismatched = upload(png(43), image_urls=json.dumps(["https://a.example/1", "https://a.example/2"]))
+    mismatched = upload(random_png(43), image_urls=json.dumps(["https://a.example/1", "https://a.example/2"]))
     reply = http("POST", f"{api.base}/v1/scans", key, data=mismatched)
     assert reply.status == 422 and reply.json()["code"] == "invalid_body"
     broken = http(
@@ -342,7 +335,7 @@ def test_a_key_can_check_itself(api: RunningApi) -> None:
 
 
 def test_false_flag_feedback_reaches_the_api(api: RunningApi, key: str) -> None:
-    scan = http("POST", f"{api.base}/v1/scans", key, data=upload(png(51))).json()
+    scan = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(51))).json()
     sha = scan["items"][0]["sha256"]
     body = {"kind": "false_flag", "page_url": "https://shop.example/p", "note": "a product photo"}
     reply = http("POST", f"{api.base}/v1/images/{sha}/feedback", key, json=body)

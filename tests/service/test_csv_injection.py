@@ -15,8 +15,10 @@ from scanner.db import keys, queries
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import http, start_api, upload, verdict_with_score
-from tests.service.test_edge_input import png
+from tests.support.api import http, start_api, upload
+from tests.support.images import flat_png
+from tests.support.queries import add_item, record_image, write_verdict
+from tests.support.verdicts import verdict_with_score
 
 FORMULAS = ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+2", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
 
@@ -37,11 +39,11 @@ def test_uploaded_image_urls_are_validated_and_exports_neutralised(tmp_path: Pat
     try:
         token = api.new_key("csv", "acme")
         for bad in ("=HYPERLINK(\"http://evil.example\")", "javascript:alert(1)", "/relative.png"):
-            form = upload(png(1), image_urls=json.dumps([bad]))
+            form = upload(flat_png(1), image_urls=json.dumps([bad]))
             reply = http("POST", f"{api.base}/v1/scans", token, data=form)
             assert reply.status == 422 and reply.json()["code"] == "invalid_body", (bad, reply.body)
         label = "data:image/png;sha256=" + "ab" * 32  # what the crawler reports for a data: URL
-        form = upload(png(2), png(3), image_urls=json.dumps(["https://cdn.example/a.png", label]))
+        form = upload(flat_png(2), flat_png(3), image_urls=json.dumps(["https://cdn.example/a.png", label]))
         assert http("POST", f"{api.base}/v1/scans", token, data=form).status in (201, 202)
 
         # A row stored before intake validated URLs, on a page whose host begins with "-", labelled "=...".
@@ -52,10 +54,10 @@ def test_uploaded_image_urls_are_validated_and_exports_neutralised(tmp_path: Pat
             scan = queries.new_scan(
                 session, tenant, "api", "https://-1+2.example/p", versions.model_version, versions.calibration_version
             )
-            image = queries.record_image(session, "c" * 64, b"legacy", "PNG", 32, 32)
-            queries.add_item(session, scan, 0, image=image, image_url='=HYPERLINK("http://evil.example","open")')
+            image = record_image(session, "c" * 64, b"legacy", "PNG", 32, 32)
+            add_item(session, scan, 0, image=image, image_url='=HYPERLINK("http://evil.example","open")')
             verdict = verdict_with_score(versions.model_version, versions.calibration_version, "@cat", 5.0)
-            queries.write_verdict(session, image.id, verdict)
+            write_verdict(session, image.id, verdict)
         engine.dispose()
         reply = http("GET", f"{api.base}/v1/reports/flagged?format=csv", token)
         assert reply.status == 200

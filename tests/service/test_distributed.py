@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from scanner.analysis.celery_app import ANALYSE_TASK, make_celery
@@ -18,35 +19,13 @@ from scanner.db.models import Image, ScanItem, Verdict
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RedisServer, RunningApi, WorkerProcess, http, start_api, upload, wait_for
-from tests.service.test_api import png
+from tests.support.api import http, start_api, upload
+from tests.support.distributed import distributed_settings, wait_done
+from tests.support.images import random_png
+from tests.support.services import RedisServer, WorkerProcess
+from tests.support.waiting import wait_for
 
-
-def distributed_settings(tmp_path: Path, database_url: str, broker_url: str, **overrides: object) -> Settings:
-    values = dict(
-        data_dir=tmp_path,
-        database_url=database_url,
-        broker_url=broker_url,
-        relay_interval_s=0.5,
-        requeue_after_s=30.0,
-        rate_limit_per_minute=100_000,
-        rate_limit_burst=100_000,
-    )
-    values.update(overrides)
-    return Settings(**values)
-
-
-def scan_status(api: RunningApi, key: str, scan_id: str) -> dict:
-    return http("GET", f"{api.base}/v1/scans/{scan_id}", key).json()
-
-
-def wait_done(api: RunningApi, key: str, scan_id: str, timeout: float = 120) -> dict:
-    return wait_for(
-        lambda: (d := scan_status(api, key, scan_id))["status"] == "done" and d,
-        timeout,
-        0.2,
-        f"scan {scan_id} to finish",
-    )
+pytestmark = pytest.mark.slow  # Celery worker processes, a Redis restart
 
 
 def test_submit_then_read_the_verdict_through_a_worker(
@@ -57,13 +36,19 @@ def test_submit_then_read_the_verdict_through_a_worker(
     try:
         start_worker(settings)
         key = api.new_key()
-        reply = http("POST", f"{api.base}/v1/scans", key, data=upload(png(101), png(102), b"garbage"))
+        reply = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(101), random_png(102), b"garbage"))
         assert reply.status == 202
         done = wait_done(api, key, reply.json()["id"])
         assert [item["state"] for item in done["items"]] == ["done", "done", "failed"]
         assert all(item["verdict"]["model_version"] == done["model_version"] for item in done["items"][:2])
-        assert http("POST", f"{api.base}/v1/scans", key, data=upload(png(101))).status == 201
-        health = http("GET", f"{api.base}/healthz").json()
+        assert http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(101))).status == 201
+        # /healthz reports its background probe's last look (checked_s_ago): wait for one after the scan settled.
+        health = wait_for(
+            lambda: (h := http("GET", f"{api.base}/healthz").json())["oldest_pending_s"] is None and h,
+            30,
+            0.2,
+            "a health probe after the scan settled",
+        )
         assert health == {**health, "status": "ok", "mode": "distributed", "broker": True, "oldest_pending_s": None}
     finally:
         api.stop()
@@ -89,7 +74,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     migrate.upgrade(settings.db_url)
     db = make_sessionmaker(make_engine(postgres_url))
     worker = start_worker(settings)
-    images = [png(200 + i, (96, 96)) for i in range(12)]  # few: after a lost worker they go one at a time
+    images = [random_png(200 + i, (96, 96)) for i in range(12)]  # few: after a lost worker they go one at a time
     image_ids = _record_scan(settings, images)
     versions = served_versions(settings)
     make_celery(settings).send_task(
@@ -133,13 +118,13 @@ def test_redis_restart_delays_work_but_loses_none(
     try:
         start_worker(settings)
         key = api.new_key()
-        first = http("POST", f"{api.base}/v1/scans", key, data=upload(png(301))).json()["id"]
+        first = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(301))).json()["id"]
         wait_done(api, key, first)
 
         redis_server.stop()
-        assert http("GET", f"{api.base}/healthz").json()["broker"] is False
+        wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"] is False, 30, what="Redis down")
         # Accepted while the broker is down: kept in the database's outbox.
-        reply = http("POST", f"{api.base}/v1/scans", key, data=upload(png(302), png(303)))
+        reply = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(302), random_png(303)))
         assert reply.status == 202
         second = reply.json()["id"]
         redis_server.start()
@@ -147,7 +132,7 @@ def test_redis_restart_delays_work_but_loses_none(
         done = wait_done(api, key, second, timeout=180)  # the relay hands it over; the worker reconnected
         assert done["counts"]["done"] == 2
         # And the worker keeps consuming new work after the reconnect.
-        third = http("POST", f"{api.base}/v1/scans", key, data=upload(png(304))).json()["id"]
+        third = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(304))).json()["id"]
         wait_done(api, key, third, timeout=120)
     finally:
         if redis_server.process is None:
@@ -168,7 +153,7 @@ def test_messages_lost_with_redis_are_handed_over_again(
     api = start_api(settings)
     try:
         key = api.new_key()
-        scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(png(401), png(402))).json()["id"]
+        scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(401), random_png(402))).json()["id"]
         redis_server.stop()  # no worker has run: the queued message dies with the server
         redis_server.start()
         start_worker(settings)

@@ -8,6 +8,7 @@ The waits in ``wait_for`` are generous limits for a busy machine, far below the 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import socket
@@ -20,12 +21,17 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from scanner.db.models import Image, ScanItem
+from scanner.api.health import PROBE_S, PROBE_TIMEOUT_S
+from scanner.db.models import Image, Scan, ScanItem, utcnow
 from scanner.db.session import make_engine, make_sessionmaker
 from scanner.settings import Settings
-from tests.service.conftest import RedisServer, WorkerProcess, http, start_api, upload, wait_for
-from tests.service.test_api import png
-from tests.service.test_distributed import distributed_settings, wait_done
+from tests.support.api import http, start_api, upload
+from tests.support.distributed import distributed_settings, wait_done
+from tests.support.images import random_png
+from tests.support.services import RedisServer, WorkerProcess
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow  # Celery workers killed and Redis restarted, waits of seconds by design
 
 RECOVERY_LIMIT_S = 120.0
 
@@ -45,7 +51,7 @@ def test_a_worker_killed_as_a_whole_is_recovered_from_promptly(
     try:
         worker = start_worker(settings)
         key = api.new_key()
-        images = [png(500 + i, (96, 96)) for i in range(24)]
+        images = [random_png(500 + i, (96, 96)) for i in range(24)]
         scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(*images)).json()["id"]
 
         def started() -> bool:
@@ -78,7 +84,8 @@ def test_a_redis_restart_that_loses_the_queue_is_recovered_from_promptly(
     try:
         key = api.new_key()
         wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"], 30, what="the relay to see Redis")
-        scan_id = http("POST", f"{api.base}/v1/scans", key, data=upload(png(601), png(602), png(603))).json()["id"]
+        images = upload(random_png(601), random_png(602), random_png(603))
+        scan_id = http("POST", f"{api.base}/v1/scans", key, data=images).json()["id"]
         wait_for(lambda: _all_enqueued(postgres_url), 30, 0.1, "the scan to be handed over")
         redis_server.stop()  # no worker has run yet: the queued message dies with the server
         redis_server.start()
@@ -109,25 +116,46 @@ def test_health_reports_the_true_age_of_the_oldest_pending_image(
     tmp_path: Path, postgres_url: str, broker_url: str
 ) -> None:
     """No worker: the relay hands the pending image over again and again (``requeue_after_s`` of 1 s), and the
-    age /healthz reports keeps growing across those hand-overs (it once restarted from each of them)."""
+    age /healthz reports is the scan's whole age across those hand-overs (it once restarted from each of them).
+    /healthz answers from its last probe, so the age lies between the scan's ages at the latest and the earliest
+    moment that probe can have been made (``checked_s_ago`` back, less at most ``PROBE_TIMEOUT_S`` and a period)."""
     settings = distributed_settings(tmp_path, postgres_url, broker_url, requeue_after_s=1.0)
     api = start_api(settings)
     try:
         key = api.new_key()
-        http("POST", f"{api.base}/v1/scans", key, data=upload(png(701)))
+        http("POST", f"{api.base}/v1/scans", key, data=upload(random_png(701)))
         engine = make_engine(postgres_url)
         sessions = make_sessionmaker(engine)
 
-        def handed_over_at() -> object:
+        def handed_over_at() -> dt.datetime | None:
             with sessions() as session:
                 return session.scalar(select(func.max(ScanItem.enqueued_at)))
 
-        handed = wait_for(handed_over_at, 30, 0.1, "the first hand-over")
-        first = http("GET", f"{api.base}/healthz").json()["oldest_pending_s"]
-        wait_for(lambda: handed_over_at() > handed, 60, 0.1, "the relay to hand the work over again")
+        with sessions() as session:
+            submitted = session.scalar(select(Scan.created_at))
+        lag_s = PROBE_TIMEOUT_S + PROBE_S  # the most a probe's reading can precede the time it was checked at
+
+        def probed() -> tuple[dt.datetime, float, dt.datetime]:
+            """(the earliest and the latest moment of the probe /healthz answers from, the age it reports)"""
+            before = utcnow()
+            health = http("GET", f"{api.base}/healthz").json()
+            after, ago = utcnow(), dt.timedelta(seconds=health["checked_s_ago"])
+            slack = dt.timedelta(milliseconds=1)  # checked_s_ago is rounded to the millisecond
+            return before - ago - dt.timedelta(seconds=lag_s) - slack, health["oldest_pending_s"], after - ago + slack
+
+        def age_at(moment: dt.datetime) -> float:
+            return (moment - submitted).total_seconds()
+
+        wait_for(handed_over_at, 30, 0.1, "the first hand-over")
+        earliest, first, latest = wait_for(lambda: (p := probed())[1] is not None and p, 30, 0.2, "a probe of it")
+        assert age_at(earliest) <= first <= age_at(latest)
+        # A hand-over more than lag_s (and a second) after the submission, then a probe made after it: an age
+        # counted from the latest hand-over would then be below the bracket.
+        wait_for(lambda: age_at(handed_over_at()) > lag_s + 1, 60, 0.1, "a hand-over long after the submission")
+        last = handed_over_at()
+        earliest, later, latest = wait_for(lambda: (p := probed())[0] > last and p, 60, 0.2, "a probe after it")
         engine.dispose()
-        later = http("GET", f"{api.base}/healthz").json()["oldest_pending_s"]
-        assert later > first
+        assert age_at(earliest) <= later <= age_at(latest)
     finally:
         api.stop()
 
@@ -178,12 +206,12 @@ def test_submissions_are_answered_while_the_broker_hangs(
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
 
                 async def post(seed: int) -> int:
-                    async with session.post(f"{api.base}/v1/scans", data=upload(png(seed))) as reply:
+                    async with session.post(f"{api.base}/v1/scans", data=upload(random_png(seed))) as reply:
                         return reply.status
 
                 return list(await asyncio.gather(*(post(800 + i) for i in range(4))))
 
         assert asyncio.run(post_four()) == [202, 202, 202, 202]
-        assert http("GET", f"{api.base}/healthz").json()["broker"] is False
+        wait_for(lambda: http("GET", f"{api.base}/healthz").json()["broker"] is False, 30, what="Redis down")
     finally:
         api.stop()

@@ -17,7 +17,9 @@ from scanner.db.models import Sighting
 from scanner.db.session import make_engine, make_sessionmaker, transaction
 from scanner.settings import Settings
 from scanner.versions import served_versions
-from tests.service.conftest import RunningApi, http, start_api, verdict_with_score
+from tests.support.api import RunningApi, http, start_api
+from tests.support.queries import add_item, record_image, write_verdict
+from tests.support.verdicts import verdict_with_score
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
@@ -41,13 +43,13 @@ def reports_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
             scan = queries.new_scan(
                 session, acme, "crawl", f"https://{site}/p{i}", versions.model_version, versions.calibration_version
             )
-            image = queries.record_image(session, f"{i:064x}", b"x" * (i + 1), "PNG", 32, 32)
-            item = queries.add_item(session, scan, 0, image=image, image_url=f"https://{site}/i{i}.png")
+            image = record_image(session, f"{i:064x}", b"x" * (i + 1), "PNG", 32, 32)
+            item = add_item(session, scan, 0, image=image, image_url=f"https://{site}/i{i}.png")
             session.flush()
             for sighting in session.query(Sighting).filter_by(scan_id=scan.id):
                 sighting.seen_at = T0 + dt.timedelta(days=i)
             score = 0.05 * (i + 1) if i < 10 else 1.0 + 0.05 * (i - 9)
-            queries.write_verdict(
+            write_verdict(
                 session,
                 image.id,
                 verdict_with_score(
@@ -59,11 +61,11 @@ def reports_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
         scan = queries.new_scan(
             session, globex, "api", "https://globex.example/", versions.model_version, versions.calibration_version
         )
-        shared = queries.record_image(session, f"{29:064x}", b"x" * 30, "PNG", 32, 32)
-        queries.add_item(session, scan, 0, image=shared)
-        own = queries.record_image(session, "f" * 64, b"own", "PNG", 32, 32)
-        queries.add_item(session, scan, 1, image=own)
-        queries.write_verdict(
+        shared = record_image(session, f"{29:064x}", b"x" * 30, "PNG", 32, 32)
+        add_item(session, scan, 0, image=shared)
+        own = record_image(session, "f" * 64, b"own", "PNG", 32, 32)
+        add_item(session, scan, 1, image=own)
+        write_verdict(
             session, own.id, verdict_with_score(versions.model_version, versions.calibration_version, "cat", 5.0)
         )
     yield running, tokens

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from scanner.settings import Settings
-from tests.service.conftest import RunningApi, http, start_api, upload, wait_for
-from tests.service.test_api import png
+from tests.support.api import RunningApi, http, start_api, upload
+from tests.support.images import random_png
+from tests.support.waiting import wait_for
 from worker.engine import load_engine
 
 
@@ -33,7 +34,7 @@ def _done(api: RunningApi, key: str, scan_id: str) -> dict:
 
 def test_a_verdict_caused_by_another_tenant_looks_like_a_new_analysis(api: RunningApi) -> None:
     acme, globex = api.new_key("a", "acme"), api.new_key("g", "globex")
-    image = png(4242)
+    image = random_png(4242)
     first = http("POST", f"{api.base}/v1/scans", acme, data=upload(image))
     assert first.status == 202
     acme_done = _done(api, acme, first.json()["id"])
@@ -56,7 +57,7 @@ def test_a_verdict_caused_by_another_tenant_looks_like_a_new_analysis(api: Runni
 
 def test_another_tenants_scan_and_its_events_are_not_found(api: RunningApi) -> None:
     acme, globex = api.new_key("a2", "acme"), api.new_key("g2", "globex")
-    scan_id = http("POST", f"{api.base}/v1/scans", acme, data=upload(png(4343))).json()["id"]
+    scan_id = http("POST", f"{api.base}/v1/scans", acme, data=upload(random_png(4343))).json()["id"]
     for path in (f"/v1/scans/{scan_id}", f"/v1/scans/{scan_id}/events"):
         reply = http("GET", api.base + path, globex)
         assert reply.status == 404 and reply.json()["code"] == "scan_not_found", (path, reply.body)

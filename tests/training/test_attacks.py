@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.training.helpers import TinyConvNet
+from tests.support.models import TinyConvNet
 from training.attacks import (
     NamedAttack,
     autoattack_standard,

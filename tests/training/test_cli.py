@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.training_cli import run_cli
 from training import bundle
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "training", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
+pytestmark = pytest.mark.slow  # training and evaluation runs of the CLI in subprocesses
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.training.helpers import CLASSES, read_tree, write_imagefolder, write_tarball
+from tests.support.datasets import CLASSES, read_tree, write_imagefolder, write_tarball
 from training.data import (
     FASHION_MNIST_CLASSES,
     ArrayDataset,

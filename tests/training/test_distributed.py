@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from training import bundle
+
+pytestmark = pytest.mark.slow  # torchrun with two processes
 
 REPO = Path(__file__).resolve().parents[2]
 

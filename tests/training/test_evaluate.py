@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.training.helpers import TinyConvNet
+from tests.support.models import TinyConvNet
 from training.attacks import NamedAttack, predict
 from training.evaluate import resumable_robust_mask
 

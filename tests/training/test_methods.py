@@ -117,13 +117,16 @@ def test_standard_loss_is_clean_cross_entropy():
 def test_relevant_hyperparameters():
     cfg = MethodConfig()
     attack = {"attack", "eps", "step_size", "attack_steps", "attack_start"}
+    jacobian = {"beta_jr", "jr_mode", "jr_fraction", "terms_precision"}
     assert cfg.relevant("standard") == {}
     assert set(cfg.relevant("pgd-at")) == attack
     assert set(cfg.relevant("trades")) == attack | {"trades_beta"}
-    assert set(cfg.relevant("jr")) == {"beta_jr"}
-    assert set(cfg.relevant("sw")) == attack | {"beta_sw", "n_projections"}
-    assert set(cfg.relevant("sw-jr")) == attack | {"beta_jr", "n_projections"}
-    assert set(cfg.relevant("otjr")) == attack | {"beta_sw", "beta_jr", "n_projections"}
+    assert set(cfg.relevant("jr")) == jacobian
+    assert set(cfg.relevant("sw")) == attack | {"beta_sw", "n_projections", "terms_precision"}
+    assert set(cfg.relevant("sw-jr")) == attack | {"n_projections"} | jacobian
+    assert set(cfg.relevant("otjr")) == attack | {"beta_sw", "n_projections"} | jacobian
+    fd = MethodConfig(jr_mode="finite-difference").relevant("otjr")
+    assert set(fd) == attack | {"beta_sw", "n_projections", "jr_step"} | jacobian
     otjr = MethodConfig(beta_sw=2.0, attack_steps=3).relevant("otjr")
     assert otjr["beta_sw"] == 2.0 and otjr["attack_steps"] == 3 and otjr["beta_jr"] == 0.005
     for name in METHODS:
@@ -135,6 +138,8 @@ def test_defaults_follow_the_method_note():
     assert cfg.eps == pytest.approx(8 / 255)
     assert cfg.step_size == 0.007 and cfg.attack_steps == 10 and cfg.attack_start == "normal"
     assert cfg.beta_sw == 64.0 and cfg.beta_jr == 0.005 and cfg.n_projections == 32 and cfg.trades_beta == 6.0
+    # The note's exact term on the whole batch; its terms in fp32 even where the trainer autocasts.
+    assert cfg.jr_mode == "exact" and cfg.jr_fraction == 1.0 and cfg.terms_precision == "fp32"
 
 
 def test_get_method_rejects_unknown_names():

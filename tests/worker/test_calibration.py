@@ -87,7 +87,7 @@ def test_every_benign_version_gives_each_kind_every_image_in_blocks():
     assert any(a.size != images[i % 3].size for i, a in enumerate(changed))  # resize-down did resize
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # the tests that use it are marked slow: the fit alone takes about 10 s
 def fitted(bundle_dirs, tiny_tarball, web_set):
     """A calibration of the tiny bundles on the tiny data set and web images, with every detector measured."""
     robust, standard = bundle_dirs
@@ -103,6 +103,7 @@ def fitted(bundle_dirs, tiny_tarball, web_set):
     return engine, splits, pool, web, artefact, table
 
 
+@pytest.mark.slow
 def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
     """Held-out drawn patterns are scored apart (reported), not among the held-out web images, their benign
     changes or thumbnails; fitting-half patterns stay negatives of the combiner's fit."""
@@ -127,6 +128,7 @@ def test_drawn_patterns_fit_the_combiner_but_never_set_the_threshold(fitted):
     assert len(sets.web_clean_fit.probs) == fitting  # the held-out patterns fit nothing either
 
 
+@pytest.mark.slow
 def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     engine, splits, pool, web, artefact, table = fitted
     assert artefact.measured_fpr <= artefact.target_fpr == 0.1
@@ -164,6 +166,7 @@ def test_calibration_meets_its_target_on_the_data_it_was_set_on(fitted):
     assert artefact.domain is not None and 0 < artefact.domain.keep <= 1
 
 
+@pytest.mark.slow
 def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_path):
     engine, *_, artefact, _ = fitted
     assert artefact.domain is not None
@@ -186,6 +189,7 @@ def test_artefact_round_trips_and_rejects_other_bundles_or_edits(fitted, tmp_pat
         calib.load(path)
 
 
+@pytest.mark.slow
 def test_calibrated_engine_flags_by_the_threshold(fitted):
     engine, *_, artefact, _ = fitted
     served = Engine(engine.robust, engine.standard, artefact, threads=1, detector=engine.detector)
@@ -198,6 +202,7 @@ def test_calibrated_engine_flags_by_the_threshold(fitted):
         Engine(engine.robust, engine.standard, artefact, threads=1, detectors=["kl_rs"], detector=engine.detector)
 
 
+@pytest.mark.slow
 def test_calibrate_command_writes_beside_the_bundle(bundle_dirs, tiny_tarball, web_set, tmp_path, capsys):
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     args = ["--robust", str(robust), "--standard", str(bundle_dirs[1]), "--data-dir", str(tiny_tarball),
@@ -286,6 +291,7 @@ def test_operating_point_set_again_from_saved_scores(bundle_dirs, tiny_tarball, 
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
 
 
+@pytest.mark.slow
 def test_images_too_small_for_native_tiles_carry_the_untiled_offset(fitted):
     """The offset moves the combined score of an image under 64 px (read through the model input alone) and
     leaves a photo with tiles as it was; the flag is the shifted score against the one threshold."""

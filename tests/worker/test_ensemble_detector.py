@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worker.conftest import INPUT_SIZE, MEAN, STD
+from tests.support.models import INPUT_SIZE, MEAN, STD
 from training import bundle
 from training.bundle import load as load_bundle
 from training.models import build_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.worker.conftest import make_bundle
+from tests.support.models import make_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine.engine import Engine
@@ -115,6 +115,7 @@ def test_adaptive_attack_stays_on_the_grid_in_the_ball(calibrated):
     assert torch.allclose(adv * 255, (adv * 255).round(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_evaluate_command_writes_the_report_and_plots(calibrated, tiny_tarball, web_set, tmp_path):
     robust, standard = calibrated
     transfer = make_bundle(tmp_path / "transfer", 3, "standard")

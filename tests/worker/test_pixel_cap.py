@@ -18,6 +18,7 @@ def _image(fmt: str, width: int, height: int) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "GIF"])
+@pytest.mark.slow
 def test_formats_decoded_at_full_size_are_capped_lower(fmt: str) -> None:
     with pytest.raises(ImageError) as refused:
         probe_image(_image(fmt, 6400, 4800), ImageLimits())  # 30.7 Mpx

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from tests.support.models import make_source_bundle, make_source_model
 from training.bundle import Bundle
 from training.bundle import load as load_bundle
 from training.models import build_model
@@ -21,8 +22,6 @@ from worker.engine.engine import Engine, EngineError, default_detector_dir
 from worker.research import calibrate, cifar_attacks, pools, train_detector
 from worker.research.cifar_evaluation import detector_source_families
 from worker.research.terminal import make_progress
-
-from .conftest import make_source_bundle, make_source_model
 
 
 def _two_model_bundles() -> list[Bundle]:
@@ -276,6 +275,7 @@ def test_train_detector_command_writes_a_bundle_the_engine_and_calibration_use(
     assert "perturbation_net" in verdict.scores and verdict.flagged is not None
 
 
+@pytest.mark.slow
 def test_saved_examples_are_reused_only_for_the_same_recipe(bundle_dirs, tiny_tarball, web_set, tmp_path, capsys):
     """--examples keeps the attacked examples; a run with other options (here --hard-negatives) must not train
     on the old ones."""
@@ -343,6 +343,7 @@ def test_attack_sources_must_fit_the_pair_and_be_one_per_family(bundle_dirs, tmp
         train_detector.load_attack_sources([str(bundle_dirs[1])], robust, standard, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_a_detector_trained_with_an_attack_source_records_it_and_evaluate_knows_the_family(
     bundle_dirs, tiny_tarball, web_set, tmp_path, capsys
 ):
@@ -447,6 +448,7 @@ def test_tail_loss_lowers_the_hardest_clean_score_more_than_cross_entropy_alone(
     assert tailed[hardest] < plain[hardest] < before[hardest] + 1e-3
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_detector_of_the_same_design_and_records_it(bundle_dirs, tiny_tarball, web_set, tmp_path):
     robust = shutil.copytree(bundle_dirs[0], tmp_path / "robust")
     start = load_bundle(default_detector_dir(robust))

@@ -82,6 +82,7 @@ def test_sources_come_from_their_package_folder_with_its_kind():
     assert len({s.path for s in sources}) == len(sources)
 
 
+@pytest.mark.slow
 def test_drawn_patterns_are_regular_and_repeatable():
     """A drawn pattern is the same picture for the same seed, and most of its energy away from the mean lies in
     a few spatial frequencies (a regular pattern, unlike a photo's spread-out spectrum)."""

@@ -37,8 +37,9 @@ from training.bundle import load as load_bundle
 from worker.engine import calibration as calib
 from worker.engine import detectors as det
 from worker.engine import domain_gate, native
-from worker.engine.images import ImageError, ImageLimits, decode_image, normalise_image, to_model_input
+from worker.engine.images import ImageError, ImageLimits, decoding, holding, to_model_input
 from worker.engine.serving import for_serving
+from worker.versions import pair_version
 
 log = logging.getLogger(__name__)
 DETECTOR_FOLDER = "perturbation-detector"
@@ -197,7 +198,7 @@ class Engine:
 
     @property
     def model_version(self) -> str:
-        return f"{self.robust.version}+{self.standard.version}"
+        return pair_version(self.robust.version, self.standard.version)
 
     # --- public ------------------------------------------------------------------------------------------
     def analyse(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
@@ -323,36 +324,42 @@ class Engine:
 
     # --- internals ---------------------------------------------------------------------------------------
     def _analyse_chunk(self, items: Sequence[bytes | Image.Image]) -> list[Verdict | ImageError]:
+        """Each image is decoded under the process's pixel budget and dropped as soon as its model input and
+        native tiles are cut: a chunk keeps a few KB per image, not its decoded pixels (eight 24 Mpx images in
+        one scan held 2.3 GB)."""
         inputs: list[torch.Tensor] = []
-        pixels: list[np.ndarray] = []
-        served: list[np.ndarray] = []  # the images as served, for the domain gate's cues
+        tiles: list[list[np.ndarray]] = []
+        cues: list[np.ndarray] = []  # the domain gate's cues of the images as served (a few numbers each)
         tiled: list[bool] = []
         decode_ms: list[float] = []
         results: list[Verdict | ImageError | None] = []
         for item in items:
             start = time.perf_counter()
             try:
-                image = self._decode(item)
-                tensor = to_model_input([image], self.input_size)
+                with self._decoded(item) as image:
+                    tensor = to_model_input([image], self.input_size)
+                    cut = native.tiles_of(image) if self.detector is not None else []
+                    has_tiles = native.has_tiles(image.height, image.width)
+                    if self.gate is not None and self.gate.cues:
+                        cues.append(domain_gate.image_cues(image))
             except ImageError as err:
                 results.append(err)
                 continue
             inputs.append(tensor)
-            tiled.append(native.has_tiles(image.height, image.width))
-            if self.detector is not None:
-                pixels.append(np.asarray(image))
-            if self.gate is not None and self.gate.cues:
-                served.append(np.asarray(image))
+            tiles.append(cut)
+            tiled.append(has_tiles)
             decode_ms.append((time.perf_counter() - start) * 1000)
             results.append(None)
-        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, pixels, tiled, served) if inputs else [])
+        native_view = native.stack_tiles(tiles) if self.detector is not None and inputs else None
+        served_cues = torch.from_numpy(np.stack(cues)) if cues else None
+        verdicts = iter(self._verdicts(torch.cat(inputs), decode_ms, native_view, tiled, served_cues) if inputs else [])
         return [r if r is not None else next(verdicts) for r in results]
 
-    def _decode(self, item: bytes | Image.Image) -> Image.Image:
+    def _decoded(self, item: bytes | Image.Image) -> contextlib.AbstractContextManager[Image.Image]:
         if isinstance(item, Image.Image):
-            return normalise_image(item, self.limits)
+            return holding(item, self.limits)
         if isinstance(item, bytes | bytearray | memoryview):
-            return decode_image(bytes(item), self.limits, self.draft_size)
+            return decoding(bytes(item), self.limits, self.draft_size)
         raise TypeError(f"expected image bytes or a PIL image, got {type(item).__name__}")
 
     def _synchronise(self) -> None:
@@ -364,13 +371,14 @@ class Engine:
         self,
         x: torch.Tensor,
         decode_ms: Sequence[float],
-        pixels: Sequence[np.ndarray] = (),
+        native_view: tuple[torch.Tensor, torch.Tensor] | None = None,
         tiled: Sequence[bool] | None = None,
-        served: Sequence[np.ndarray] = (),
+        cues: torch.Tensor | None = None,
     ) -> list[Verdict]:
-        """Verdicts for a model-space batch; ``pixels`` the images as served (for the detector's tiles),
-        ``tiled`` which of them are large enough for tiles (default: none, as for model-space input) and
-        ``served`` the images as served for the domain gate's cues (default: the model input)."""
+        """Verdicts for a model-space batch; ``native_view`` the tiles of the images as served and their owners
+        (``native.stack_tiles``), ``tiled`` which images are large enough for tiles (default: none, as for
+        model-space input), ``cues`` the domain gate's cues of the images as served (default: of the model
+        input)."""
         n = len(x)
         x = x.to(self.device, torch.float32)
         start = time.perf_counter()
@@ -381,12 +389,13 @@ class Engine:
         robust_probs = F.softmax(logits, dim=1)
         self._synchronise()
         after_inference = time.perf_counter()
-        tiles, owner = native.native_tiles(pixels) if pixels else (None, None)
+        tiles, owner = native_view if native_view is not None else (None, None)
         standard_features, known = self._standard_for_gate(x)
         scores = self._detector_scores(x, robust_probs, tiles, owner, known)
         combined = self.combined(scores, torch.tensor(tiled or [False] * n, dtype=torch.bool))
         if self.gate is not None:
-            in_domain, confident = self._gate(caught.value, logits, self._cues(served, x), standard_features)
+            cues = cues if cues is not None else self._cues(None, x)
+            in_domain, confident = self._gate(caught.value, logits, cues, standard_features)
         self._synchronise()
         end = time.perf_counter()
         inference_ms = (after_inference - start) * 1000 / n

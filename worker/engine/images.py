@@ -25,6 +25,8 @@ from worker.engine.imaging import (  # noqa: F401 - re-exported: the engine's pu
     _count_gif_frames,
     crop_box,
     decode_image,
+    decoding,
+    holding,
     normalise_image,
     probe_image,
     resize_for_model,

@@ -21,11 +21,15 @@ Everything here assumes the bytes are hostile.  The rules, in the order they are
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, features
+
+from worker.engine import budget as budgets
+from worker.engine.budget import PixelBudget
 
 _BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 ALLOWED_FORMATS: tuple[str, ...] = _BASE_FORMATS + (("AVIF",) if features.check("avif") else ())
@@ -118,7 +122,45 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, draft_size: int
     """
     limits = limits or ImageLimits()
     image = _open(data, limits)
-    return _prepare(image, limits, draft_size)
+    return _prepare(image, limits, draft_size, owned=True)
+
+
+@contextmanager
+def decoding(
+    data: bytes,
+    limits: ImageLimits | None = None,
+    draft_size: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Iterator[Image.Image]:
+    """``decode_image`` under the process's pixel budget (``budget.DECODE_BUDGET`` by default): the decoded
+    size (after JPEG draft reduction) is held from before the pixels are decoded until the block ends, and the
+    image is closed then (its memory freed), so a caller keeps only what it derived from it."""
+    budget = budget or budgets.DECODE_BUDGET
+    limits = limits or ImageLimits()
+    image = _open(data, limits)
+    _check_size(image, limits)
+    if draft_size and image.format in JPEG_FORMATS:
+        try:
+            image.draft(image.mode, (draft_size, draft_size))  # sets the size that will be decoded
+        except Exception as err:  # noqa: BLE001 - hostile bytes: a typed error
+            raise _classify(err, "JPEG") from err
+    with budget.hold(image.width * image.height):
+        decoded = _prepare(image, limits, None, owned=True)
+        if decoded is not image:  # converted (palette, CMYK, alpha): the decoded original is not needed
+            image.close()
+        try:
+            yield decoded
+        finally:
+            decoded.close()
+
+
+@contextmanager
+def holding(
+    image: Image.Image, limits: ImageLimits | None = None, budget: PixelBudget | None = None
+) -> Iterator[Image.Image]:
+    """``normalise_image`` for an image the caller opened, its pixels held against the budget for the block."""
+    with (budget or budgets.DECODE_BUDGET).hold(image.width * image.height):
+        yield normalise_image(image, limits)
 
 
 @dataclass(frozen=True)
@@ -174,10 +216,11 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
 
 def normalise_image(image: Image.Image, limits: ImageLimits | None = None) -> Image.Image:
     """The checks and conversions of ``decode_image`` for an image the caller already opened."""
-    return _prepare(image, limits or ImageLimits(), None)
+    return _prepare(image, limits or ImageLimits(), None)  # not owned: the caller's image is left as it is
 
 
-def _prepare(image: Image.Image, limits: ImageLimits, draft_size: int | None) -> Image.Image:
+def _prepare(image: Image.Image, limits: ImageLimits, draft_size: int | None, owned: bool = False) -> Image.Image:
+    """Rules 3 to 6 on an opened image; ``owned``: the image is ours to change in place (no copy)."""
     _check_size(image, limits)
     try:
         # GIF: decode_image counted the frames from the bytes, stopping at the cap (Pillow's n_frames walks the
@@ -189,7 +232,7 @@ def _prepare(image: Image.Image, limits: ImageLimits, draft_size: int | None) ->
         if draft_size and image.format in JPEG_FORMATS:
             image.draft(image.mode, (draft_size, draft_size))
         image.load()
-        return to_rgb(_apply_orientation(image))
+        return to_rgb(_apply_orientation(image, owned))
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -198,9 +241,14 @@ def _prepare(image: Image.Image, limits: ImageLimits, draft_size: int | None) ->
         raise _classify(err, image.format or "image") from err
 
 
-def _apply_orientation(image: Image.Image) -> Image.Image:
-    """EXIF orientation applied; a broken EXIF block leaves the image as stored rather than rejecting it."""
+def _apply_orientation(image: Image.Image, in_place: bool = False) -> Image.Image:
+    """EXIF orientation applied; a broken EXIF block leaves the image as stored rather than rejecting it.
+    ``in_place`` spares the copy Pillow otherwise makes even when there is nothing to turn (a 24 Mpx image
+    is 96 MB in Pillow), for an image nobody else holds."""
     try:
+        if in_place:
+            ImageOps.exif_transpose(image, in_place=True)
+            return image
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - malformed metadata is common on the web and does not harm the pixels
         return image

@@ -72,6 +72,24 @@ def native_tiles(
     return batch, torch.tensor(owner, dtype=torch.long)
 
 
+def tiles_of(image: Image.Image, tile: int = TILE, max_tiles: int = MAX_TILES) -> list[np.ndarray]:
+    """The grid's tiles (tile, tile, C) of a decoded image, cut from it directly: the same pixels as
+    ``native_tiles`` cuts from its array, without copying the whole image into one first."""
+    return [
+        np.asarray(image.crop((left, top, left + tile, top + tile)))
+        for top, left in tile_grid(image.height, image.width, tile, max_tiles)
+    ]
+
+
+def stack_tiles(per_image: Sequence[list[np.ndarray]], channels: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``native_tiles``'s output from each image's ``tiles_of``: tiles (T, C, tile, tile) in [0, 1] and owners."""
+    owner = [index for index, tiles in enumerate(per_image) for _ in tiles]
+    if not owner:
+        return torch.empty(0, channels, TILE, TILE), torch.empty(0, dtype=torch.long)
+    batch = np.stack([tile for tiles in per_image for tile in tiles])
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255), torch.tensor(owner, dtype=torch.long)
+
+
 def adversarial_logit(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """The detector's adversarial-minus-clean logit per input (monotone in its adversarial probability)."""
     parts = []

@@ -301,6 +301,28 @@
   function showFeedback(confirmed) {
     $("details-feedback").textContent = confirmed ? "Confirmed false flag: your team reported this image." : "";
     $("details-false-flag").disabled = confirmed;
+    $("details-undo-false-flag").hidden = !confirmed;
+    $("details-undo-false-flag").disabled = false;
+  }
+
+  // Undo a false-flag report (a click on the wrong row): the tenant's report is withdrawn and the row unmarked.
+  async function undoFalseFlag() {
+    const sha256 = state.shown;
+    if (!sha256) return;
+    $("details-undo-false-flag").disabled = true;
+    try {
+      await api(`/v1/images/${encodeURIComponent(sha256)}/feedback/false_flag`, apiKey(), { method: "DELETE" });
+      showFeedback(false);
+      $("details-feedback").textContent = "Report withdrawn: no longer marked as a false flag.";
+      const row = [...$("rows").children].find((tr) => tr.dataset.sha256 === sha256);
+      if (row) {
+        row.classList.remove("false-flag");
+        for (const tag of row.querySelectorAll("td.label .tag")) tag.remove();
+      }
+    } catch (err) {
+      $("details-undo-false-flag").disabled = false;
+      showError($("details-feedback"), err);
+    }
   }
 
   async function reportFalseFlag() {
@@ -361,12 +383,13 @@
     const times = runs.map((run) => Date.parse(run.started_at));
     const t0 = Math.min(...times), t1 = Math.max(...times);
     const most = Math.max(1, ...runs.map((run) => run.flagged));
+    const counted = (run) => run.status === "done";  // a failed run found nothing to count: it is not "0 flagged"
     const x = (i) => (t1 > t0 ? left + ((times[i] - t0) / (t1 - t0)) * (width - left - right)
       : left + (runs.length === 1 ? (width - left - right) / 2 : (i / (runs.length - 1)) * (width - left - right)));
     const y = (value) => top + (1 - value / most) * (height - top - bottom);
     const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
     root.setAttribute("aria-label", `Flagged images per run of ${audit.name || audit.site}: ` +
-      runs.map((run) => `${when(run.started_at)} ${run.flagged}`).join(", "));
+      runs.map((run) => `${when(run.started_at)} ${counted(run) ? run.flagged : runState(run)}`).join(", "));
     root.append(svg("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }));
     root.append(svg("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }));
     for (const value of [0, most]) {
@@ -374,15 +397,29 @@
       label.textContent = String(value);
       root.append(label);
     }
-    const points = runs.map((run, i) => `${x(i).toFixed(1)},${y(run.flagged).toFixed(1)}`);
+    const points = runs.flatMap((run, i) => counted(run) ? [`${x(i).toFixed(1)},${y(run.flagged).toFixed(1)}`] : []);
     root.append(svg("polyline", { points: points.join(" "), class: "line" }));
     runs.forEach((run, i) => {
-      const dot = svg("circle", { cx: x(i).toFixed(1), cy: y(run.flagged).toFixed(1), r: 4, class: "run-point" });
-      dot.dataset.flagged = String(run.flagged);
       const title = svg("title");
-      title.textContent = `${when(run.started_at)}: ${run.flagged} flagged (${run.status})`;
-      dot.append(title);
-      root.append(dot);
+      if (counted(run)) {
+        const dot = svg("circle", { cx: x(i).toFixed(1), cy: y(run.flagged).toFixed(1), r: 4, class: "run-point" });
+        dot.dataset.flagged = String(run.flagged);
+        title.textContent = `${when(run.started_at)}: ${run.flagged} flagged`;
+        dot.append(title);
+        root.append(dot);
+        return;
+      }
+      // A failed (or unfinished) run: a cross on the time axis, above the counts' scale, with its reason.
+      const cx = x(i), cy = top + 4, arm = 4;
+      const mark = svg("path", {
+        d: `M${cx - arm},${cy - arm}L${cx + arm},${cy + arm}M${cx - arm},${cy + arm}L${cx + arm},${cy - arm}`,
+        class: `run-failed run-${run.status}`,
+      });
+      mark.dataset.status = run.status;
+      mark.dataset.reason = run.error_code || "";
+      title.textContent = `${when(run.started_at)}: ${runState(run)}`;
+      mark.append(title);
+      root.append(mark);
     });
     for (const i of runs.length > 1 ? [0, runs.length - 1] : [0]) {
       const anchor = i === 0 && runs.length > 1 ? "start" : "end";
@@ -391,6 +428,11 @@
       root.append(label);
     }
     return root;
+  }
+
+  function runState(run) {
+    if (run.status !== "failed") return run.status;
+    return run.error_code ? `failed (${run.error_code})` : "failed";
   }
 
   // Runs minutes apart all fall on one date: the axis shows the time of day too (and seconds when needed).
@@ -404,7 +446,7 @@
     const table = el("table", null, "runs");
     table.append(el("caption", "Runs, oldest first"));
     const head = el("tr");
-    for (const name of ["Started", "Status", "Pages", "Images", "Flagged", "Newly flagged"]) {
+    for (const name of ["Started", "Status", "Pages", "Images", "Flagged", "Newly flagged", "Reason"]) {
       const th = el("th", name);
       th.scope = "col";
       head.append(th);
@@ -414,7 +456,10 @@
     const body = el("tbody");
     for (const run of runs) {
       const tr = el("tr");
-      for (const value of [when(run.started_at), run.status, run.pages, run.images, run.flagged, run.newly_flagged]) {
+      const failed = run.status === "failed";
+      if (failed) tr.classList.add("failed");
+      for (const value of [when(run.started_at), runState(run), run.pages, run.images, failed ? "—" : run.flagged,
+        failed ? "—" : run.newly_flagged, failed ? run.error || "" : ""]) {
         tr.append(el("td", value));
       }
       body.append(tr);
@@ -434,6 +479,7 @@
     $("export").addEventListener("click", exportCsv);
     $("details-close").addEventListener("click", () => { $("details").hidden = true; });
     $("details-false-flag").addEventListener("click", reportFalseFlag);
+    $("details-undo-false-flag").addEventListener("click", undoFalseFlag);
     $("f-sort").addEventListener("change", sortRows);
     const key = apiKey();
     if (!key) return;

@@ -4,24 +4,77 @@
 perturbed by PGD against the bundled *standard* model, serves it on loopback, crawls it with Chromium in
 embedded mode and scores the verdicts against the truth.  ``run_demo`` (``--models-only``) shows the robust
 model beside its standard companion on the same kind of images, without the crawl.
+
+The model code (torch, ``training``) is imported when the demo runs, not when the parser is built.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from training.attacks import parse_eps, pgd, predict
-from training.bundle import load
-from training.data import load_splits, seeded_subset, to_float
+from scanner import terminal
+from scanner.cli.crawl import print_report, submitter_for
+from scanner.helpformat import HelpFormatter
+from scanner.settings import BUNDLED_ROBUST, BUNDLED_STANDARD, REPO_ROOT
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def add_parser(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="crawl a local demo site whose images are partly attacked, end to end",
+        formatter_class=HelpFormatter,
+    )
+    demo.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 ImageFolder tarball or tree")
+    demo.add_argument("--robust", type=Path, default=BUNDLED_ROBUST, help="the robust model bundle that judges")
+    demo.add_argument(
+        "--standard", type=Path, default=BUNDLED_STANDARD, help="the standard model bundle the attacks target"
+    )
+    demo.add_argument("--pages", type=int, default=4, help="gallery pages on the demo site")
+    demo.add_argument("--per-page", type=int, default=5, help="images per page")
+    demo.add_argument("--eps", default="8/255", help="L-inf size of the PGD attacks, in pixel units")
+    demo.add_argument("--photos", type=int, default=6, help="ordinary photos on the site, half of them attacked")
+    demo.add_argument("--seed", type=int, default=0, help="which test images are drawn and attacked")
+    demo.add_argument("--models-only", action="store_true", help="only compare the two models, without a crawl")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's database (its folder is printed), to look at it with `scanner serve` and the dashboard",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.bundle import BundleError
+    from training.data import DataError
+
+    if not args.data.exists():
+        print(f"error: demo images not found at {args.data}; pass --data (see shared/data/README.md)", file=sys.stderr)
+        return 2
+    try:
+        if args.models_only:
+            run_demo(args.data, args.robust, args.standard, args.pages * args.per_page, args.eps, args.seed)
+            return 0
+        return run_crawl_demo(args)
+    except (BundleError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def run_demo(data: Path, robust_dir: Path, standard_dir: Path, n: int, eps_text: str, seed: int) -> dict[str, float]:
-    console = Console()
+    import torch
+
+    from training.attacks import parse_eps, pgd, predict
+    from training.bundle import load
+    from training.data import load_splits, seeded_subset, to_float
+
+    console = terminal.console()
     robust, standard = load(robust_dir), load(standard_dir)
     console.print(f"robust model   {robust.metadata['method']} {robust.metadata['arch']} v{robust.version}")
     console.print(f"standard model {standard.metadata['method']} {standard.metadata['arch']} v{standard.version}")
@@ -74,8 +127,11 @@ def _photos(args: Any, console: Console) -> list[tuple[bytes, bool]]:
         folder = folder.with_name("web-images-demo")
         console.print(f"building a small set of web photos from Debian packages in {folder} (once) ...")
         web_images.build(folder, limit=1, progress=False)
-    console.print(f"adding {args.photos} ordinary photos, every second one attacked through the resize ...")
-    return demo_photos(folder, args.standard, args.photos, args.eps, args.seed)
+    photos = demo_photos(folder, args.standard, args.photos, args.eps, args.seed)
+    # The count placed, not the one asked for: the web-image set may hold fewer suitable photos.
+    fewer = f" (of {args.photos} asked: the web-image set has no more)" if len(photos) < args.photos else ""
+    console.print(f"adding {len(photos)} ordinary photos{fewer}, every second one attacked through the resize ...")
+    return photos
 
 
 def run_crawl_demo(args: Any) -> int:
@@ -87,11 +143,12 @@ def run_crawl_demo(args: Any) -> int:
 
     from scanner.demo_site import build_demo_site
     from scanner.settings import Settings
+    from training.bundle import load
 
-    console = Console()
+    console = terminal.console()
     load(args.robust), load(args.standard)  # a missing or broken bundle is reported before any work
     with tempfile.TemporaryDirectory(prefix="scanner-demo-") as tmp:
-        root = Path(tmp)
+        root = Path(tempfile.mkdtemp(prefix="scanner-demo-")) if args.keep else Path(tmp)
         console.print(
             f"building the demo site: {args.pages} pages x {args.per_page} CIFAR-10 test images, every "
             f"second one attacked (PGD-20, eps {args.eps}) against the standard model ..."
@@ -108,10 +165,15 @@ def run_crawl_demo(args: Any) -> int:
             database_url=None,
         )
         outcome = asyncio.run(_serve_and_crawl(root / "site", settings, console))
-    from scanner.crawl_command import print_report
-
     print_report(outcome, console)
     _score_against_truth(images, outcome, console)
+    if args.keep:
+        data_dir = root / "data"
+        console.print(
+            f"kept the demo's database in {data_dir}: to see it in the dashboard, run "
+            f"SCANNER_DATA_DIR={data_dir} SCANNER_ROBUST_BUNDLE={args.robust} scanner serve",
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -119,7 +181,8 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
     from aiohttp import web
 
     from scanner.crawl import CrawlConfig
-    from scanner.crawl_command import crawl_and_scan, submitter_for
+    from scanner.crawl.progress import crawl_progress
+    from scanner.crawl.scan import crawl_and_scan
 
     async def index(_: web.Request) -> web.FileResponse:
         return web.FileResponse(site_dir / "index.html")
@@ -135,7 +198,7 @@ async def _serve_and_crawl(site_dir: Path, settings: Any, console: Console) -> A
         console.print(f"demo site on {url}; crawling it with Chromium, analysis in-process (embedded mode)")
         config = CrawlConfig(start_url=url, max_pages=50, concurrency=2, state_path=settings.data_dir / "crawl.sqlite")
         async with submitter_for(settings, None, None) as submitter:
-            outcome = await crawl_and_scan(config, submitter, console=console)
+            outcome = await crawl_and_scan(config, submitter, progress=crawl_progress(console))
             outcome.mode = "embedded"
             return outcome
     finally:

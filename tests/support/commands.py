@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.service.conftest import free_port, wait_for
+from tests.support.servers import free_port
+from tests.support.waiting import wait_for
 
+REPO = Path(__file__).resolve().parents[2]
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 
 

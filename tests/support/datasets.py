@@ -1,4 +1,4 @@
-"""Builders of tiny synthetic data sets and models shared by the tests."""
+"""Builders of tiny synthetic data sets: ImageFolder trees of 8x8 pictures whose brightness tells the class."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 CLASSES = ("bright", "dark")
 
@@ -47,15 +45,3 @@ def read_tree(root: Path, split: str) -> dict[str, list[np.ndarray]]:
         folder.name: [np.array(Image.open(f).convert("RGB")) for f in sorted(folder.iterdir())]
         for folder in sorted((root / split).iterdir())
     }
-
-
-class TinyConvNet(nn.Module):
-    """Per-sample (no batch norm) smooth network: conv 3->4, tanh, linear to ``num_classes``."""
-
-    def __init__(self, num_classes: int = 5, size: int = 4, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1, dtype=dtype)
-        self.fc = nn.Linear(4 * size * size, num_classes, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.tanh(self.conv(x)).flatten(1))
