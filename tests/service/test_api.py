@@ -76,18 +76,11 @@ def test_an_uploaded_image_gets_a_verdict_and_the_same_bytes_are_answered_at_onc
     done = wait_done(api, key, scan["id"])
     verdict = done["items"][0]["verdict"]
     assert done["items"][0]["state"] == "done" and done["finished_at"] is not None
-    assert verdict["label"] in {
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    }
+    classes = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+    # Random noise shows none of the ten classes: the domain gate says so (no label), and the model's guess is
+    # still returned, ranked, as top_k.
+    assert verdict["label"] is None and verdict["in_domain"] < 0.5
+    assert verdict["top_k"][0][0] in classes
     assert 0 < verdict["confidence"] <= 1 and verdict["model_version"] == scan["model_version"]
     assert isinstance(verdict["flagged"], bool) and set(verdict["timings_ms"]) >= {"inference", "detection"}
 
